@@ -1,0 +1,122 @@
+"""The classifier's compiled steps in TensorFlow: train step, eval step, gradients, canonical weights."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from backends.tf.cnn import build_cnn, canonical_variables
+from backends.tf.losses import softmax_cross_entropy
+from backends.tf.optim import Optimizer
+from backends.tf.runtime import DTYPES, tf_device, to_numpy, to_tensor
+from core.specs import ModelSpec, OptimSpec
+from core.weights import is_buffer
+
+
+class Classifier:
+    """A CNN, its optimizer and steps. Inputs are NHWC numpy batches from core; outputs are numpy."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        image_shape: tuple[int, int, int],
+        weights: dict[str, np.ndarray],
+        optim: OptimSpec,
+        label_smoothing: float = 0.0,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ):
+        self.device = tf_device(device)
+        self.dtype = DTYPES[dtype]
+        self.label_smoothing = label_smoothing
+        with tf.device(self.device):
+            self.net = build_cnn(model, image_shape, dtype)
+            self.variables = canonical_variables(self.net)
+            self.set_weights(weights)
+            self.params = {n: v for n, (v, _, _) in self.variables.items() if not is_buffer(n)}
+            self.optimizer = Optimizer(optim, self.params)
+        x_spec = tf.TensorSpec((None, *image_shape), self.dtype)
+        y_spec = tf.TensorSpec((None,), tf.int64)
+        # One trace for every batch size (the last batch of an epoch is smaller).
+        self._train_fn = tf.function(self._train, input_signature=[x_spec, y_spec, tf.TensorSpec((), tf.float64)])
+        self._predict_fn = tf.function(self._predict, input_signature=[x_spec])
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _loss(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return softmax_cross_entropy(self.net(x, training=True), y, self.label_smoothing)
+
+    def _train(self, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        trainable = list(self.params.values())
+        with tf.GradientTape() as tape:
+            loss = self._loss(x, y)
+        self.optimizer.apply(tape.gradient(loss, trainable), lr)
+        return loss
+
+    def _predict(self, x: tf.Tensor) -> tf.Tensor:
+        return self.net(x, training=False)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
+        """One optimizer update on a batch; returns the batch loss before the update."""
+        with tf.device(self.device):
+            loss = self._train_fn(to_tensor(x, self.dtype), to_tensor(y, tf.int64), tf.constant(lr, tf.float64))
+        return float(loss.numpy())
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Eval-mode logits (BatchNorm uses running statistics, dropout is off)."""
+        with tf.device(self.device):
+            return to_numpy(self._predict_fn(to_tensor(x, self.dtype)))
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        """Logits in train or eval mode without changing any state (BatchNorm statistics are restored)."""
+        saved = self._buffers()
+        with tf.device(self.device):
+            out = to_numpy(self.net(to_tensor(x, self.dtype), training=training))
+        self.set_weights(saved)
+        return out
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Train-mode loss and its gradient w.r.t. every trainable weight; no state is changed."""
+        saved = self._buffers()
+        trainable = list(self.params.values())
+        with tf.device(self.device), tf.GradientTape() as tape:
+            loss = self._loss(to_tensor(x, self.dtype), to_tensor(y, tf.int64))
+        grads = tape.gradient(loss, trainable)
+        self.set_weights(saved)
+        return float(loss.numpy()), {
+            n: self.variables[n][2](to_numpy(g)).copy() for n, g in zip(self.params, grads)
+        }
+
+    # -- canonical weights -------------------------------------------------------------------------
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {n: np.ascontiguousarray(from_tf(to_numpy(v))) for n, (v, _, from_tf) in self.variables.items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        for name, value in weights.items():
+            var, to_tf, _ = self.variables[name]
+            var.assign(np.ascontiguousarray(to_tf(np.asarray(value))).astype(var.dtype))
+
+    def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        return self.optimizer.get_state()
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        self.optimizer.set_state(state)
+
+    def _buffers(self) -> dict[str, np.ndarray]:
+        return {n: a for n, a in self.get_weights().items() if is_buffer(n)}
+
+    # -- native artifact ----------------------------------------------------------------------------
+    def save_native(self, path: str) -> None:
+        """A Keras ``.keras`` archive (weights in Keras layout); written to a temp name, then renamed."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
+        os.close(fd)
+        try:
+            self.net.save(tmp)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,58 @@
+"""TensorFlow runtime: threads, determinism, devices, seeds and numpy <-> tensor conversion."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.errors import BackendError
+
+NAME = "tf"
+DTYPES = {"float32": tf.float32, "float64": tf.float64}
+
+
+def setup(deterministic: bool = True, threads: int = 2) -> None:
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # the runtime was already initialised by an earlier import; keep its setting
+        pass
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    # TF turns TF32 on by default on Ampere+ GPUs; the parity bounds assume full fp32.
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
+def gpu_available() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def check_device(device: str) -> None:
+    if device == "gpu" and not gpu_available():
+        raise BackendError("--device gpu was asked for, but TensorFlow sees no GPU; use --device cpu or auto")
+
+
+def tf_device(device: str) -> str:
+    return "/GPU:0" if device == "gpu" or (device == "auto" and gpu_available()) else "/CPU:0"
+
+
+def seed(n: int) -> None:
+    """Seed the framework RNG (used only by dropout; every other random draw comes from core)."""
+    keras.utils.set_random_seed(n)
+
+
+def versions() -> dict[str, str]:
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def devices() -> list[str]:
+    return ["cpu"] + [f"gpu:{i} {d.name}" for i, d in enumerate(tf.config.list_physical_devices("GPU"))]
+
+
+def to_tensor(x: np.ndarray, dtype: tf.DType | None = None) -> tf.Tensor:
+    return tf.convert_to_tensor(np.ascontiguousarray(x), dtype=dtype)
+
+
+def to_numpy(t) -> np.ndarray:
+    return np.asarray(t.numpy() if hasattr(t, "numpy") else t)

@@ -1,0 +1,84 @@
+"""The CNN classifier in PyTorch. Module names are chosen so that state_dict keys are the canonical names."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.specs import ModelSpec
+from core.weights import feature_grid
+
+
+class ConvBlock(nn.Module):
+    """``convs_per_block`` x (3x3 conv, optional BatchNorm, ReLU), then a 2x2 max-pool."""
+
+    def __init__(self, cin: int, cout: int, spec: ModelSpec):
+        super().__init__()
+        self.n = spec.convs_per_block
+        for c in range(self.n):
+            self.add_module(f"conv{c}", nn.Conv2d(cin if c == 0 else cout, cout, 3, padding=1, bias=not spec.batchnorm))
+            if spec.batchnorm:
+                bn = nn.BatchNorm2d(cout, eps=spec.bn_eps, momentum=spec.bn_momentum)
+                self.add_module(f"bn{c}", bn)
+        self.batchnorm = spec.batchnorm
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for c in range(self.n):
+            x = getattr(self, f"conv{c}")(x)
+            if self.batchnorm:
+                x = getattr(self, f"bn{c}")(x)
+            x = torch.relu(x)
+        return self.pool(x)
+
+
+class Encoder(nn.Module):
+    """NCHW images -> NCHW feature map on the coarsest grid."""
+
+    def __init__(self, spec: ModelSpec, in_channels: int):
+        super().__init__()
+        cins = (in_channels,) + tuple(spec.channels[:-1])
+        for b, (cin, cout) in enumerate(zip(cins, spec.channels)):
+            self.add_module(f"block{b}", ConvBlock(cin, cout, spec))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.children():
+            x = block(x)
+        return x
+
+
+class Head(nn.Module):
+    """Pooled (GAP) or flattened (H, W, C order) features -> dense layers -> logits."""
+
+    def __init__(self, spec: ModelSpec, image_shape: tuple[int, int, int]):
+        super().__init__()
+        h, w = feature_grid(spec, image_shape)
+        self.flatten = spec.head == "flatten"
+        fan_in = spec.channels[-1] * (h * w if self.flatten else 1)
+        for i, width in enumerate(spec.hidden):
+            self.add_module(f"fc{i}", nn.Linear(fan_in, width))
+            fan_in = width
+        self.out = nn.Linear(fan_in, spec.num_classes)
+        self.n_hidden = len(spec.hidden)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.flatten:
+            x = feats.permute(0, 2, 3, 1).flatten(1)  # canonical H, W, C order
+        else:
+            x = feats.mean(dim=(2, 3))
+        for i in range(self.n_hidden):
+            x = torch.relu(getattr(self, f"fc{i}")(self.dropout(x)))
+        return self.out(self.dropout(x))
+
+
+class CNN(nn.Module):
+    """Takes NHWC input (core's layout) and works in NCHW inside."""
+
+    def __init__(self, spec: ModelSpec, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.encoder = Encoder(spec, image_shape[2])
+        self.head = Head(spec, image_shape)
+
+    def forward(self, x_nhwc: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x_nhwc.permute(0, 3, 1, 2)))

@@ -1,0 +1,83 @@
+"""Optimizers from core's OptimSpec on top of torch.optim (whose semantics core.optim_ref follows).
+
+The learning rate of every step is handed in by the caller (core.schedules); state converts to and
+from core's canonical names (see core.optim_ref.state_names).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from backends.torch.runtime import to_numpy
+from core.specs import OptimSpec
+
+
+class Optimizer:
+    def __init__(self, spec: OptimSpec, params: dict[str, torch.nn.Parameter]):
+        self.spec = spec
+        self.params = params
+        plist = list(params.values())
+        if spec.name == "sgd":
+            self.opt = torch.optim.SGD(
+                plist, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
+            )
+        elif spec.name in ("adam", "adamw"):
+            cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
+            self.opt = cls(plist, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps, weight_decay=spec.weight_decay)
+        else:  # specs are validated; this guards against a new name added in one place only
+            raise ValueError(f"unknown optimizer {spec.name!r}")
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    def step(self, lr: float) -> None:
+        """Clip (global norm, as clip_grad_norm_) and apply one update with learning rate ``lr``."""
+        if self.spec.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], self.spec.clip_norm)
+        self.opt.param_groups[0]["lr"] = lr
+        self.opt.step()
+        self.steps += 1
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Canonical optimizer state; buffers that torch has not created yet are zeros."""
+        out: dict[str, np.ndarray] = {"step": np.array(float(self.steps))}
+        for name, p in self.params.items():
+            st = self.opt.state.get(p, {})
+            zeros = np.zeros(tuple(p.shape), dtype=to_numpy(p).dtype)
+            if self.spec.name == "sgd" and self.spec.momentum > 0:
+                buf = st.get("momentum_buffer")
+                out[f"momentum.{name}"] = zeros if buf is None else to_numpy(buf)
+            elif self.spec.name in ("adam", "adamw"):
+                out[f"exp_avg.{name}"] = to_numpy(st["exp_avg"]) if "exp_avg" in st else zeros
+                out[f"exp_avg_sq.{name}"] = to_numpy(st["exp_avg_sq"]) if "exp_avg_sq" in st else zeros
+        return out
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.steps = int(np.asarray(state["step"]))
+        for name, p in self.params.items():
+            def load(key: str) -> torch.Tensor:
+                return torch.as_tensor(np.asarray(state[key]), dtype=p.dtype, device=p.device).clone()
+
+            if self.spec.name == "sgd" and self.spec.momentum > 0:
+                self.opt.state[p] = {"momentum_buffer": load(f"momentum.{name}")}
+            elif self.spec.name in ("adam", "adamw"):
+                self.opt.state[p] = {
+                    "step": torch.tensor(float(self.steps), dtype=torch.float32),
+                    "exp_avg": load(f"exp_avg.{name}"),
+                    "exp_avg_sq": load(f"exp_avg_sq.{name}"),
+                }
+
+
+def apply_updates(
+    spec: OptimSpec, params: dict[str, np.ndarray], grads_seq: list[dict[str, np.ndarray]], lrs: list[float]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Apply one update per (grads, lr) pair to copies of ``params``; for the optimizer parity level."""
+    tensors = {n: torch.nn.Parameter(torch.from_numpy(np.array(v))) for n, v in params.items()}
+    opt = Optimizer(spec, tensors)
+    for grads, lr in zip(grads_seq, lrs):
+        for n, p in tensors.items():
+            p.grad = torch.from_numpy(np.array(grads[n]))
+        opt.step(lr)
+    return {n: to_numpy(p).copy() for n, p in tensors.items()}, opt.get_state()

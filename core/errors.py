@@ -1,0 +1,29 @@
+"""Errors a user can act on. The CLI prints their message and exits non-zero, without a traceback."""
+
+
+class DualkitError(Exception):
+    """Base class: the message names the problem and the fix."""
+
+
+class SpecError(DualkitError):
+    """A preset or ``--set`` override that is not valid."""
+
+
+class BackendError(DualkitError):
+    """An unknown backend, a framework that is not installed, or a device that is not there."""
+
+
+class DataError(DualkitError):
+    """A dataset folder that is missing, incomplete or truncated."""
+
+
+class CheckpointError(DualkitError):
+    """A checkpoint that is not safetensors or does not fit the model."""
+
+
+class RunError(DualkitError):
+    """A run folder that cannot be used as asked (exists already, is not a run, ...)."""
+
+
+class TrainingError(DualkitError):
+    """Training stopped: e.g. the loss became NaN."""

@@ -1,0 +1,43 @@
+"""Learning-rate schedules, computed here per step and handed to the backend (no framework schedule is used)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from core.errors import SpecError
+from core.specs import ScheduleSpec
+
+_NAMES = ("constant", "step", "cosine")
+
+
+def lr_at(spec: ScheduleSpec, base_lr: float, step: int, total_steps: int) -> float:
+    """Learning rate for 0-based ``step``: linear warm-up, then constant, step decay or cosine to min_lr."""
+    if spec.name not in _NAMES:
+        raise SpecError(f"schedule.name={spec.name!r} is not one of: {', '.join(_NAMES)}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    w = max(0, spec.warmup_steps)
+    if step < w:
+        # (step + 1) so the first step already trains and the last warm-up step reaches base_lr.
+        return float(base_lr * (step + 1) / w)
+    t = step - w
+    if spec.name == "constant":
+        return float(base_lr)
+    if spec.name == "step":
+        if spec.step_size < 1:
+            raise SpecError("schedule.step_size must be >= 1")
+        return float(base_lr * spec.gamma ** (t // spec.step_size))
+    T = max(1, total_steps - w)
+    t = min(t, T)  # past the planned end the cosine stays at its floor
+    return float(spec.min_lr + (base_lr - spec.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / T)))
+
+
+def lr_table(spec: ScheduleSpec, base_lr: float, total_steps: int) -> np.ndarray:
+    """float64 array of lr_at(spec, base_lr, i, total_steps) for i in range(total_steps)."""
+    if total_steps < 0:
+        raise ValueError(f"total_steps must be >= 0, got {total_steps}")
+    if spec.name not in _NAMES:
+        raise SpecError(f"schedule.name={spec.name!r} is not one of: {', '.join(_NAMES)}")
+    return np.array([lr_at(spec, base_lr, i, total_steps) for i in range(total_steps)], dtype=np.float64)

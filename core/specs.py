@@ -1,0 +1,247 @@
+"""Typed, frozen run specifications: loaded from presets, overridden with ``a.b=value``, saved as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import SpecError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str = "digits"  # digits | cifar10 | idx
+    root: str = ""  # folder holding the files (cifar10, idx); unused for digits
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2  # only for datasets without an official test split (digits)
+    normalize: bool = True  # per-channel mean/std from the training split
+    crop_padding: int = 0  # random crop after zero padding by this many pixels (0 = off)
+    flip: bool = False  # random horizontal flip
+    limit_train: int = 0  # keep only the first N training images (0 = all); for quick runs
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    channels: tuple[int, ...] = (16, 32)  # one conv block per entry, each ends with a 2x2 max-pool
+    convs_per_block: int = 1
+    batchnorm: bool = False
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1  # torch convention: running = (1 - m) * running + m * batch
+    head: str = "gap"  # gap | flatten
+    hidden: tuple[int, ...] = ()  # dense layers between the pooled features and the logits
+    dropout: float = 0.0  # before every dense layer
+    num_classes: int = 10
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    name: str = "adam"  # sgd | adam | adamw
+    lr: float = 1e-3
+    momentum: float = 0.0  # sgd only
+    nesterov: bool = False  # sgd only
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0  # L2 added to the gradient for sgd/adam; decoupled for adamw
+    clip_norm: float = 0.0  # global gradient-norm clipping (0 = off)
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str = "constant"  # constant | step | cosine
+    warmup_steps: int = 0  # linear warm-up from 0 to the base lr
+    step_size: int = 1000  # step schedule: multiply by gamma every step_size steps
+    gamma: float = 0.1
+    min_lr: float = 0.0  # cosine floor
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    label_smoothing: float = 0.0
+    dtype: str = "float32"  # float32 | float64
+    eval_batch_size: int = 512
+    checkpoint_every: int = 1  # epochs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: str = "classify"
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+
+TASKS = ("classify",)
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("", "task"): TASKS,
+    ("data", "name"): ("digits", "cifar10", "idx"),
+    ("model", "head"): ("gap", "flatten"),
+    ("optim", "name"): ("sgd", "adam", "adamw"),
+    ("schedule", "name"): ("constant", "step", "cosine"),
+    ("train", "dtype"): ("float32", "float64"),
+}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a field's type hint, converting only where it is lossless."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+            value = [_parse_scalar(v.strip()) for v in value]
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"{where}: expected a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_coerce(v, item, where) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise SpecError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SpecError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise SpecError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise SpecError(f"{where}: expected a string, got {value!r}")
+    raise SpecError(f"{where}: unsupported field type {hint}")  # pragma: no cover - spec bug
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a command-line value: TOML literal syntax, or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = _hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        valid = ", ".join(f"{prefix}{k}" for k in hints)
+        raise SpecError(f"unknown key {prefix}{unknown[0]}; valid keys here: {valid}")
+    kwargs = {}
+    for name, hint in hints.items():
+        if name not in raw:
+            continue
+        where = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(raw[name], dict):
+                raise SpecError(f"{where} is a section; set its fields as {where}.<key>")
+            kwargs[name] = _build(hint, raw[name], where + ".")
+        else:
+            kwargs[name] = _coerce(raw[name], hint, where)
+    return cls(**kwargs)
+
+
+def validate(spec: RunSpec) -> RunSpec:
+    """Reject values that type-check but make no sense, naming the field and the valid range."""
+    for (section, key), choices in _CHOICES.items():
+        obj = getattr(spec, section) if section else spec
+        value = getattr(obj, key)
+        if value not in choices:
+            name = f"{section}.{key}" if section else key
+            raise SpecError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+    checks = [
+        (0.0 <= spec.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+        (0.0 < spec.data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)"),
+        (spec.data.crop_padding >= 0, "data.crop_padding must be >= 0"),
+        (len(spec.model.channels) >= 1, "model.channels needs at least one block"),
+        (all(c > 0 for c in spec.model.channels + spec.model.hidden), "model sizes must be > 0"),
+        (spec.model.convs_per_block >= 1, "model.convs_per_block must be >= 1"),
+        (0.0 <= spec.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (spec.model.num_classes >= 2, "model.num_classes must be >= 2"),
+        (spec.optim.lr > 0, "optim.lr must be > 0"),
+        (0.0 <= spec.optim.momentum < 1.0, "optim.momentum must be in [0, 1)"),
+        (not spec.optim.nesterov or spec.optim.momentum > 0, "optim.nesterov needs optim.momentum > 0"),
+        (0.0 <= spec.optim.beta1 < 1.0 and 0.0 <= spec.optim.beta2 < 1.0, "optim.beta1/beta2 must be in [0, 1)"),
+        (spec.optim.weight_decay >= 0 and spec.optim.clip_norm >= 0, "optim.weight_decay and clip_norm must be >= 0"),
+        (spec.train.epochs >= 1 and spec.train.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),
+        (0.0 <= spec.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
+        (spec.schedule.step_size >= 1, "schedule.step_size must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SpecError(message)
+    return spec
+
+
+def from_dict(raw: dict[str, Any]) -> RunSpec:
+    return validate(_build(RunSpec, raw, ""))
+
+
+def to_dict(spec: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(spec)
+    return json.loads(json.dumps(out))  # tuples become lists, as in the JSON file
+
+
+def load_toml(path: Path) -> RunSpec:
+    with open(path, "rb") as fh:
+        return from_dict(tomllib.load(fh))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise SpecError(f"bad override {text!r}: write it as section.key=value, e.g. optim.lr=0.01")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise SpecError(f"bad override {text!r}: the key is empty")
+    return path, _parse_scalar(value.strip())
+
+
+def apply_overrides(spec: RunSpec, overrides: list[str]) -> RunSpec:
+    """Apply ``a.b=value`` overrides; unknown keys and wrong types are refused with the valid keys."""
+    raw = to_dict(spec)
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = raw
+        cls: Any = RunSpec
+        for i, part in enumerate(path):
+            hints = _hints(cls)
+            if part not in hints:
+                where = ".".join(path[:i])
+                prefix = where + "." if where else ""
+                valid = ", ".join(prefix + k for k in hints)
+                raise SpecError(f"unknown key {'.'.join(path)} in --set; valid keys here: {valid}")
+            if i == len(path) - 1:
+                if dataclasses.is_dataclass(hints[part]):
+                    raise SpecError(f"{'.'.join(path)} is a section; set one of its fields, e.g. {'.'.join(path)}.<key>=...")
+                node[part] = value
+            else:
+                if not dataclasses.is_dataclass(hints[part]):
+                    raise SpecError(f"{'.'.join(path[: i + 1])} is a value, not a section")
+                node = node[part]
+                cls = hints[part]
+    return from_dict(raw)
+
+
+def save_json(spec: RunSpec, path: Path) -> None:
+    from core.runs import atomic_write_text
+
+    atomic_write_text(path, json.dumps(to_dict(spec), indent=2) + "\n")
+
+
+def load_json(path: Path) -> RunSpec:
+    return from_dict(json.loads(Path(path).read_text()))
+

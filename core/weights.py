@@ -1,0 +1,93 @@
+"""Canonical weights: one naming and layout for both backends, and the seeded numpy initialisation.
+
+Layout (PyTorch's): conv kernels (out, in, kh, kw), dense kernels (out, in). Flattening is over
+(H, W, C), the order of core's NHWC data, so a flatten head means the same thing in both backends.
+Names: ``encoder.block{b}.conv{c}.weight|bias``, ``encoder.block{b}.bn{c}.weight|bias|running_mean|
+running_var``, ``head.fc{i}.weight|bias`` and ``head.out.weight|bias``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.batches import make_rng
+from core.specs import ModelSpec
+
+BUFFER_SUFFIXES = (".running_mean", ".running_var")
+
+
+def is_buffer(name: str) -> bool:
+    """Tensors that are state but not trained (BatchNorm running statistics)."""
+    return name.endswith(BUFFER_SUFFIXES)
+
+
+def feature_grid(model: ModelSpec, image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Spatial size after the encoder: every block halves H and W (floor, as both max-pools do)."""
+    h, w, _ = image_shape
+    for _ in model.channels:
+        h, w = h // 2, w // 2
+    if h < 1 or w < 1:
+        raise ValueError(
+            f"image {image_shape[:2]} is too small for {len(model.channels)} pooling blocks; "
+            f"use fewer entries in model.channels"
+        )
+    return h, w
+
+
+def encoder_shapes(model: ModelSpec, in_channels: int) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    cin = in_channels
+    for b, cout in enumerate(model.channels):
+        for c in range(model.convs_per_block):
+            prefix = f"encoder.block{b}"
+            shapes[f"{prefix}.conv{c}.weight"] = (cout, cin, 3, 3)
+            if model.batchnorm:
+                for part in ("weight", "bias", "running_mean", "running_var"):
+                    shapes[f"{prefix}.bn{c}.{part}"] = (cout,)
+            else:  # a conv bias before BatchNorm is redundant, so it exists only without BN
+                shapes[f"{prefix}.conv{c}.bias"] = (cout,)
+            cin = cout
+    return shapes
+
+
+def head_shapes(model: ModelSpec, image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+    h, w = feature_grid(model, image_shape)
+    fan_in = model.channels[-1] * (h * w if model.head == "flatten" else 1)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, width in enumerate(model.hidden):
+        shapes[f"head.fc{i}.weight"] = (width, fan_in)
+        shapes[f"head.fc{i}.bias"] = (width,)
+        fan_in = width
+    shapes["head.out.weight"] = (model.num_classes, fan_in)
+    shapes["head.out.bias"] = (model.num_classes,)
+    return shapes
+
+
+def classifier_shapes(model: ModelSpec, image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+    """Every canonical tensor of the classifier, in a fixed order, with its shape."""
+    return {**encoder_shapes(model, image_shape[2]), **head_shapes(model, image_shape)}
+
+
+def init_tensor(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """He-normal kernels (LeCun-normal for the logits layer), zero biases, identity BatchNorm."""
+    if name.endswith((".bias", ".running_mean")):
+        return np.zeros(shape)
+    if name.endswith(".running_var") or (".bn" in name and name.endswith(".weight")):
+        return np.ones(shape)
+    fan_in = int(np.prod(shape[1:]))
+    gain = 1.0 if name.startswith("head.out.") else 2.0
+    return rng.normal(0.0, np.sqrt(gain / fan_in), size=shape)
+
+
+def init_weights(
+    shapes: dict[str, tuple[int, ...]], seed: int, dtype: str = "float32", stream: str = "init"
+) -> dict[str, np.ndarray]:
+    """Draw every tensor in ``shapes`` order from one seeded stream, so both backends start equal."""
+    rng = make_rng(seed, stream)
+    return {name: init_tensor(name, shape, rng).astype(dtype) for name, shape in shapes.items()}
+
+
+def init_classifier(
+    model: ModelSpec, image_shape: tuple[int, int, int], seed: int, dtype: str = "float32"
+) -> dict[str, np.ndarray]:
+    return init_weights(classifier_shapes(model, image_shape), seed, dtype)
