@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from backends.tf.runtime import to_numpy
+from backends.tf.runtime import tf_device, to_numpy
 from core.specs import OptimSpec
 
 
@@ -85,11 +85,16 @@ class Optimizer:
 
 
 def apply_updates(
-    spec: OptimSpec, params: dict[str, np.ndarray], grads_seq: list[dict[str, np.ndarray]], lrs: list[float]
+    spec: OptimSpec,
+    params: dict[str, np.ndarray],
+    grads_seq: list[dict[str, np.ndarray]],
+    lrs: list[float],
+    device: str = "cpu",
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Apply one update per (grads, lr) pair to copies of ``params``; for the optimizer parity level."""
-    variables = {n: tf.Variable(np.array(v)) for n, v in params.items()}
-    opt = Optimizer(spec, variables)
-    for grads, lr in zip(grads_seq, lrs):
-        opt.apply([tf.constant(grads[n]) for n in variables], tf.constant(lr, tf.float64))
+    with tf.device(tf_device(device)):
+        variables = {n: tf.Variable(np.array(v)) for n, v in params.items()}
+        opt = Optimizer(spec, variables)
+        for grads, lr in zip(grads_seq, lrs):
+            opt.apply([tf.constant(grads[n]) for n in variables], tf.constant(lr, tf.float64))
     return {n: to_numpy(v).copy() for n, v in variables.items()}, opt.get_state()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backends.torch.runtime import to_numpy
+from backends.torch.runtime import to_numpy, to_tensor, torch_device
 from core.specs import OptimSpec
 
 
@@ -71,13 +71,18 @@ class Optimizer:
 
 
 def apply_updates(
-    spec: OptimSpec, params: dict[str, np.ndarray], grads_seq: list[dict[str, np.ndarray]], lrs: list[float]
+    spec: OptimSpec,
+    params: dict[str, np.ndarray],
+    grads_seq: list[dict[str, np.ndarray]],
+    lrs: list[float],
+    device: str = "cpu",
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Apply one update per (grads, lr) pair to copies of ``params``; for the optimizer parity level."""
-    tensors = {n: torch.nn.Parameter(torch.from_numpy(np.array(v))) for n, v in params.items()}
+    dev = torch_device(device)
+    tensors = {n: torch.nn.Parameter(to_tensor(v, dev).clone()) for n, v in params.items()}
     opt = Optimizer(spec, tensors)
     for grads, lr in zip(grads_seq, lrs):
         for n, p in tensors.items():
-            p.grad = torch.from_numpy(np.array(grads[n]))
+            p.grad = to_tensor(grads[n], dev).clone()  # clipping scales grads in place
         opt.step(lr)
     return {n: to_numpy(p).copy() for n, p in tensors.items()}, opt.get_state()
