@@ -27,3 +27,7 @@ class RunError(DualkitError):
 
 class TrainingError(DualkitError):
     """Training stopped: e.g. the loss became NaN."""
+
+
+class EnvError(DualkitError):
+    """A Gymnasium environment that does not exist or whose spaces a task cannot handle."""

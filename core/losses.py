@@ -38,3 +38,62 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, label_smoothin
     # torch mixes the one-hot target with the uniform distribution over all K classes (true class included).
     per_sample = (1.0 - label_smoothing) * picked + label_smoothing * nll.mean(axis=1)
     return float(per_sample.mean())
+
+
+TD_LOSSES = ("huber", "mse")
+
+
+def td_targets(
+    rewards: np.ndarray,
+    terminated: np.ndarray,
+    next_q_target: np.ndarray,
+    gamma: float,
+    next_q_online: np.ndarray | None = None,
+) -> np.ndarray:
+    """``r + gamma * (1 - terminated) * V(s')`` in float64, shape (B,).
+
+    V(s') is max_a Q_target(s', a), or with ``next_q_online`` (double DQN) Q_target(s', argmax_a
+    Q_online(s', a)). Only ``terminated`` stops the bootstrap: a transition cut by a time limit
+    (truncated) is stored with terminated = 0 and bootstraps like any other.
+    """
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    done = np.asarray(terminated, dtype=np.float64).reshape(-1)
+    nq = np.asarray(next_q_target, dtype=np.float64)
+    if nq.ndim != 2 or nq.shape[0] != r.shape[0] or done.shape != r.shape:
+        raise ValueError(f"next_q_target must be (B, A) with B = len(rewards) = len(terminated), got {nq.shape}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if next_q_online is None:
+        v = nq.max(axis=1)
+    else:
+        a = np.argmax(np.asarray(next_q_online), axis=1)
+        v = nq[np.arange(len(a)), a]
+    return r + gamma * (1.0 - done) * v
+
+
+def td_loss(
+    q: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    terminated: np.ndarray,
+    next_q_target: np.ndarray,
+    next_q_online: np.ndarray | None = None,
+    *,
+    gamma: float,
+    kind: str = "huber",
+) -> float:
+    """Mean TD loss over the batch: Huber (delta 1, = torch smooth_l1) or squared error of
+    Q(s, a) - target, the target held constant (see td_targets)."""
+    if kind not in TD_LOSSES:
+        raise ValueError(f"kind must be one of {TD_LOSSES}, got {kind!r}")
+    qv = np.asarray(q, dtype=np.float64)
+    a = np.asarray(actions).astype(np.int64).reshape(-1)
+    if qv.ndim != 2 or a.shape != (qv.shape[0],) or qv.shape[0] == 0:
+        raise ValueError(f"q must be (B, A) with B > 0 and actions (B,), got {qv.shape} and {a.shape}")
+    if a.min() < 0 or a.max() >= qv.shape[1]:
+        raise ValueError(f"actions must lie in [0, {qv.shape[1]})")
+    d = qv[np.arange(len(a)), a] - td_targets(rewards, terminated, next_q_target, gamma, next_q_online)
+    if kind == "mse":
+        return float(np.mean(d * d))
+    ad = np.abs(d)
+    return float(np.mean(np.where(ad < 1.0, 0.5 * d * d, ad - 0.5)))

@@ -91,3 +91,43 @@ def init_classifier(
     model: ModelSpec, image_shape: tuple[int, int, int], seed: int, dtype: str = "float32"
 ) -> dict[str, np.ndarray]:
     return init_weights(classifier_shapes(model, image_shape), seed, dtype)
+
+
+# -- DQN Q-network ---------------------------------------------------------------------------------
+QNET_PREFIX = "q"  # the online network's canonical names: q.fc{i}.weight|bias, q.out.weight|bias
+TARGET_PREFIX = "target"  # the target network: the same names under target.
+
+
+def qnet_shapes(hidden: tuple[int, ...], obs_dim: int, num_actions: int, prefix: str = QNET_PREFIX) -> dict[str, tuple[int, ...]]:
+    """Every canonical tensor of the Q-network MLP (dense kernels (out, in)), in a fixed order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    fan_in = obs_dim
+    for i, width in enumerate(hidden):
+        shapes[f"{prefix}.fc{i}.weight"] = (width, fan_in)
+        shapes[f"{prefix}.fc{i}.bias"] = (width,)
+        fan_in = width
+    shapes[f"{prefix}.out.weight"] = (num_actions, fan_in)
+    shapes[f"{prefix}.out.bias"] = (num_actions,)
+    return shapes
+
+
+def init_qnet(
+    hidden: tuple[int, ...], obs_dim: int, num_actions: int, seed: int, dtype: str = "float32"
+) -> dict[str, np.ndarray]:
+    """Online Q-network weights: PyTorch nn.Linear's default distribution, U(+-1/sqrt(fan_in)) for
+    kernels and biases (what CleanRL's reference DQN starts from), drawn in numpy from one seeded stream."""
+    rng = make_rng(seed, "init/qnet")
+    out: dict[str, np.ndarray] = {}
+    fan_in = obs_dim
+    for name, shape in qnet_shapes(hidden, obs_dim, num_actions).items():
+        if name.endswith(".weight"):
+            fan_in = shape[1]
+        bound = 1.0 / np.sqrt(fan_in)
+        out[name] = rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return out
+
+
+def target_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The online weights renamed as the target network's (a copy: the target is its own tensors)."""
+    head = QNET_PREFIX + "."
+    return {TARGET_PREFIX + "." + k[len(head):]: np.array(v) for k, v in weights.items() if k.startswith(head)}
