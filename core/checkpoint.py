@@ -43,7 +43,12 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     meta_text = (header.get("__metadata__") or {}).get(_META_KEY)
     if meta_text is None:
         raise CheckpointError(f"{path} is safetensors but was not written by dualkit (no '{_META_KEY}' metadata)")
-    meta = json.loads(meta_text)
+    try:
+        meta = json.loads(meta_text)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has unreadable '{_META_KEY}' metadata (not a JSON object); the file is damaged")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format version {meta['format_version']}, newer than this dualkit reads "

@@ -65,7 +65,8 @@ def get_backend(
             os.environ.setdefault(var, str(threads))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        if key == "tf" and "torch" not in sys.modules and importlib.util.find_spec("torch") is not None:
+        single = os.environ.get("DUALKIT_SINGLE_BACKEND") == "1"  # a process that will never load torch
+        if key == "tf" and not single and "torch" not in sys.modules and importlib.util.find_spec("torch") is not None:
             # Both frameworks in one process only work reliably when torch is loaded first.
             importlib.import_module("torch")
         module = importlib.import_module(package)

@@ -246,6 +246,7 @@ class DQNSpec:
     epsilon_fraction: float = 0.1  # linear decay over this fraction of total_steps
     eval_every: int = 5_000  # environment steps between greedy evaluations (0 = only at the end)
     eval_episodes: int = 10
+    test_episodes: int = 20  # the final greedy evaluation on held-out seeds (env.test_seed + i)
     stop_return: float = 0.0  # stop once a greedy evaluation's mean return reaches this (0 = never)
     keep_best: bool = True  # checkpoint the best-evaluated weights rather than the last ones
 
@@ -291,7 +292,7 @@ def _dqn_checks(spec: DQNRunSpec) -> list[tuple[bool, str]]:
         (0.0 <= d.epsilon_end <= 1.0 and 0.0 <= d.epsilon_start <= 1.0, "dqn.epsilon_start/epsilon_end must be in [0, 1]"),
         (0.0 < d.epsilon_fraction <= 1.0, "dqn.epsilon_fraction must be in (0, 1]"),
         (d.eval_every >= 0, "dqn.eval_every must be >= 0 (0 = evaluate only at the end)"),
-        (d.eval_episodes >= 1, "dqn.eval_episodes must be >= 1"),
+        (d.eval_episodes >= 1 and d.test_episodes >= 1, "dqn.eval_episodes and dqn.test_episodes must be >= 1"),
         (spec.seed >= 0, "seed must be >= 0"),
         (spec.schedule.step_size >= 1, "schedule.step_size must be >= 1"),
     ]

@@ -1,4 +1,4 @@
-"""The ``dualkit`` command line: info, train, eval, port, parity."""
+"""The ``dualkit`` command line: info, train, eval, port, parity, bench."""
 
 from __future__ import annotations
 
@@ -28,6 +28,56 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                    help="override a spec field, e.g. --set optim.lr=0.01 (repeatable)")
 
 
+# -- DQN: the same commands, dispatched on the spec's task -----------------------------------------
+def _run_task(run: str) -> str:
+    """The task of a run folder, from its spec.json (a folder without one is left to the classifier's checks)."""
+    from core.runs import SPEC_FILE
+    from core.specs import load_json
+
+    path = Path(run) / SPEC_FILE
+    return load_json(path).task if path.is_file() else "classify"
+
+
+def _train_dqn(args: argparse.Namespace, spec, backend: str, run_dir: Path) -> int:
+    from tasks.dqn import train
+
+    result = train(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
+    rows = [[e["env_steps"], e["updates"], e["epsilon"], e["loss"], e["train_return"], e["eval_return"], e["steps_per_s"]]
+            for e in result.evals]
+    print(markdown_table(["env steps", "updates", "epsilon", "loss", "train return", "eval return", "steps/s"], rows))
+    t = result.test
+    print(f"test: greedy return {t['return_mean']:.1f} +- {t['return_std']:.1f} (min {t['return_min']:.0f}) over "
+          f"{len(t['returns'])} held-out episodes" + (f"; solved at {result.solved_at} env steps" if result.solved_at else ""))
+    print(f"run folder: {run_dir}  ({result.wall_s:.1f} s, {result.steps_per_s:.0f} env steps/s)")
+    return 0
+
+
+def _eval_dqn(args: argparse.Namespace) -> int:
+    from tasks.dqn import evaluate_run
+
+    res = evaluate_run(Path(args.run), args.backend, args.device, args.episodes, args.seed)
+    print(markdown_table(["run", "trained in", "evaluated in", "env", "episodes", "first seed", "mean return", "std", "min"],
+                         [[args.run, res["trained_in"], res["backend"], res["env_id"], res["episodes"], res["seed"],
+                           res["return_mean"], res["return_std"], res["return_min"]]]))
+    return 0
+
+
+def _port_dqn(args: argparse.Namespace) -> int:
+    from tasks.dqn import NATIVE_SUFFIX, port_run
+
+    to = registry.resolve_name(args.to)
+    out = Path(args.out) if args.out else Path(args.run) / f"model{NATIVE_SUFFIX[to]}"
+    if out.exists() and not args.overwrite:
+        raise DualkitError(f"{out} already exists; choose another --out or pass --overwrite")
+    rep = port_run(Path(args.run), to, out, args.device)
+    print(markdown_table(
+        ["from", "to", "episodes", "identical returns", "max rel |Q diff|", "return (from)", "return (to)"],
+        [[rep["from"], rep["to"], rep["episodes"], rep["identical_returns"], rep["max_rel_q_diff"], rep["return_from"], rep["return_to"]]],
+    ))
+    print(f"wrote {rep['artifact']}")
+    return 0 if rep["identical_returns"] else 1
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     rows = []
     for name in registry.BACKENDS:
@@ -49,6 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = presets.load(args.preset, args.overrides)
     backend = registry.resolve_name(args.backend)
     run_dir = Path(args.out) if args.out else default_run_dir(Path(args.preset).stem, backend)
+    if spec.task == "dqn":
+        return _train_dqn(args, spec, backend, run_dir)
     result = train(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
     rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h.get("val_accuracy", float("nan")), h["images_per_s"]]
             for h in result.history]
@@ -61,6 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tasks.classify import evaluate_run
 
+    if _run_task(args.run) == "dqn":
+        return _eval_dqn(args)
     res = evaluate_run(Path(args.run), args.backend, args.device, args.split)
     print(markdown_table(["run", "trained in", "evaluated in", "split", "loss", "accuracy", "top5", "macro F1"],
                          [[args.run, res["trained_in"], res["backend"], res["split"], res["loss"], res["accuracy"], res["top5"], res["macro_f1"]]]))
@@ -70,6 +124,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_port(args: argparse.Namespace) -> int:
     from tasks.classify import NATIVE_SUFFIX, port_run
 
+    if _run_task(args.run) == "dqn":
+        return _port_dqn(args)
     to = registry.resolve_name(args.to)
     out = Path(args.out) if args.out else Path(args.run) / f"model{NATIVE_SUFFIX[to]}"
     if out.exists() and not args.overwrite:
@@ -92,6 +148,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     levels = [lvl.strip() for lvl in args.levels.split(",")]
     checks, t0 = [], time.perf_counter()
+    if spec.task == "dqn":  # DQN has its own levels; the classifier's below then find nothing to do
+        from tasks import dqn_parity
+
+        checks, levels = dqn_parity.run_levels(spec, levels, dtypes, args.device, args.seeds), []
     for dtype in dtypes:
         for level, fn in (("L0", parity.level0), ("L1", parity.level1), ("L2", parity.level2), ("L3", parity.level3)):
             if level in levels:
@@ -109,6 +169,37 @@ def cmd_parity(args: argparse.Namespace) -> int:
     print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed ({time.perf_counter() - t0:.0f} s on {args.device})")
     if args.json:
         write_json(Path(args.json), {"preset": args.preset, "device": args.device, "checks": [c.to_dict() for c in checks]})
+    return 1 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks import report, suite
+
+    if args.compare:
+        old, new = (report.load_results(Path(p)) for p in args.compare)
+        print(report.compare(old, new))
+        return 0
+    if args.full and not args.data_root:
+        raise DualkitError("--full trains on CIFAR-10: name its folder with --data-root PATH "
+                           "(the folder holding cifar-10-batches-bin or cifar-10-batches-py)")
+    config = suite.full_config(args.data_root) if args.full else suite.fast_config()
+    if args.presets:
+        config.presets = [p.strip() for p in args.presets.split(",")]
+    if args.seeds:
+        config.seeds = list(range(args.seeds))
+    if args.data_root and not args.full:
+        config.overrides.append(f"data.root={json.dumps(args.data_root)}")
+    config.devices = suite.available_devices() if args.device == "auto" else [args.device]
+    config.overhead = not args.no_overhead
+    config.parity = not args.no_parity
+    out = Path(args.out) if args.out else Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
+    if (out / "results.json").exists() and not args.overwrite:
+        raise DualkitError(f"{out} already holds benchmark results; choose another --out or pass --overwrite")
+    results = suite.run_bench(config, progress=not args.quiet)
+    paths = report.write_report(results, out)
+    print(paths["report"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    failed = [c for c in results["parity"] if not c["passed"]]
     return 1 if failed else 0
 
 
@@ -131,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder written by `dualkit train`")
     _backend_args(p)
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--episodes", type=int, help="DQN: greedy episodes to play (default: the spec's dqn.test_episodes)")
+    p.add_argument("--seed", type=int, help="DQN: seed of the first episode (default: the spec's env.test_seed)")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("port", help="write a run's model as the other framework's native artifact, with a parity check")
@@ -149,6 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds per backend for L5 (0 skips it)")
     p.add_argument("--json", help="also write the checks to this JSON file")
     p.set_defaults(fn=cmd_parity)
+
+    p = sub.add_parser("bench", help="the benchmark suite: runs, parity levels, overhead; JSON, Markdown and plots")
+    p.add_argument("--full", action="store_true", help="CIFAR-10 too (needs --data-root) and 5 seeds")
+    p.add_argument("--data-root", help="folder holding cifar-10-batches-bin or cifar-10-batches-py")
+    p.add_argument("--presets", help="comma-separated presets (default: cnn-digits; --full adds cnn-cifar10)")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per backend (default 3; 5 with --full)")
+    p.add_argument("--device", default="auto", choices=registry.DEVICES, help="auto = cpu, plus gpu where present")
+    p.add_argument("--no-overhead", action="store_true", help="skip the bare-loop overhead benchmark")
+    p.add_argument("--no-parity", action="store_true", help="skip the parity levels")
+    p.add_argument("--out", help="output folder (default: bench-results/<time>)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare two results.json files and stop")
+    p.set_defaults(fn=cmd_bench)
     return parser
 
 

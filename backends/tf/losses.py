@@ -17,6 +17,41 @@ def softmax_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, label_smoothing:
     return tf.reduce_mean(nll)
 
 
+def td_targets(
+    rewards: tf.Tensor,
+    terminated: tf.Tensor,
+    next_q_target: tf.Tensor,
+    gamma: float,
+    next_q_online: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """``r + gamma * (1 - terminated) * V(s')``, (B,); double DQN when ``next_q_online`` is given."""
+    if next_q_online is None:
+        v = tf.reduce_max(next_q_target, axis=1)
+    else:
+        v = tf.gather(next_q_target, tf.argmax(next_q_online, axis=1), batch_dims=1)
+    return rewards + tf.constant(gamma, rewards.dtype) * (1.0 - terminated) * v
+
+
+def td_loss(
+    q: tf.Tensor,
+    actions: tf.Tensor,
+    rewards: tf.Tensor,
+    terminated: tf.Tensor,
+    next_q_target: tf.Tensor,
+    next_q_online: tf.Tensor | None = None,
+    *,
+    gamma: float,
+    kind: str = "huber",
+) -> tf.Tensor:
+    """Mean Huber (delta 1) or squared TD error of Q(s, a); the target carries no gradient."""
+    q_taken = tf.gather(q, tf.reshape(actions, [-1]), batch_dims=1)  # (B,), never (B, 1): no broadcasting
+    d = q_taken - tf.stop_gradient(td_targets(rewards, terminated, next_q_target, gamma, next_q_online))
+    if kind == "mse":
+        return tf.reduce_mean(d * d)
+    ad = tf.abs(d)
+    return tf.reduce_mean(tf.where(ad < 1.0, 0.5 * d * d, ad - 0.5))  # torch smooth_l1_loss(beta=1)
+
+
 def numpy_loss(name: str, *arrays: np.ndarray, device: str = "cpu", **kwargs) -> float:
     """Evaluate the loss ``name`` of this module on numpy inputs (for the loss parity level)."""
     with tf.device(tf_device(device)):

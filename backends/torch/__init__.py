@@ -1,8 +1,9 @@
 """PyTorch backend. Imported only when chosen (core.registry); mirrors backends/tf module by module."""
 
 from backends.torch.classifier import Classifier
+from backends.torch.dqn import DQNAgent
 from backends.torch.losses import numpy_loss
 from backends.torch.optim import Optimizer, apply_updates
 from backends.torch.runtime import NAME, check_device, devices, gpu_available, seed, setup, versions
 
-__all__ = ["NAME", "Classifier", "Optimizer", "apply_updates", "numpy_loss", "check_device", "devices", "gpu_available", "seed", "setup", "versions"]
+__all__ = ["NAME", "Classifier", "DQNAgent", "Optimizer", "apply_updates", "numpy_loss", "check_device", "devices", "gpu_available", "seed", "setup", "versions"]

@@ -81,4 +81,5 @@ class CNN(nn.Module):
         self.head = Head(spec, image_shape)
 
     def forward(self, x_nhwc: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x_nhwc.permute(0, 3, 1, 2)))
+        # contiguous NCHW: convs on a channels-last view of NHWC data run ~2.5x slower on CPU
+        return self.head(self.encoder(x_nhwc.permute(0, 3, 1, 2).contiguous()))

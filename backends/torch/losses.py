@@ -13,6 +13,40 @@ def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoo
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
+def td_targets(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    next_q_target: torch.Tensor,
+    gamma: float,
+    next_q_online: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``r + gamma * (1 - terminated) * V(s')``, (B,); double DQN when ``next_q_online`` is given."""
+    if next_q_online is None:
+        v = next_q_target.max(dim=1).values
+    else:
+        v = next_q_target.gather(1, next_q_online.argmax(dim=1, keepdim=True)).squeeze(1)
+    return rewards + gamma * (1.0 - terminated) * v
+
+
+def td_loss(
+    q: torch.Tensor,
+    actions: torch.Tensor,
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    next_q_target: torch.Tensor,
+    next_q_online: torch.Tensor | None = None,
+    *,
+    gamma: float,
+    kind: str = "huber",
+) -> torch.Tensor:
+    """Mean Huber (delta 1) or squared TD error of Q(s, a); the target carries no gradient."""
+    q_taken = q.gather(1, actions.reshape(-1, 1)).squeeze(1)  # (B,), never (B, 1): no broadcasting
+    target = td_targets(rewards, terminated, next_q_target, gamma, next_q_online).detach()
+    if kind == "mse":
+        return F.mse_loss(q_taken, target)
+    return F.smooth_l1_loss(q_taken, target, beta=1.0)
+
+
 def numpy_loss(name: str, *arrays: np.ndarray, device: str = "cpu", **kwargs) -> float:
     """Evaluate the loss ``name`` of this module on numpy inputs (for the loss parity level)."""
     dev = torch_device(device)

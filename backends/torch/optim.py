@@ -48,10 +48,10 @@ class Optimizer:
             zeros = np.zeros(tuple(p.shape), dtype=to_numpy(p).dtype)
             if self.spec.name == "sgd" and self.spec.momentum > 0:
                 buf = st.get("momentum_buffer")
-                out[f"momentum.{name}"] = zeros if buf is None else to_numpy(buf)
+                out[f"momentum.{name}"] = zeros if buf is None else to_numpy(buf).copy()
             elif self.spec.name in ("adam", "adamw"):
-                out[f"exp_avg.{name}"] = to_numpy(st["exp_avg"]) if "exp_avg" in st else zeros
-                out[f"exp_avg_sq.{name}"] = to_numpy(st["exp_avg_sq"]) if "exp_avg_sq" in st else zeros
+                out[f"exp_avg.{name}"] = to_numpy(st["exp_avg"]).copy() if "exp_avg" in st else zeros
+                out[f"exp_avg_sq.{name}"] = to_numpy(st["exp_avg_sq"]).copy() if "exp_avg_sq" in st else zeros
         return out
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:

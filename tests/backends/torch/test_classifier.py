@@ -1,0 +1,237 @@
+"""The PyTorch Classifier on its own: canonical weights, steps without side effects, optimizer state,
+native artifact, determinism. Mirrors tests/backends/tf/test_classifier.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from core import registry  # noqa: E402
+from core.specs import ModelSpec, OptimSpec  # noqa: E402
+from core.weights import classifier_shapes, init_classifier, is_buffer  # noqa: E402
+
+backend = registry.get_backend("torch")
+Classifier = backend.Classifier
+
+# Non-square, 3-channel images and a flatten head catch any H/W/C or in/out mix-up in the layouts.
+IMAGE = (8, 6, 3)
+MODEL = ModelSpec(channels=(4, 8), batchnorm=True, head="flatten", hidden=(16,), num_classes=3)
+ADAM = OptimSpec(name="adam", lr=1e-2)
+
+
+def batch(n: int = 24, seed: int = 0, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, *IMAGE)).astype(dtype), rng.integers(0, MODEL.num_classes, size=n).astype(np.int64)
+
+
+def make(model: ModelSpec = MODEL, optim: OptimSpec = ADAM, seed: int = 0, dtype: str = "float32", weights=None):
+    w = init_classifier(model, IMAGE, seed, dtype) if weights is None else weights
+    return Classifier(model, IMAGE, w, optim, 0.0, dtype, "cpu")
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert list(a) == list(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def running_stats(clf) -> dict[str, np.ndarray]:
+    return {n: v for n, v in clf.get_weights().items() if is_buffer(n)}
+
+
+# --------------------------------------------------------------------------- canonical weights
+
+
+def test_names_and_shapes_are_canonical():
+    clf = make()
+    got = clf.get_weights()
+    expected = classifier_shapes(MODEL, IMAGE)
+    assert list(got) == list(expected)
+    assert {n: v.shape for n, v in got.items()} == expected
+    assert all(v.dtype == np.float32 for v in got.values())
+
+
+def test_gap_model_without_batchnorm_is_canonical():
+    model = ModelSpec(channels=(4,), convs_per_block=2, head="gap", num_classes=5)
+    got = make(model).get_weights()
+    assert {n: v.shape for n, v in got.items()} == classifier_shapes(model, IMAGE)
+
+
+def test_set_then_get_weights_round_trips_exactly():
+    w0 = init_classifier(MODEL, IMAGE, 0)
+    clf = make(weights=w0)
+    assert_same(clf.get_weights(), w0)
+    rng = np.random.default_rng(1)
+    w1 = {n: rng.normal(size=v.shape).astype(np.float32) for n, v in w0.items()}
+    w1 = {n: np.abs(v) if n.endswith("running_var") else v for n, v in w1.items()}
+    clf.set_weights(w1)
+    assert_same(clf.get_weights(), w1)
+    out = clf.get_weights()
+    out["head.out.bias"][:] = 123.0  # get_weights returns copies, not views of the model
+    assert not np.any(clf.get_weights()["head.out.bias"] == 123.0)
+
+
+def test_set_weights_changes_predictions():
+    x, _ = batch()
+    clf = make(seed=0)
+    other = make(seed=1)
+    assert not np.allclose(clf.predict(x), other.predict(x))
+    clf.set_weights(other.get_weights())
+    np.testing.assert_array_equal(clf.predict(x), other.predict(x))
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def test_train_step_reduces_loss_on_a_fixed_batch():
+    clf = make()
+    x, y = batch()
+    losses = [clf.train_step(x, y, 1e-2) for _ in range(20)]
+    assert all(isinstance(v, float) and np.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_train_step_updates_running_stats_but_forward_does_not():
+    clf = make()
+    x, y = batch()
+    before = clf.get_weights()
+    train_out = clf.forward(x, training=True)
+    eval_out = clf.forward(x, training=False)
+    assert_same(clf.get_weights(), before)  # neither mode changed any tensor, BN statistics included
+    assert not np.allclose(train_out, eval_out)  # but training=True really used batch statistics
+    np.testing.assert_allclose(eval_out, clf.predict(x), rtol=1e-6, atol=1e-6)
+    clf.train_step(x, y, 1e-3)
+    after = running_stats(clf)
+    assert any(not np.array_equal(after[n], before[n]) for n in after)  # a train step does move them
+
+
+def test_forward_training_matches_repeated_call():
+    clf = make()
+    x, _ = batch()
+    np.testing.assert_array_equal(clf.forward(x, training=True), clf.forward(x, training=True))
+
+
+def test_loss_and_grads_changes_nothing():
+    x, y = batch()
+    a, b = make(), make()
+    before = a.get_weights()
+    loss, grads = a.loss_and_grads(x, y)
+    assert np.isfinite(loss)
+    assert_same(a.get_weights(), before)
+    trainable = [n for n in classifier_shapes(MODEL, IMAGE) if not is_buffer(n)]
+    assert list(grads) == trainable
+    for n in trainable:
+        assert grads[n].shape == before[n].shape
+    assert all(np.any(g != 0) for n, g in grads.items() if n.startswith("head.out"))
+    # nothing leaks into the next step (no accumulated gradient, no optimizer step taken)
+    assert a.train_step(x, y, 1e-2) == b.train_step(x, y, 1e-2)
+    assert_same(a.get_weights(), b.get_weights())
+    assert_same(a.get_optimizer_state(), b.get_optimizer_state())
+
+
+def test_grads_are_in_canonical_layout():
+    """One plain SGD step moves every weight by exactly -lr * grad (float64)."""
+    x, y = batch(dtype="float64")
+    clf = make(optim=OptimSpec(name="sgd", lr=0.1), dtype="float64")
+    w0 = clf.get_weights()
+    loss, grads = clf.loss_and_grads(x, y)
+    assert clf.train_step(x, y, 0.1) == pytest.approx(loss, rel=1e-12)
+    w1 = clf.get_weights()
+    for n, g in grads.items():
+        np.testing.assert_allclose(w1[n] - w0[n], -0.1 * g, rtol=1e-9, atol=1e-12, err_msg=n)
+
+
+# --------------------------------------------------------------------------- optimizer state
+
+
+OPTIMIZERS = [
+    ADAM,
+    OptimSpec(name="adamw", lr=1e-2, weight_decay=0.1),
+    OptimSpec(name="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+]
+
+
+@pytest.mark.parametrize("optim", OPTIMIZERS, ids=lambda o: o.name)
+def test_resume_from_optimizer_state_equals_uninterrupted(optim):
+    batches = [batch(seed=s) for s in range(6)]
+    lrs = [optim.lr * (1 - 0.1 * i) for i in range(6)]
+    a = make(optim=optim)
+    for (x, y), lr in zip(batches[:3], lrs[:3]):
+        a.train_step(x, y, lr)
+    weights, state = a.get_weights(), a.get_optimizer_state()
+    frozen = {k: v.copy() for k, v in state.items()}
+    assert float(state["step"]) == 3.0
+    assert all(np.any(v) for v in state.values())
+    for (x, y), lr in zip(batches[3:], lrs[3:]):
+        a.train_step(x, y, lr)
+    assert_same(state, frozen)  # a state taken earlier is a snapshot: later steps do not write into it
+
+    b = make(optim=optim, weights=weights)
+    b.set_optimizer_state(state)
+    assert_same(b.get_optimizer_state(), state)  # get after set round-trips
+    for (x, y), lr in zip(batches[3:], lrs[3:]):
+        b.train_step(x, y, lr)
+    assert_same(b.get_weights(), a.get_weights())  # bit-identical on CPU
+    assert_same(b.get_optimizer_state(), a.get_optimizer_state())
+
+
+def test_optimizer_state_names():
+    clf = make()
+    state = clf.get_optimizer_state()
+    trainable = [n for n in classifier_shapes(MODEL, IMAGE) if not is_buffer(n)]
+    assert set(state) == {"step"} | {f"{k}.{n}" for k in ("exp_avg", "exp_avg_sq") for n in trainable}
+    assert float(state["step"]) == 0.0 and not any(np.any(v) for v in state.values())
+    sgd = make(optim=OptimSpec(name="sgd", lr=0.1, momentum=0.9)).get_optimizer_state()
+    assert set(sgd) == {"step"} | {f"momentum.{n}" for n in trainable}
+
+
+# --------------------------------------------------------------------------- native artifact
+
+
+def test_save_native_is_a_loadable_state_dict(tmp_path):
+    from backends.torch.cnn import CNN
+
+    clf = make()
+    x, y = batch()
+    for _ in range(3):
+        clf.train_step(x, y, 1e-2)
+    path = tmp_path / "model.pt"
+    clf.save_native(str(path))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temp file left
+    state = torch.load(path, weights_only=True)
+    canonical = clf.get_weights()
+    # the canonical tensors, plus BatchNorm's step counters, which a native state dict carries
+    assert [k for k in state if not k.endswith("num_batches_tracked")] == list(canonical)
+    for name, value in canonical.items():
+        np.testing.assert_array_equal(state[name].numpy(), value, err_msg=name)
+    net = CNN(MODEL, IMAGE)
+    net.load_state_dict(state)  # strict
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(out, clf.predict(x))
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def run_twice(seed: int, model: ModelSpec) -> tuple[list[float], dict[str, np.ndarray], np.ndarray]:
+    backend.seed(seed)
+    clf = make(model)
+    losses = [clf.train_step(x, y, 1e-2) for x, y in (batch(seed=s) for s in range(5))]
+    return losses, clf.get_weights(), clf.predict(batch(seed=9)[0])
+
+
+def test_same_seed_same_numbers():
+    model = dataclasses.replace(MODEL, dropout=0.5)  # dropout draws from the framework's seeded RNG
+    l1, w1, p1 = run_twice(0, model)
+    l2, w2, p2 = run_twice(0, model)
+    assert l1 == l2
+    assert_same(w1, w2)
+    np.testing.assert_array_equal(p1, p2)
+    l3, _, _ = run_twice(1, model)
+    assert l3 != l1  # another framework seed gives other dropout masks

@@ -1,0 +1,62 @@
+"""core.replay: ring-buffer order and overwrite, seeded sampling, dtypes."""
+
+import numpy as np
+import pytest
+
+from core.batches import make_rng
+from core.replay import Batch, ReplayBuffer
+
+
+def _rows(start: int, n: int, dim: int = 3):
+    obs = np.arange(start, start + n, dtype=np.float64)[:, None] * np.ones(dim)
+    return obs, np.arange(start, start + n) % 2, np.arange(start, start + n) * 1.0, obs + 0.5, np.arange(start, start + n) % 3 == 0
+
+
+def test_add_and_get_in_order():
+    buf = ReplayBuffer(10, 3)
+    buf.add(*_rows(0, 4))
+    assert len(buf) == 4 and buf.pos == 4 and buf.added == 4
+    b = buf.get(np.arange(4))
+    np.testing.assert_array_equal(b.obs[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(b.next_obs[:, 0], [0.5, 1.5, 2.5, 3.5])
+    np.testing.assert_array_equal(b.actions, [0, 1, 0, 1])
+    np.testing.assert_array_equal(b.terminated, [1, 0, 0, 1])
+    assert b.obs.dtype == np.float32 and b.actions.dtype == np.int64 and b.terminated.dtype == np.float32
+
+
+def test_ring_overwrites_the_oldest():
+    buf = ReplayBuffer(5, 3)
+    for start in range(0, 12, 3):  # 12 transitions in batches of 3 through a buffer of 5
+        buf.add(*_rows(start, 3))
+    assert len(buf) == 5 and buf.added == 12
+    assert sorted(buf.obs[:, 0].tolist()) == [7, 8, 9, 10, 11]
+    assert buf.obs[buf.pos - 1, 0] == 11  # the newest sits just before the write position
+
+
+def test_batch_larger_than_capacity_keeps_the_newest():
+    buf = ReplayBuffer(4, 3)
+    buf.add(*_rows(0, 10))
+    assert len(buf) == 4 and sorted(buf.obs[:, 0].tolist()) == [6, 7, 8, 9]
+
+
+def test_sampling_is_seeded_and_uniform_over_filled_slots():
+    buf = ReplayBuffer(100, 3, dtype="float64")
+    buf.add(*_rows(0, 30))
+    a = buf.sample(64, make_rng(7, "replay"))
+    b = buf.sample(64, make_rng(7, "replay"))
+    assert isinstance(a, Batch) and len(a) == 64
+    np.testing.assert_array_equal(a.obs, b.obs)
+    assert a.obs.dtype == np.float64
+    idx = buf.sample_indices(10_000, make_rng(0, "replay"))
+    assert idx.min() == 0 and idx.max() == 29  # never an unfilled slot
+    assert np.bincount(idx).min() > 250  # roughly uniform (expected 333 each)
+
+
+def test_bad_use_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        ReplayBuffer(4, 2).sample(1, make_rng(0, "replay"))
+    with pytest.raises(ValueError, match="capacity"):
+        ReplayBuffer(0, 2)
+    buf = ReplayBuffer(4, 2)
+    with pytest.raises(ValueError, match="observations"):
+        buf.add(np.zeros((2, 3)), [0, 1], [0.0, 0.0], np.zeros((2, 3)), [False, False])

@@ -1,0 +1,252 @@
+"""The command line: exit codes, messages on stderr, and user folders left alone when it refuses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import registry
+from core.runs import read_json
+from tasks.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+HAS_TORCH = registry.is_installed("torch")
+HAS_TF = registry.is_installed("tf")
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
+needs_tf = pytest.mark.skipif(not HAS_TF, reason="TensorFlow is not installed")
+
+
+@pytest.fixture(autouse=True)
+def no_backend_env(monkeypatch):
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` with its bytes and modification time."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    } | {str(p.relative_to(folder)) + "/": (b"", 0) for p in folder.rglob("*") if p.is_dir()}
+
+
+def copy_run(torch_run, dst: Path) -> Path:
+    shutil.copytree(torch_run[0], dst)
+    return dst
+
+
+def refused(capsys, argv: list[str], *needles: str) -> str:
+    """Run ``argv``; it must exit 2 with one clean error message on stderr naming ``needles``."""
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    assert err.startswith("dualkit: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+# --------------------------------------------------------------------------- info
+
+
+def test_info_lists_both_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for name in ("torch", "tf"):
+        row = [line for line in lines if line.startswith(f"| {name} ")]
+        assert len(row) == 1, out
+        installed = registry.is_installed(name)
+        assert ("usable" if installed else "not installed") in row[0]
+    assert "cnn-digits" in out and "cnn-cifar10" in out
+
+
+def test_info_shows_how_to_install_a_missing_framework(capsys, monkeypatch):
+    monkeypatch.setitem(registry.BACKENDS, "fakefw", ("backends.fakefw", "dualkit_no_such_framework", "pip install dualkit-fakefw"))
+    assert main(["info"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fakefw ")]
+    assert len(row) == 1 and "not installed" in row[0] and "pip install dualkit-fakefw" in row[0]
+
+
+# --------------------------------------------------------------------------- train
+
+
+@needs_torch
+def test_train_prints_the_table_and_writes_the_run(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    argv = ["train", "cnn-digits", "--set", "train.epochs=1", "--set", "data.limit_train=256", "--out", str(out_dir), "--quiet"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith("| epoch | train loss") and "val acc" in lines[0]
+    assert lines[1].startswith("|---") and lines[2].startswith("| ")
+    assert len({len(line) for line in lines[:3]}) == 1  # an aligned table, one row per epoch
+    assert lines[3].startswith("test: loss ") and "accuracy" in lines[3]
+    assert f"run folder: {out_dir}" in out
+    assert "epoch 1/1" not in err  # --quiet: no progress bar
+    assert sorted(p.name for p in out_dir.iterdir()) == ["metrics.jsonl", "model.safetensors", "result.json", "spec.json"]
+    assert read_json(out_dir / "result.json")["backend"] == "torch"
+    assert read_json(out_dir / "spec.json")["data"]["limit_train"] == 256
+
+
+@needs_torch
+def test_second_train_into_the_same_out_is_refused(torch_run, tmp_path, capsys):
+    run_dir = copy_run(torch_run, tmp_path / "run")
+    before = snapshot(tmp_path)
+    refused(capsys, ["train", "cnn-digits", "--set", "train.epochs=1", "--out", str(run_dir), "--quiet"],
+            str(run_dir), "already holds a run", "--overwrite")
+    assert snapshot(tmp_path) == before
+
+
+@needs_torch
+def test_train_overwrite_replaces_the_run_and_keeps_user_files(torch_run, tmp_path, capsys):
+    run_dir = copy_run(torch_run, tmp_path / "run")
+    (run_dir / "notes.txt").write_text("mine")
+    old_model = (run_dir / "model.safetensors").read_bytes()
+    argv = ["train", "cnn-digits", "--set", "train.epochs=1", "--set", "data.limit_train=128",
+            "--out", str(run_dir), "--quiet", "--overwrite"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1  # a new log, not appended to the old
+    assert read_json(run_dir / "result.json")["epochs"] == 1
+    assert (run_dir / "model.safetensors").read_bytes() != old_model
+
+
+SPEC_ERRORS = [
+    (["train", "nope"], ["unknown task preset 'nope'", "cnn-digits"]),
+    (["train", "cnn-digits", "--backend", "jax"], ["unknown backend 'jax'", "torch, tf"]),
+    (["train", "cnn-digits", "--set", "optim.lrr=0.1"], ["optim.lrr", "optim.lr"]),
+    (["train", "cnn-digits", "--set", "optim.lr=abc"], ["optim.lr", "number"]),
+    (["train", "cnn-digits", "--set", "train.epochs=1.5"], ["train.epochs", "integer"]),
+    (["train", "cnn-digits", "--set", "optim"], ["section.key=value"]),
+    (["train", "cnn-digits", "--set", "model.dropout=1.5"], ["model.dropout"]),
+]
+
+
+@pytest.mark.parametrize("argv, needles", SPEC_ERRORS, ids=["preset", "backend", "key", "type", "int", "no-equals", "range"])
+def test_bad_arguments_exit_2_and_change_nothing(tmp_path, capsys, argv, needles):
+    (tmp_path / "notes.txt").write_text("mine")
+    out_dir = tmp_path / "run"
+    before = snapshot(tmp_path)
+    refused(capsys, [*argv, "--out", str(out_dir), "--quiet"], *needles)
+    assert snapshot(tmp_path) == before
+    assert not out_dir.exists()
+
+
+@needs_torch
+def test_missing_dataset_exits_2_and_changes_nothing(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    out_dir = tmp_path / "run"
+    before = snapshot(tmp_path)
+    missing = tmp_path / "no-cifar"
+    refused(capsys, ["train", "cnn-digits", "--set", 'data.name="cifar10"', "--set", f"data.root={missing}",
+                     "--out", str(out_dir), "--quiet"],
+            "CIFAR-10 not found", str(missing / "cifar-10-batches-bin"), "data.root")
+    assert snapshot(tmp_path) == before
+
+
+def test_bad_device_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "cnn-digits", "--device", "tpu"])
+    assert exc.value.code == 2
+    assert "tpu" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@needs_tf
+def test_eval_a_torch_run_in_tf(torch_run, capsys):
+    run_dir, _, result = torch_run
+    before = snapshot(run_dir)
+    assert main(["eval", str(run_dir), "--backend", "tf"]) == 0
+    out = capsys.readouterr().out
+    header, rule, row = out.splitlines()
+    assert "trained in" in header and "evaluated in" in header
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:4] == ["torch", "tf", "test"]
+    assert cells[5] == f"{result.test['accuracy']:.4f}"
+    assert snapshot(run_dir) == before
+
+
+@needs_torch
+def test_eval_junk_checkpoint_exits_2_and_changes_nothing(torch_run, tmp_path, capsys):
+    run_dir = copy_run(torch_run, tmp_path / "run")
+    (run_dir / "model.safetensors").write_bytes(os.urandom(512))
+    before = snapshot(tmp_path)
+    refused(capsys, ["eval", str(run_dir)], "not a safetensors file", "model.safetensors")
+    refused(capsys, ["port", str(run_dir), "--to", "tf", "--out", str(run_dir / "model.keras")], "not a safetensors file")
+    assert snapshot(tmp_path) == before
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    refused(capsys, ["eval", str(tmp_path / "missing")], "does not exist")
+    refused(capsys, ["eval", str(tmp_path)], "not a dualkit run folder")
+    refused(capsys, ["port", str(tmp_path), "--to", "torch", "--out", str(tmp_path / "m.pt")], "not a dualkit run folder")
+    assert snapshot(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- port
+
+
+@needs_tf
+def test_port_to_tf_and_refuse_to_overwrite(torch_run, tmp_path, capsys):
+    run_dir = torch_run[0]
+    run_before = snapshot(run_dir)
+    out = tmp_path / "x.keras"
+    assert main(["port", str(run_dir), "--to", "tf", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert out.is_file()
+    assert f"wrote {out}" in stdout
+    row = stdout.splitlines()[2]
+    assert [c.strip() for c in row.strip("|").split("|")][:4] == ["torch", "tf", "359", "yes"]
+    assert snapshot(run_dir) == run_before
+
+    before = snapshot(tmp_path)
+    refused(capsys, ["port", str(run_dir), "--to", "tf", "--out", str(out)], str(out), "already exists", "--overwrite")
+    assert snapshot(tmp_path) == before
+
+    inode = out.stat().st_ino
+    assert main(["port", str(run_dir), "--to", "keras", "--out", str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert out.stat().st_ino != inode  # written anew (temp file, then renamed over the old one)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.keras"]  # no temp files left
+
+
+@needs_torch
+def test_port_with_a_wrong_suffix(torch_run, tmp_path, capsys):
+    refused(capsys, ["port", str(torch_run[0]), "--to", "tf", "--out", str(tmp_path / "x.pt")], ".keras")
+    assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- console entry point
+
+
+def test_module_entry_point_reports_errors_on_stderr():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(registry.ENV_VAR, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "train", "nope"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "unknown task preset 'nope'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_console_script_target_is_main():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    scripts = cfg["options.entry_points"]["console_scripts"]
+    assert "dualkit = tasks.cli:main" in scripts
