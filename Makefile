@@ -1,12 +1,13 @@
 # Two commands do all the setup on a fresh machine (see README):
-#   make parity   the main job: both backends on scikit-learn's digits, every parity level, a verdict table
+#   make bench    the main job: the default parity benchmark on scikit-learn's digits (both backends,
+#                 3 seeds, parity levels, overhead); report in bench-results/<time>/
 #   make test     the test suite (CI runs this)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: parity test install clean
+.PHONY: bench parity test install clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +17,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+bench: $(STAMP)
+	$(BIN)/dualkit bench
+
 parity: $(STAMP)
 	$(BIN)/dualkit parity cnn-digits
 
@@ -23,4 +27,4 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs bench-results .pytest_cache

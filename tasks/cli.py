@@ -190,8 +190,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.data_root and not args.full:
         config.overrides.append(f"data.root={json.dumps(args.data_root)}")
     config.devices = suite.available_devices() if args.device == "auto" else [args.device]
-    config.overhead = not args.no_overhead
-    config.parity = not args.no_parity
+    if args.no_overhead:
+        config.overhead = False
+    if args.no_parity:
+        config.parity = False
     out = Path(args.out) if args.out else Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     if (out / "results.json").exists() and not args.overwrite:
         raise DualkitError(f"{out} already holds benchmark results; choose another --out or pass --overwrite")
