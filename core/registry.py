@@ -3,7 +3,7 @@
 A backend package (``backends.torch``, ``backends.tf``) is imported only when it is asked for, so a
 user with one framework installed can use that one. Each exposes the same module-level API:
 ``NAME``, ``setup(device, deterministic, threads)``, ``versions()``, ``devices()``, ``seed(n)``,
-``Classifier`` and ``Optimizer`` (see backends/torch/__init__.py).
+``Classifier``, ``DQNAgent`` and ``Optimizer`` (see backends/torch/__init__.py).
 """
 
 from __future__ import annotations

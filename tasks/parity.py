@@ -15,9 +15,11 @@ import numpy as np
 
 from core import losses as ref_losses
 from core import optim_ref, registry
-from core.batches import make_rng
+from core.batches import make_rng, num_batches
+from core.datasets import load_dataset
 from core.specs import ModelSpec, OptimSpec, RunSpec, ScheduleSpec
 from core.weights import init_classifier
+from tasks.classify import port_run, train
 
 BACKENDS = ("torch", "tf")
 # CPU bounds (DESIGN.md); float64 bounds show that any float32 gap is rounding, not semantics.
@@ -179,10 +181,6 @@ def l4_spec(base: RunSpec, variant: str, dtype: str, epochs: int) -> RunSpec:
 
 def level4(base: RunSpec, dtype: str = "float32", device: str = "cpu", min_steps: int = 300) -> list[Check]:
     """A real training run in both backends, same init and batches: worst per-step relative loss gap."""
-    from core.batches import num_batches
-    from core.datasets import load_dataset
-    from tasks.classify import train
-
     out = []
     n_train = len(load_dataset(base.data).y_train)
     per_epoch = num_batches(n_train, base.train.batch_size, drop_last=False)
@@ -201,8 +199,6 @@ def level5(
     base: RunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2), min_accuracy: float | None = L5_MIN_ACCURACY
 ) -> tuple[list[Check], dict[str, list[float]]]:
     """Each backend trained end to end per seed: mean test accuracy floor (if given), and the gap between means."""
-    from tasks.classify import train
-
     acc: dict[str, list[float]] = {name: [] for name in BACKENDS}
     for name in BACKENDS:
         for seed in seeds:
@@ -221,8 +217,6 @@ def level5(
 
 def port_checks(base: RunSpec, device: str = "cpu", epochs: int = 2) -> list[Check]:
     """Train in A, write the run, evaluate in B through files (and the native artifact), both ways."""
-    from tasks.classify import port_run, train
-
     out = []
     spec = replace(base, train=replace(base.train, epochs=epochs))
     with tempfile.TemporaryDirectory() as tmp:

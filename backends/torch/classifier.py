@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 
@@ -9,6 +11,7 @@ from backends.torch.cnn import CNN
 from backends.torch.losses import softmax_cross_entropy
 from backends.torch.optim import Optimizer
 from backends.torch.runtime import DTYPES, to_numpy, to_tensor, torch_device
+from core.runs import atomic_write_bytes
 from core.specs import ModelSpec, OptimSpec
 from core.weights import is_buffer
 
@@ -101,10 +104,8 @@ class Classifier:
 
     # -- native artifact ----------------------------------------------------------------------------
     def save_native(self, path: str) -> None:
-        """A plain PyTorch state dict (``.pt``) whose keys are the canonical names."""
-        from core.runs import atomic_write_bytes
-        import io
-
+        """A plain PyTorch state dict (``.pt``): the canonical names, plus BatchNorm's num_batches_tracked
+        counters so that ``CNN.load_state_dict`` (strict) accepts it."""
         buf = io.BytesIO()
         torch.save(self.net.state_dict(), buf)
         atomic_write_bytes(path, buf.getvalue())
