@@ -21,7 +21,7 @@ _META_KEY = "dualkit"
 def save(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Atomically write ``tensors`` with ``meta`` (JSON-serialisable) as safetensors metadata."""
     header = {_META_KEY: json.dumps({"format_version": FORMAT_VERSION, **meta})}
-    data = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=header)
+    data = st_save({k: np.asarray(v, order="C") for k, v in tensors.items()}, metadata=header)  # keeps 0-d arrays 0-d
     atomic_write_bytes(Path(path), data)
 
 

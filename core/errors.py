@@ -31,3 +31,11 @@ class TrainingError(DualkitError):
 
 class EnvError(DualkitError):
     """A Gymnasium environment that does not exist or whose spaces a task cannot handle."""
+
+
+class Interrupted(DualkitError):
+    """Training stopped by SIGINT/SIGTERM after writing a checkpoint; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -97,3 +97,29 @@ def td_loss(
         return float(np.mean(d * d))
     ad = np.abs(d)
     return float(np.mean(np.where(ad < 1.0, 0.5 * d * d, ad - 0.5)))
+
+
+def masked_mse(
+    pred: np.ndarray, images: np.ndarray, mask: np.ndarray, patch_size: int, norm_pix: bool = False, eps: float = 1e-6
+) -> float:
+    """Masked-image-modelling loss: mean squared error on masked patches only (MAE's).
+
+    ``pred`` and ``images`` are (N, H, W, C); ``mask`` is (N, H/p, W/p), true (or 1) where a patch was
+    hidden. Per patch, the squared error is averaged over its p*p*C values; the loss is the mean of
+    that over masked patches. With ``norm_pix`` the targets are each patch's pixels normalised by the
+    patch's own mean and unbiased variance, (x - mean) / sqrt(var + eps).
+    """
+    from core.masking import normalized_targets, patchify
+
+    x = np.asarray(images, dtype=np.float64)
+    p = np.asarray(pred, dtype=np.float64)
+    if p.shape != x.shape or x.ndim != 4:
+        raise ValueError(f"pred and images must both be (N, H, W, C), got {p.shape} and {x.shape}")
+    m = np.asarray(mask, dtype=np.float64).reshape(x.shape[0], -1)
+    target = normalized_targets(x, patch_size, eps) if norm_pix else patchify(x, patch_size)
+    if m.shape != target.shape[:2]:
+        raise ValueError(f"mask must be (N, H/{patch_size}, W/{patch_size}), got {np.shape(mask)}")
+    if m.sum() <= 0:
+        raise ValueError("the mask hides no patch: the masked loss is undefined")
+    per_patch = ((patchify(p, patch_size) - target) ** 2).mean(axis=-1)
+    return float((per_patch * m).sum() / m.sum())

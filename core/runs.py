@@ -15,7 +15,10 @@ SPEC_FILE = "spec.json"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
 MODEL_FILE = "model.safetensors"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 RUN_FILES = (SPEC_FILE, METRICS_FILE, RESULT_FILE, MODEL_FILE)
+CHECKPOINT_DIR = "checkpoints"  # run checkpoints for resuming (core.runstate)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -28,6 +31,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the user's usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,13 +79,21 @@ def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
         raise RunError(f"{path} exists and is not a folder; choose another --out")
     if path.is_dir():
         present = [name for name in RUN_FILES if (path / name).exists()]
+        ckpt_dir = path / CHECKPOINT_DIR
+        if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+            present.append(CHECKPOINT_DIR + "/")
         if present and not overwrite:
             raise RunError(
                 f"{path} already holds a run ({', '.join(present)}); "
-                "choose another --out, or pass --overwrite to replace it"
+                "choose another --out, pass --resume to continue it, or pass --overwrite to replace it"
             )
         for name in present:
-            (path / name).unlink()
+            if name in RUN_FILES:
+                (path / name).unlink()
+        if ckpt_dir.is_dir():  # an old run's checkpoints must never be resumed as the new run's
+            for p in ckpt_dir.iterdir():
+                if p.is_file() and p.name.startswith(("ckpt-", ".ckpt-")):
+                    p.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -69,6 +69,11 @@ class TrainSpec:
     dtype: str = "float32"  # float32 | float64
     eval_batch_size: int = 512
     checkpoint_every: int = 1  # epochs
+    # Run checkpoints (RUN/checkpoints/, for `dualkit train --resume`) are also written every this many
+    # optimizer steps (0 = off) and every this many minutes of training (0 = off); the last k are kept.
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 5.0
+    keep_checkpoints: int = 3
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,10 @@ def _classify_checks(spec: RunSpec) -> list[tuple[bool, str]]:
         (spec.model.num_classes >= 2, "model.num_classes must be >= 2"),
         (spec.train.epochs >= 1 and spec.train.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),
         (0.0 <= spec.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
+        (spec.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1 (epochs)"),
+        (spec.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0 (0 = off)"),
+        (spec.train.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes must be >= 0 (0 = off)"),
+        (spec.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         (spec.schedule.step_size >= 1, "schedule.step_size must be >= 1"),
     ]
     return checks
@@ -299,6 +308,91 @@ def _dqn_checks(spec: DQNRunSpec) -> list[tuple[bool, str]]:
 
 
 register_task("dqn", DQNRunSpec, _dqn_checks)
+
+
+# -- masked image pretraining -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class DecoderSpec:
+    # one stage per encoder block, coarse to fine: 2x nearest upsampling, 3x3 conv, ReLU; a 1x1 conv
+    # then maps to pixels. () = the encoder's channels halved and reversed, e.g. (32, 64, 128) -> (64, 32, 16)
+    channels: tuple[int, ...] = ()
+    mask_token: bool = True  # masked positions of the encoder's output are filled with a learned vector
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    ratio: float = 0.6  # fraction of the coarsest-grid patches hidden from the encoder, in (0, 1)
+    patch_size: int = 0  # 0 = the encoder's total downsampling (2 ** blocks); anything else must equal it
+    norm_pix: bool = True  # targets normalised per patch (MAE's norm_pix_loss)
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    enabled: bool = True  # linear probe after pretraining (frozen encoder, GAP features, logistic head)
+    limit_train: int = 0  # fit the probe on the first N training images only (0 = all)
+    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0)  # inverse L2 strengths tried; the best on the val split is kept
+    max_iter: int = 1000  # L-BFGS iterations
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    fractions: tuple[float, ...] = (0.1, 1.0)  # label fractions fine-tuned after pretraining (() = none)
+    epochs: int = 5
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+
+
+@dataclass(frozen=True)
+class MaskedRunSpec:
+    task: str = "masked"
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)  # the classifier's: its encoder is pretrained
+    decoder: DecoderSpec = field(default_factory=DecoderSpec)
+    mask: MaskSpec = field(default_factory=MaskSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    probe: ProbeSpec = field(default_factory=ProbeSpec)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    max_steps: int = 0  # stop pretraining after this many steps (0 = train.epochs full epochs); the schedule ends there
+
+
+_MASKED_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("data", "name"): ("digits", "cifar10", "idx"),
+    ("model", "head"): ("gap", "flatten"),
+    ("schedule", "name"): ("constant", "step", "cosine"),
+    ("train", "dtype"): ("float32", "float64"),
+}
+
+
+def _masked_checks(spec: MaskedRunSpec) -> list[tuple[bool, str]]:
+    check_choices(spec, _MASKED_CHOICES)
+    check_choices(spec.finetune, {("schedule", "name"): ("constant", "step", "cosine")})
+    m, d, ft = spec.mask, spec.decoder, spec.finetune
+    blocks = len(spec.model.channels)
+    downsampling = 2**blocks
+    return _classify_checks(RunSpec(data=spec.data, model=spec.model, optim=spec.optim, schedule=spec.schedule,
+                                    train=spec.train)) + optim_checks(ft.optim) + [
+        (0.0 < m.ratio < 1.0, f"mask.ratio must be in (0, 1) (exclusive), got {m.ratio}"),
+        (m.patch_size in (0, downsampling),
+         f"mask.patch_size={m.patch_size} does not match the encoder's downsampling: {blocks} pooling blocks "
+         f"downsample by 2^{blocks} = {downsampling}; set mask.patch_size={downsampling} (or 0 for automatic)"),
+        (len(d.channels) in (0, blocks),
+         f"decoder.channels needs one entry per encoder block ({blocks}), got {len(d.channels)}; () = automatic"),
+        (all(c > 0 for c in d.channels), "decoder.channels must be > 0"),
+        (spec.probe.limit_train >= 0 and spec.probe.max_iter >= 1, "probe.limit_train must be >= 0 and probe.max_iter >= 1"),
+        (len(spec.probe.c_grid) >= 1 and all(c > 0 for c in spec.probe.c_grid), "probe.c_grid needs one or more values > 0"),
+        (all(0.0 < f <= 1.0 for f in ft.fractions), f"finetune.fractions must be in (0, 1], got {list(ft.fractions)}"),
+        (ft.epochs >= 1 and ft.batch_size >= 1, "finetune.epochs and finetune.batch_size must be >= 1"),
+        (0.0 <= ft.label_smoothing < 1.0, "finetune.label_smoothing must be in [0, 1)"),
+        (ft.schedule.step_size >= 1, "finetune.schedule.step_size must be >= 1"),
+        (spec.max_steps >= 0, "max_steps must be >= 0 (0 = train.epochs full epochs)"),
+    ]
+
+
+register_task("masked", MaskedRunSpec, _masked_checks)
 
 
 def spec_class(raw: dict[str, Any]) -> type:

@@ -131,3 +131,54 @@ def target_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The online weights renamed as the target network's (a copy: the target is its own tensors)."""
     head = QNET_PREFIX + "."
     return {TARGET_PREFIX + "." + k[len(head):]: np.array(v) for k, v in weights.items() if k.startswith(head)}
+
+
+# -- masked image pretraining: the decoder -----------------------------------------------------------
+MASK_TOKEN = "decoder.mask_token"
+
+
+def decoder_channels(model: ModelSpec, decoder) -> tuple[int, ...]:
+    """The decoder's stage widths, coarse to fine (``decoder`` is a core.specs.DecoderSpec):
+    its own, or the encoder's channels halved and reversed."""
+    if decoder.channels:
+        return tuple(decoder.channels)
+    return tuple(max(c // 2, 1) for c in reversed(model.channels))
+
+
+def decoder_shapes(model: ModelSpec, decoder, in_channels: int) -> dict[str, tuple[int, ...]]:
+    """The decoder's canonical tensors: ``decoder.mask_token`` (C_enc,), one upsampling stage per
+    encoder block ``decoder.up{i}.weight|bias`` (3x3 convs), and ``decoder.out.weight|bias`` (1x1 conv
+    to the image channels), conv kernels in the canonical (out, in, kh, kw) layout."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    cin = model.channels[-1]
+    if decoder.mask_token:
+        shapes[MASK_TOKEN] = (cin,)
+    for i, cout in enumerate(decoder_channels(model, decoder)):
+        shapes[f"decoder.up{i}.weight"] = (cout, cin, 3, 3)
+        shapes[f"decoder.up{i}.bias"] = (cout,)
+        cin = cout
+    shapes["decoder.out.weight"] = (in_channels, cin, 1, 1)
+    shapes["decoder.out.bias"] = (in_channels,)
+    return shapes
+
+
+def masked_shapes(model: ModelSpec, decoder, in_channels: int) -> dict[str, tuple[int, ...]]:
+    """Every canonical tensor of the masked autoencoder: the classifier's encoder, then the decoder."""
+    return {**encoder_shapes(model, in_channels), **decoder_shapes(model, decoder, in_channels)}
+
+
+def init_decoder(model: ModelSpec, decoder, in_channels: int, seed: int, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """He-normal convs, zero biases (init_weights), and the mask token drawn N(0, 0.02) as MAE's."""
+    shapes = decoder_shapes(model, decoder, in_channels)
+    out = init_weights({k: v for k, v in shapes.items() if k != MASK_TOKEN}, seed, dtype, stream="init/decoder")
+    if MASK_TOKEN in shapes:
+        token = make_rng(seed, "init/mask_token").normal(0.0, 0.02, size=shapes[MASK_TOKEN]).astype(dtype)
+        out = {MASK_TOKEN: token, **out}
+    return {k: out[k] for k in shapes}
+
+
+def init_masked(model: ModelSpec, decoder, in_channels: int, seed: int, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """The encoder exactly as ``init_classifier`` draws it for the same seed (so the random-init
+    baseline is the pretraining's starting point), then the decoder from its own streams."""
+    encoder = init_weights(encoder_shapes(model, in_channels), seed, dtype)
+    return {**encoder, **init_decoder(model, decoder, in_channels, seed, dtype)}

@@ -22,8 +22,9 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=registry.DEVICES, help="cpu (default), gpu or auto")
 
 
-def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("preset", help=f"a preset name ({', '.join(presets.names())}) or a .toml file")
+def _spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("preset", nargs="?" if optional else None,
+                   help=f"a preset name ({', '.join(presets.names())}) or a .toml file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set optim.lr=0.01 (repeatable)")
 
@@ -78,6 +79,56 @@ def _port_dqn(args: argparse.Namespace) -> int:
     return 0 if rep["identical_returns"] else 1
 
 
+# -- masked pretraining: `pretrain`, and `train` / `eval` / `parity` dispatched on the spec's task ----
+def _train_masked(args: argparse.Namespace, spec, backend: str, run_dir: Path) -> int:
+    from tasks.pretrain import pretrain
+
+    result = pretrain(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
+    rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h["images_per_s"]] for h in result.history]
+    print(markdown_table(["epoch", "masked loss", "val masked loss", "images/s"], rows))
+    _print_masked_eval(result.evaluation)
+    print(f"reconstructions: {result.grid}")
+    print(f"run folder: {run_dir}  ({result.wall_s:.1f} s of pretraining, {result.images_per_s:.0f} images/s)")
+    return 0
+
+
+def _print_masked_eval(ev: dict) -> None:
+    rows = []
+    if "probe" in ev:
+        p = ev["probe"]
+        rows.append(["linear probe", p["pretrained"]["train_images"], p["pretrained"]["accuracy"], p["random"]["accuracy"], p["margin_points"]])
+    for frac, f in ev.get("finetune", {}).items():
+        rows.append([f"fine-tune {frac} of labels", f["pretrained"]["train_images"], f["pretrained"]["accuracy"], f["random"]["accuracy"], f["margin_points"]])
+    if rows:
+        print(markdown_table(["protocol", "train images", "pretrained acc", "random-init acc", "margin (points)"], rows))
+
+
+def _eval_masked(args: argparse.Namespace) -> int:
+    from tasks.pretrain import evaluate_run
+
+    res = evaluate_run(Path(args.run), args.backend, args.device, progress=not args.quiet, finetune=not args.no_finetune)
+    print(f"encoder pretrained in {res['trained_in']}, evaluated in {res['backend']}")
+    _print_masked_eval(res)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    spec = presets.load(args.preset, args.overrides)
+    if spec.task != "masked":
+        raise DualkitError(f"`dualkit pretrain` runs masked-pretraining presets (task = \"masked\"); {args.preset} is a "
+                           f"{spec.task!r} task: use `dualkit train {args.preset}`")
+    return cmd_train(args)
+
+
+def _init_from(args: argparse.Namespace, spec):
+    """--init-from RUN: the encoder of a pretraining (or classifier) run, checked to fit this classifier."""
+    if spec.task != "classify":
+        raise DualkitError(f"--init-from starts a classifier from a pretrained encoder; {args.preset} is a {spec.task!r} task")
+    from tasks.probe import encoder_for_classifier
+
+    return encoder_for_classifier(Path(args.init_from), spec)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     rows = []
     for name in registry.BACKENDS:
@@ -93,15 +144,56 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- resume: `dualkit train [PRESET] --resume RUN [--backend B] [--set train.epochs=N]` ----------------
+RESUMERS = {"classify": "tasks.classify"}  # task -> module with resume(run_dir, backend, overrides=, device=, progress=)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    import importlib
+
+    if args.out or args.overwrite or getattr(args, "init_from", None):
+        raise DualkitError("--resume continues a run in its own folder from its own checkpoint; drop --out, --overwrite and --init-from")
+    try:
+        task = json.loads((Path(args.resume) / "spec.json").read_text()).get("task", "classify")
+    except (OSError, ValueError, AttributeError):
+        task = "classify"  # not a run folder, or a damaged one: the task's resume says which
+    if args.preset:
+        preset_task = presets.load(args.preset).task
+        if preset_task != task:
+            raise DualkitError(f"{args.resume} is a {task!r} run, but preset {args.preset!r} is a {preset_task!r} task; "
+                               "drop the preset (--resume takes the spec from the run) or name the run's own")
+    if task not in RESUMERS:
+        raise DualkitError(f"resuming a {task!r} run is not supported yet (supported: {', '.join(RESUMERS)})")
+    resume = importlib.import_module(RESUMERS[task]).resume
+    run_dir = Path(args.resume)
+    result = resume(run_dir, args.backend, overrides=args.overrides, device=args.device, progress=not args.quiet)
+    if task == "classify":
+        rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h.get("val_accuracy", float("nan")), h["images_per_s"]]
+                for h in result.history]
+        print(markdown_table(["epoch", "train loss", "val loss", "val acc", "images/s"], rows))
+        print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
+    backends = " -> ".join(seg["backend"] for seg in result.extra.get("segments", []))
+    print(f"run folder: {run_dir}  (resumed from step {result.extra.get('resumed_step')}; backends: {backends}; {result.wall_s:.1f} s in all)")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tasks.classify import train
 
+    if getattr(args, "resume", None):
+        return _resume(args)
+    if args.preset is None:
+        raise DualkitError("name a preset to train (e.g. dualkit train cnn-digits), or --resume RUN to continue a run")
     spec = presets.load(args.preset, args.overrides)
     backend = registry.resolve_name(args.backend)
     run_dir = Path(args.out) if args.out else default_run_dir(Path(args.preset).stem, backend)
+    init = _init_from(args, spec) if getattr(args, "init_from", None) else None
     if spec.task == "dqn":
         return _train_dqn(args, spec, backend, run_dir)
-    result = train(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
+    if spec.task == "masked":
+        return _train_masked(args, spec, backend, run_dir)
+    result = train(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite,
+                   init_weights=init)
     rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h.get("val_accuracy", float("nan")), h["images_per_s"]]
             for h in result.history]
     print(markdown_table(["epoch", "train loss", "val loss", "val acc", "images/s"], rows))
@@ -115,6 +207,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if _run_task(args.run) == "dqn":
         return _eval_dqn(args)
+    if _run_task(args.run) == "masked":
+        return _eval_masked(args)
     res = evaluate_run(Path(args.run), args.backend, args.device, args.split)
     print(markdown_table(["run", "trained in", "evaluated in", "split", "loss", "accuracy", "top5", "macro F1"],
                          [[args.run, res["trained_in"], res["backend"], res["split"], res["loss"], res["accuracy"], res["top5"], res["macro_f1"]]]))
@@ -124,8 +218,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_port(args: argparse.Namespace) -> int:
     from tasks.classify import NATIVE_SUFFIX, port_run
 
-    if _run_task(args.run) == "dqn":
+    task = _run_task(args.run)
+    if task == "dqn":
         return _port_dqn(args)
+    if task == "masked":
+        raise DualkitError(
+            f"{args.run} is a masked-pretraining run: its product is the encoder ({args.run}/encoder.safetensors), "
+            f"which either backend loads directly; probe it with `dualkit eval {args.run} --backend torch|tf` or "
+            f"start a classifier from it with `dualkit train cnn-cifar10 --init-from {args.run}`"
+        )
     to = registry.resolve_name(args.to)
     out = Path(args.out) if args.out else Path(args.run) / f"model{NATIVE_SUFFIX[to]}"
     if out.exists() and not args.overwrite:
@@ -152,6 +253,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
         from tasks import dqn_parity
 
         checks, levels = dqn_parity.run_levels(spec, levels, dtypes, args.device, args.seeds), []
+    if spec.task == "masked":  # masked pretraining has its own levels too
+        from tasks import masked_parity
+
+        checks, levels = masked_parity.run_levels(spec, levels, dtypes, args.device, args.seeds), []
     for dtype in dtypes:
         for level, fn in (("L0", parity.level0), ("L1", parity.level1), ("L2", parity.level2), ("L3", parity.level3)):
             if level in levels:
@@ -213,12 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_info)
 
     p = sub.add_parser("train", help="train a preset on one backend into a run folder")
+    _spec_args(p, optional=True)
+    _backend_args(p)
+    p.add_argument("--out", help="run folder (default: runs/<preset>-<backend>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--init-from", metavar="RUN", help="start the classifier's encoder from a pretraining run "
+                   "(its encoder.safetensors; the head starts fresh)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest checkpoint (the spec is the run's own; "
+                   "--set may change train.epochs and checkpointing; --backend may name the other framework)")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("pretrain", help="masked image pretraining of the CNN encoder (then linear probe and fine-tune)")
     _spec_args(p)
     _backend_args(p)
     p.add_argument("--out", help="run folder (default: runs/<preset>-<backend>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(fn=cmd_train)
+    p.set_defaults(fn=cmd_pretrain)
 
     p = sub.add_parser("eval", help="evaluate a run folder's model in either backend")
     p.add_argument("run", help="a run folder written by `dualkit train`")
@@ -226,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--episodes", type=int, help="DQN: greedy episodes to play (default: the spec's dqn.test_episodes)")
     p.add_argument("--seed", type=int, help="DQN: seed of the first episode (default: the spec's env.test_seed)")
+    p.add_argument("--no-finetune", action="store_true", help="masked pretraining: the linear probe only")
+    p.add_argument("--quiet", action="store_true", help="masked pretraining: no progress bars")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("port", help="write a run's model as the other framework's native artifact, with a parity check")
@@ -267,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.fn(args)
     except DualkitError as exc:
         print(f"dualkit: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # Interrupted: 128 + the signal number
     except KeyboardInterrupt:
         print("dualkit: interrupted", file=sys.stderr)
         return 130

@@ -55,7 +55,9 @@ class DQNResult:
 def planned_updates(spec: DQNRunSpec) -> int:
     """Updates a full run makes (for the learning-rate schedule's horizon)."""
     d = spec.dqn
-    rounds = sum(1 for k in range(d.train_freq, d.total_steps + 1, d.train_freq) if k >= d.learning_starts)
+    # rounds run at env steps k * train_freq (k >= 1) that are >= learning_starts and <= total_steps
+    first = max(1, -(-d.learning_starts // d.train_freq))
+    rounds = max(0, d.total_steps // d.train_freq - first + 1)
     return max(1, rounds * d.gradient_steps)
 
 

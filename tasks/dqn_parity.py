@@ -240,13 +240,13 @@ def level5(base: DQNRunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1
 
 
 # -- port ------------------------------------------------------------------------------------------------
-def port_spec(base: DQNRunSpec, total_steps: int = 8000) -> DQNRunSpec:
+def port_spec(base: DQNRunSpec, total_steps: int = 5000) -> DQNRunSpec:
     """A short run of the preset: the port is about carrying an agent over, not about its quality."""
     return replace(base, dqn=replace(base.dqn, total_steps=total_steps, learning_starts=min(base.dqn.learning_starts, total_steps // 4),
                                      eval_every=0, stop_return=0.0))
 
 
-def port_checks(base: DQNRunSpec, device: str = "cpu", total_steps: int = 8000) -> list[Check]:
+def port_checks(base: DQNRunSpec, device: str = "cpu", total_steps: int = 5000) -> list[Check]:
     """Train in A, write the run, play the same seeded episodes in B from the checkpoint, both ways."""
     from tasks.dqn import NATIVE_SUFFIX, port_run, train
 

@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -100,10 +101,30 @@ class Classifier:
             var.assign(np.ascontiguousarray(to_tf(np.asarray(value))).astype(var.dtype))
 
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
-        return self.optimizer.get_state()
+        """Canonical optimizer state (core.optim_ref names; slots in the canonical layout, like their weights)."""
+        return {k: self._slot_layout(k, v, to_canonical=True) for k, v in self.optimizer.get_state().items()}
 
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.optimizer.set_state(state)
+        self.optimizer.set_state({k: self._slot_layout(k, np.asarray(v), to_canonical=False) for k, v in state.items()})
+
+    def _slot_layout(self, key: str, value: np.ndarray, to_canonical: bool) -> np.ndarray:
+        if "." not in key:
+            return value  # "step"
+        _, to_tf, from_tf = self.variables[key.split(".", 1)[1]]
+        return np.ascontiguousarray((from_tf if to_canonical else to_tf)(value))
+
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        """The framework RNG that dropout draws from: each Dropout layer's seed-generator state, by position
+        (Keras numbers unnamed layers per process, so their names are not stable)."""
+        return {f"tf.dropout{i}": to_numpy(layer.seed_generator.state).copy() for i, layer in enumerate(self._dropouts())}
+
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        for i, layer in enumerate(self._dropouts()):
+            if f"tf.dropout{i}" in state:
+                layer.seed_generator.state.assign(np.asarray(state[f"tf.dropout{i}"]))
+
+    def _dropouts(self) -> list[keras.layers.Dropout]:
+        return [layer for layer in self.net.layers if isinstance(layer, keras.layers.Dropout)]
 
     def _buffers(self) -> dict[str, np.ndarray]:
         return {n: a for n, a in self.get_weights().items() if is_buffer(n)}

@@ -63,6 +63,7 @@ class DQNAgent:
             "sync": tf.function(self._sync, input_signature=[scalar, scalar]),
         }
         self._concrete: dict[str, Callable] = {}
+        self._lr: tuple[float | None, tf.Tensor | None] = (None, None)
 
     def _call(self, name: str, *args):
         fn = self._concrete.get(name)
@@ -114,7 +115,9 @@ class DQNAgent:
 
     def update(self, batch: Batch, lr: float) -> float:
         """One optimizer step on a minibatch; returns the TD loss before the step."""
-        return float(self._call("update", self._pack(batch), tf.constant(lr, tf.float64)).numpy())
+        if lr != self._lr[0]:  # a schedule changes lr rarely between steps: reuse the tensor
+            self._lr = (lr, tf.constant(lr, tf.float64))
+        return float(self._call("update", self._pack(batch), self._lr[1]).numpy())
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, dict[str, np.ndarray]]:
         """The TD loss and its gradient w.r.t. every online weight (canonical names); no state changes."""

@@ -52,6 +52,29 @@ def td_loss(
     return tf.reduce_mean(tf.where(ad < 1.0, 0.5 * d * d, ad - 0.5))  # torch smooth_l1_loss(beta=1)
 
 
+def masked_mse(
+    pred: tf.Tensor, images: tf.Tensor, mask: tf.Tensor, patch_size: int, norm_pix: bool = False, eps: float = 1e-6
+) -> tf.Tensor:
+    """Mean squared error on masked patches only (MAE's loss); pred and images (N, H, W, C), mask (N, H/p, W/p)
+    true where hidden. With ``norm_pix`` each target patch is normalised by its own mean and unbiased variance."""
+    _, h, w, c = images.shape
+    p = patch_size
+
+    def patches(t: tf.Tensor) -> tf.Tensor:
+        t = tf.reshape(t, [-1, h // p, p, w // p, p, c])
+        return tf.reshape(tf.transpose(t, [0, 1, 3, 2, 4, 5]), [-1, (h // p) * (w // p), p * p * c])
+
+    target = patches(tf.stop_gradient(images))
+    if norm_pix:
+        d = p * p * c
+        mean = tf.reduce_mean(target, axis=-1, keepdims=True)
+        var = tf.reduce_sum(tf.square(target - mean), axis=-1, keepdims=True) / tf.constant(d - 1, target.dtype)
+        target = (target - mean) / tf.sqrt(var + tf.constant(eps, target.dtype))
+    per_patch = tf.reduce_mean(tf.square(patches(pred) - target), axis=-1)
+    m = tf.reshape(tf.cast(mask, pred.dtype), tf.shape(per_patch))
+    return tf.reduce_sum(per_patch * m) / tf.reduce_sum(m)
+
+
 def numpy_loss(name: str, *arrays: np.ndarray, device: str = "cpu", **kwargs) -> float:
     """Evaluate the loss ``name`` of this module on numpy inputs (for the loss parity level)."""
     with tf.device(tf_device(device)):

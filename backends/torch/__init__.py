@@ -3,7 +3,8 @@
 from backends.torch.classifier import Classifier
 from backends.torch.dqn import DQNAgent
 from backends.torch.losses import numpy_loss
+from backends.torch.masked import MaskedAutoencoder
 from backends.torch.optim import Optimizer, apply_updates
 from backends.torch.runtime import NAME, check_device, devices, gpu_available, seed, setup, versions
 
-__all__ = ["NAME", "Classifier", "DQNAgent", "Optimizer", "apply_updates", "numpy_loss", "check_device", "devices", "gpu_available", "seed", "setup", "versions"]
+__all__ = ["NAME", "Classifier", "DQNAgent", "MaskedAutoencoder", "Optimizer", "apply_updates", "numpy_loss", "check_device", "devices", "gpu_available", "seed", "setup", "versions"]

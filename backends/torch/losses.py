@@ -47,6 +47,27 @@ def td_loss(
     return F.smooth_l1_loss(q_taken, target, beta=1.0)
 
 
+def masked_mse(
+    pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix: bool = False, eps: float = 1e-6
+) -> torch.Tensor:
+    """Mean squared error on masked patches only (MAE's loss); pred and images (N, H, W, C), mask (N, H/p, W/p)
+    true where hidden. With ``norm_pix`` each target patch is normalised by its own mean and unbiased variance."""
+    n, h, w, c = images.shape
+    p = patch_size
+
+    def patches(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(n, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(n, (h // p) * (w // p), p * p * c)
+
+    target = patches(images.detach())
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)  # unbiased, as MAE's
+        target = (target - mean) / (var + eps) ** 0.5
+    per_patch = ((patches(pred) - target) ** 2).mean(dim=-1)
+    m = mask.reshape(n, -1).to(pred.dtype)
+    return (per_patch * m).sum() / m.sum()
+
+
 def numpy_loss(name: str, *arrays: np.ndarray, device: str = "cpu", **kwargs) -> float:
     """Evaluate the loss ``name`` of this module on numpy inputs (for the loss parity level)."""
     dev = torch_device(device)

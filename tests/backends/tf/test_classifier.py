@@ -194,6 +194,27 @@ def test_optimizer_state_names():
     assert set(sgd) == {"step"} | {f"momentum.{n}" for n in trainable}
 
 
+@pytest.mark.parametrize("optim", OPTIMIZERS, ids=lambda o: o.name)
+def test_optimizer_state_is_in_the_canonical_layout(optim):
+    """Slots are shaped like their canonical weights (conv (out, in, kh, kw), dense (out, in)), not Keras's,
+    so the state hands over to PyTorch; set converts back (a non-square model catches a transposed slot)."""
+    clf = make(optim=optim)
+    for s in range(2):
+        clf.train_step(*batch(seed=s), optim.lr)
+    state = clf.get_optimizer_state()
+    shapes = classifier_shapes(MODEL, IMAGE)
+    for key, value in state.items():
+        assert value.shape == (() if key == "step" else shapes[key.split(".", 1)[1]]), key
+    other = make(optim=optim)
+    other.set_optimizer_state(state)
+    assert_same(other.get_optimizer_state(), state)
+    slot = "momentum" if optim.name == "sgd" else "exp_avg"
+    kernel = other.variables["encoder.block0.conv0.weight"][0]  # (kh, kw, in, out) inside Keras
+    np.testing.assert_array_equal(other.optimizer.slots[f"{slot}.encoder.block0.conv0.weight"].numpy(),
+                                  state[f"{slot}.encoder.block0.conv0.weight"].transpose(2, 3, 1, 0))
+    assert tuple(kernel.shape) == (3, 3, 3, 4)
+
+
 # --------------------------------------------------------------------------- native artifact
 
 

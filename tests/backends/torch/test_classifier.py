@@ -189,6 +189,21 @@ def test_optimizer_state_names():
     assert set(sgd) == {"step"} | {f"momentum.{n}" for n in trainable}
 
 
+@pytest.mark.parametrize("optim", OPTIMIZERS, ids=lambda o: o.name)
+def test_optimizer_state_is_in_the_canonical_layout(optim):
+    """Slots are shaped like their canonical weights, so the state hands over to TensorFlow (twin of the tf test)."""
+    clf = make(optim=optim)
+    for s in range(2):
+        clf.train_step(*batch(seed=s), optim.lr)
+    state = clf.get_optimizer_state()
+    shapes = classifier_shapes(MODEL, IMAGE)
+    for key, value in state.items():
+        assert value.shape == (() if key == "step" else shapes[key.split(".", 1)[1]]), key
+    other = make(optim=optim)
+    other.set_optimizer_state(state)
+    assert_same(other.get_optimizer_state(), state)
+
+
 # --------------------------------------------------------------------------- native artifact
 
 

@@ -1,0 +1,186 @@
+"""Masked image pretraining in TensorFlow: the classifier's encoder run on masked images, a light decoder.
+
+The encoder is cnn.build_encoder itself (same layers, so the same canonical names); the masked forward
+walks its layers and, after every conv stage, re-zeroes masked positions, so nothing crosses the mask.
+BatchNorm takes its batch statistics (and running statistics) from visible positions only. Unmasked,
+eval-mode forward is the classifier's encoder unchanged: that is what probing and fine-tuning use.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from backends.tf.cnn import BatchNorm, _layer_name, build_encoder, canonical_variables
+from backends.tf.losses import masked_mse
+from backends.tf.optim import Optimizer
+from backends.tf.runtime import DTYPES, tf_device, to_numpy, to_tensor
+from core.masking import grid_shape, patch_size_for, visible
+from core.specs import DecoderSpec, ModelSpec, OptimSpec
+from core.weights import MASK_TOKEN, decoder_channels, is_buffer
+
+
+def masked_batchnorm(bn: BatchNorm, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tf.Tensor:
+    """BatchNorm whose batch and running statistics come from visible positions only (``vis`` is
+    (N, H, W, 1), 1 = visible); running variance unbiased over the visible count, as torch's own."""
+    if not training:
+        return bn(x, training=False)
+    n = tf.reduce_sum(vis)
+    mean = tf.reduce_sum(x * vis, axis=[0, 1, 2]) / n
+    var = tf.reduce_sum(tf.square((x - mean) * vis), axis=[0, 1, 2]) / n
+    m = tf.constant(bn.momentum, x.dtype)
+    bn.running_mean.assign((1 - m) * bn.running_mean + m * mean)
+    bn.running_var.assign((1 - m) * bn.running_var + m * var * n / (n - 1))
+    scale = tf.math.rsqrt(var + tf.constant(bn.eps, x.dtype)) * bn.weight
+    return (x - mean) * scale + bn.bias
+
+
+def masked_encode(encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """NHWC images with masked pixels already zero -> (coarsest feature map, its visibility (N, h, w, 1))."""
+    for layer in encoder.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, BatchNorm):
+            x = masked_batchnorm(layer, x, vis, training)
+        elif isinstance(layer, keras.layers.ReLU):
+            x = tf.nn.relu(x) * vis  # re-zero: convs spread values into masked positions
+        elif isinstance(layer, keras.layers.MaxPooling2D):
+            x = layer(x)  # patches are aligned with every pooling window: masked stays zero
+            vis = vis[:, ::2, ::2, :]
+        else:
+            x = layer(x)
+    return x, vis
+
+
+def build_decoder(model: ModelSpec, decoder: DecoderSpec, in_channels: int, feats, dtype: str):
+    """Stages of 2x nearest upsampling, 3x3 conv, ReLU (one per encoder block), then a 1x1 conv to pixels.
+    (The mask token is filled in before, by MaskedAutoencoder.)"""
+    x = feats
+    for i, cout in enumerate(decoder_channels(model, decoder)):
+        x = keras.layers.UpSampling2D(2, interpolation="nearest", dtype=dtype)(x)
+        x = keras.layers.Conv2D(cout, 3, padding="same", activation="relu", dtype=dtype, name=_layer_name(f"decoder.up{i}"))(x)
+    return keras.layers.Conv2D(in_channels, 1, dtype=dtype, name=_layer_name("decoder.out"))(x)
+
+
+class MaskedAutoencoder:
+    """The masked autoencoder, its optimizer and steps. Inputs are NHWC numpy batches and (N, h, w) bool
+    masks from core (true = masked); outputs are numpy."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        decoder: DecoderSpec,
+        image_shape: tuple[int, int, int],
+        weights: dict[str, np.ndarray],
+        optim: OptimSpec,
+        norm_pix: bool = True,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ):
+        self.device = tf_device(device)
+        self.dtype = DTYPES[dtype]
+        self.dtype_name = dtype
+        self.norm_pix = norm_pix
+        self.patch = patch_size_for(model, image_shape)
+        gh, gw = grid_shape(image_shape, self.patch)
+        with tf.device(self.device):
+            inputs = keras.Input(shape=image_shape, dtype=dtype)
+            self.encoder = keras.Model(inputs, build_encoder(model, inputs, dtype), name="encoder")
+            feats = keras.Input(shape=(gh, gw, model.channels[-1]), dtype=dtype)
+            self.decoder = keras.Model(feats, build_decoder(model, decoder, image_shape[2], feats, dtype), name="decoder")
+            self.mask_token = None
+            self.variables = dict(canonical_variables(self.encoder))
+            if decoder.mask_token:
+                self.mask_token = tf.Variable(tf.zeros((model.channels[-1],), self.dtype), name="mask_token")
+                self.variables[MASK_TOKEN] = (self.mask_token, lambda a: a, lambda a: a)
+            self.variables.update(canonical_variables(self.decoder))
+            self.set_weights(weights)
+            self.params = {n: v for n, (v, _, _) in self.variables.items() if not is_buffer(n)}
+            self.optimizer = Optimizer(optim, self.params)
+        x_spec = tf.TensorSpec((None, *image_shape), self.dtype)
+        vis_spec = tf.TensorSpec((None, *image_shape[:2], 1), self.dtype)
+        mask_spec = tf.TensorSpec((None, gh, gw), tf.bool)
+        self._train_fn = tf.function(self._train, input_signature=[x_spec, vis_spec, mask_spec, tf.TensorSpec((), tf.float64)])
+        self._reconstruct_fn = tf.function(lambda x, vis: self._net(x, vis, False), input_signature=[x_spec, vis_spec])
+        self._features_fn = tf.function(self._features, input_signature=[x_spec])
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _net(self, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tf.Tensor:
+        feats, vis_coarse = masked_encode(self.encoder, x * vis, vis, training)
+        if self.mask_token is not None:
+            feats = feats * vis_coarse + self.mask_token * (1 - vis_coarse)
+        return self.decoder(feats, training=training)
+
+    def _loss(self, x: tf.Tensor, vis: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        return masked_mse(self._net(x, vis, True), x, mask, self.patch, self.norm_pix)
+
+    def _train(self, x: tf.Tensor, vis: tf.Tensor, mask: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        trainable = list(self.params.values())
+        with tf.GradientTape() as tape:
+            loss = self._loss(x, vis, mask)
+        self.optimizer.apply(tape.gradient(loss, trainable), lr)
+        return loss
+
+    def _features(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(self.encoder(x, training=False), axis=[1, 2])
+
+    def _tensors(self, x: np.ndarray, mask: np.ndarray) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        vis = visible(mask, self.patch, self.dtype_name)
+        return to_tensor(x, self.dtype), to_tensor(vis, self.dtype), to_tensor(np.asarray(mask, bool), tf.bool)
+
+    def train_step(self, x: np.ndarray, mask: np.ndarray, lr: float) -> float:
+        """One optimizer update on a batch and its masks; returns the masked loss before the update."""
+        with tf.device(self.device):
+            loss = self._train_fn(*self._tensors(x, mask), tf.constant(lr, tf.float64))
+        return float(loss.numpy())
+
+    def forward(self, x: np.ndarray, mask: np.ndarray, training: bool) -> np.ndarray:
+        """The reconstruction (N, H, W, C) in train or eval mode, without changing any state."""
+        saved = self._buffers()
+        with tf.device(self.device):
+            xt, vis, _ = self._tensors(x, mask)
+            out = to_numpy(self._net(xt, vis, training))
+        self.set_weights(saved)
+        return out
+
+    def reconstruct(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Eval-mode reconstruction (N, H, W, C); in normalised-patch space when norm_pix is on."""
+        with tf.device(self.device):
+            xt, vis, _ = self._tensors(x, mask)
+            return to_numpy(self._reconstruct_fn(xt, vis))
+
+    def loss_and_grads(self, x: np.ndarray, mask: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Train-mode masked loss and its gradient w.r.t. every trainable weight; no state is changed."""
+        saved = self._buffers()
+        trainable = list(self.params.values())
+        with tf.device(self.device), tf.GradientTape() as tape:
+            loss = self._loss(*self._tensors(x, mask))
+        grads = tape.gradient(loss, trainable)
+        self.set_weights(saved)
+        return float(loss.numpy()), {
+            n: self.variables[n][2](to_numpy(g)).copy() for n, g in zip(self.params, grads)
+        }
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """Eval-mode encoder features of whole images, global-average-pooled: (N, C_last)."""
+        with tf.device(self.device):
+            return to_numpy(self._features_fn(to_tensor(x, self.dtype)))
+
+    # -- canonical weights -------------------------------------------------------------------------
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {n: np.ascontiguousarray(from_tf(to_numpy(v))) for n, (v, _, from_tf) in self.variables.items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        for name, value in weights.items():
+            var, to_tf, _ = self.variables[name]
+            var.assign(np.ascontiguousarray(to_tf(np.asarray(value))).astype(self.dtype_name))
+
+    def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        return self.optimizer.get_state()
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        self.optimizer.set_state(state)
+
+    def _buffers(self) -> dict[str, np.ndarray]:
+        return {n: a for n, a in self.get_weights().items() if is_buffer(n)}

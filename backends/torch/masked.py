@@ -1,0 +1,197 @@
+"""Masked image pretraining in PyTorch: the classifier's encoder run on masked images, a light decoder.
+
+The encoder is cnn.Encoder itself (same modules, so the same canonical names); the masked forward
+walks its blocks and, after every conv stage, re-zeroes masked positions, so nothing crosses the mask.
+BatchNorm takes its batch statistics (and running statistics) from visible positions only. Unmasked,
+eval-mode forward is the classifier's encoder unchanged: that is what probing and fine-tuning use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backends.torch.cnn import Encoder
+from backends.torch.losses import masked_mse
+from backends.torch.optim import Optimizer
+from backends.torch.runtime import DTYPES, to_numpy, to_tensor, torch_device
+from core.masking import patch_size_for, visible
+from core.specs import DecoderSpec, ModelSpec, OptimSpec
+from core.weights import decoder_channels, is_buffer
+
+
+def masked_batchnorm(bn: nn.BatchNorm2d, x: torch.Tensor, vis: torch.Tensor, training: bool) -> torch.Tensor:
+    """BatchNorm whose batch and running statistics come from visible positions only (``vis`` is
+    (N, 1, H, W), 1 = visible); running variance unbiased over the visible count, as torch's own."""
+    if not training:
+        return bn(x)
+    n = vis.sum()
+    mean = (x * vis).sum(dim=(0, 2, 3)) / n
+    var = (((x - mean[None, :, None, None]) * vis) ** 2).sum(dim=(0, 2, 3)) / n
+    with torch.no_grad():
+        m = bn.momentum
+        bn.running_mean.copy_((1 - m) * bn.running_mean + m * mean)
+        bn.running_var.copy_((1 - m) * bn.running_var + m * var * n / (n - 1))
+        bn.num_batches_tracked += 1
+    scale = torch.rsqrt(var + bn.eps) * bn.weight
+    return (x - mean[None, :, None, None]) * scale[None, :, None, None] + bn.bias[None, :, None, None]
+
+
+def masked_encode(encoder: Encoder, x: torch.Tensor, vis: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """NCHW images with masked pixels already zero -> (coarsest feature map, its visibility (N, 1, h, w))."""
+    for block in encoder.children():
+        for c in range(block.n):
+            x = getattr(block, f"conv{c}")(x)
+            if block.batchnorm:
+                x = masked_batchnorm(getattr(block, f"bn{c}"), x, vis, training)
+            x = torch.relu(x) * vis  # re-zero: convs spread values into masked positions
+        x = block.pool(x)  # patches are aligned with every pooling window: masked stays zero
+        vis = vis[:, :, ::2, ::2]
+    return x, vis
+
+
+class Decoder(nn.Module):
+    """Coarsest features (masked positions filled with the mask token) -> one stage per encoder block
+    (2x nearest upsampling, 3x3 conv, ReLU) -> 1x1 conv to pixels."""
+
+    def __init__(self, model: ModelSpec, decoder: DecoderSpec, in_channels: int):
+        super().__init__()
+        cin = model.channels[-1]
+        self.has_token = decoder.mask_token
+        if self.has_token:
+            self.mask_token = nn.Parameter(torch.zeros(cin))
+        widths = decoder_channels(model, decoder)
+        for i, cout in enumerate(widths):
+            self.add_module(f"up{i}", nn.Conv2d(cin, cout, 3, padding=1))
+            cin = cout
+        self.n = len(widths)
+        self.out = nn.Conv2d(cin, in_channels, 1)
+
+    def forward(self, feats: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        if self.has_token:
+            feats = feats * vis + self.mask_token[None, :, None, None] * (1 - vis)
+        for i in range(self.n):
+            feats = torch.relu(getattr(self, f"up{i}")(F.interpolate(feats, scale_factor=2, mode="nearest")))
+        return self.out(feats)
+
+
+class MaskedNet(nn.Module):
+    """NHWC images and visibility (N, H, W, 1) in, NHWC reconstruction out; NCHW inside."""
+
+    def __init__(self, model: ModelSpec, decoder: DecoderSpec, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.encoder = Encoder(model, image_shape[2])
+        self.decoder = Decoder(model, decoder, image_shape[2])
+
+    def forward(self, x_nhwc: torch.Tensor, vis_nhwc: torch.Tensor) -> torch.Tensor:
+        vis = vis_nhwc.permute(0, 3, 1, 2).contiguous()
+        x = x_nhwc.permute(0, 3, 1, 2).contiguous() * vis
+        feats, vis_coarse = masked_encode(self.encoder, x, vis, self.training)
+        return self.decoder(feats, vis_coarse).permute(0, 2, 3, 1)
+
+    def features(self, x_nhwc: torch.Tensor) -> torch.Tensor:
+        """The encoder on whole images (no mask), global-average-pooled: (N, C)."""
+        return self.encoder(x_nhwc.permute(0, 3, 1, 2).contiguous()).mean(dim=(2, 3))
+
+
+class MaskedAutoencoder:
+    """The masked autoencoder, its optimizer and steps. Inputs are NHWC numpy batches and (N, h, w) bool
+    masks from core (true = masked); outputs are numpy."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        decoder: DecoderSpec,
+        image_shape: tuple[int, int, int],
+        weights: dict[str, np.ndarray],
+        optim: OptimSpec,
+        norm_pix: bool = True,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ):
+        self.device = torch_device(device)
+        self.dtype = DTYPES[dtype]
+        self.dtype_name = dtype
+        self.norm_pix = norm_pix
+        self.patch = patch_size_for(model, image_shape)
+        self.net = MaskedNet(model, decoder, image_shape).to(device=self.device, dtype=self.dtype)
+        self.set_weights(weights)
+        self.params = {n: p for n, p in self.net.named_parameters()}
+        self.optimizer = Optimizer(optim, self.params)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _tensors(self, x: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        vis = visible(mask, self.patch, self.dtype_name)
+        return (to_tensor(x, self.device, self.dtype), to_tensor(vis, self.device, self.dtype),
+                to_tensor(np.asarray(mask, bool), self.device))
+
+    def _loss(self, x: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        self.net.train()
+        xt, vis, mt = self._tensors(x, mask)
+        return masked_mse(self.net(xt, vis), xt, mt, self.patch, self.norm_pix)
+
+    def train_step(self, x: np.ndarray, mask: np.ndarray, lr: float) -> float:
+        """One optimizer update on a batch and its masks; returns the masked loss before the update."""
+        loss = self._loss(x, mask)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step(lr)
+        return float(loss.item())
+
+    def forward(self, x: np.ndarray, mask: np.ndarray, training: bool) -> np.ndarray:
+        """The reconstruction (N, H, W, C) in train or eval mode, without changing any state."""
+        saved = self._buffers()
+        with torch.no_grad():
+            self.net.train(training)
+            xt, vis, _ = self._tensors(x, mask)
+            out = to_numpy(self.net(xt, vis))
+        self._restore_buffers(saved)
+        return out
+
+    def reconstruct(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Eval-mode reconstruction (N, H, W, C); in normalised-patch space when norm_pix is on."""
+        return self.forward(x, mask, training=False)
+
+    def loss_and_grads(self, x: np.ndarray, mask: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Train-mode masked loss and its gradient w.r.t. every trainable weight; no state is changed."""
+        saved = self._buffers()
+        self.optimizer.zero_grad()
+        loss = self._loss(x, mask)
+        loss.backward()
+        grads = {n: to_numpy(p.grad) for n, p in self.params.items()}
+        self.optimizer.zero_grad()
+        self._restore_buffers(saved)
+        return float(loss.item()), grads
+
+    @torch.no_grad()
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """Eval-mode encoder features of whole images, global-average-pooled: (N, C_last)."""
+        self.net.eval()
+        return to_numpy(self.net.features(to_tensor(x, self.device, self.dtype)))
+
+    # -- canonical weights -------------------------------------------------------------------------
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {n: to_numpy(t).copy() for n, t in self.net.state_dict().items() if not n.endswith("num_batches_tracked")}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        state = self.net.state_dict()
+        with torch.no_grad():
+            for name, value in weights.items():
+                state[name].copy_(torch.as_tensor(np.asarray(value)))
+
+    def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        return self.optimizer.get_state()
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        self.optimizer.set_state(state)
+
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}
+
+    def _restore_buffers(self, saved: dict[str, torch.Tensor]) -> None:
+        buffers = dict(self.net.named_buffers())
+        with torch.no_grad():
+            for n, b in saved.items():
+                buffers[n].copy_(b)
