@@ -24,11 +24,32 @@ class Batch:
     def __len__(self) -> int:
         return len(self.actions)
 
+    def packed(self) -> np.ndarray:
+        """One (B, 2 * obs_dim + 3) array: obs, next_obs, reward, terminated, action (as a float, exact)."""
+        dt = self.obs.dtype
+        cols = [self.obs, self.next_obs, self.rewards[:, None], self.terminated[:, None], self.actions[:, None]]
+        return np.concatenate([np.asarray(c, dtype=dt) for c in cols], axis=1)
+
+
+class PackedBatch(Batch):
+    """A Batch gathered from a ReplayBuffer: its fields are views of one packed array, which ``packed()``
+    returns as is (a backend then converts one array per update instead of five)."""
+
+    def __init__(self, rows: np.ndarray, obs_dim: int):
+        d = obs_dim
+        super().__init__(rows[:, :d], rows[:, 2 * d + 2].astype(np.int64), rows[:, 2 * d], rows[:, d : 2 * d], rows[:, 2 * d + 1])
+        object.__setattr__(self, "_rows", rows)
+
+    def packed(self) -> np.ndarray:
+        return self._rows
+
 
 class ReplayBuffer:
     """Fixed-capacity ring buffer; once full, each new transition overwrites the oldest one.
 
-    Truncated transitions (time limit) are stored with ``terminated = 0``: they bootstrap.
+    One row per transition, ``[obs | next_obs | reward | terminated | action]`` in the run's float dtype,
+    so a minibatch is a single gather. Truncated transitions (time limit) are stored with
+    ``terminated = 0``: they bootstrap.
     """
 
     def __init__(self, capacity: int, obs_dim: int, dtype: str = "float32"):
@@ -37,18 +58,19 @@ class ReplayBuffer:
         if obs_dim < 1:
             raise ValueError(f"obs_dim must be >= 1, got {obs_dim}")
         self.capacity = int(capacity)
+        self.obs_dim = int(obs_dim)
         self.dtype = np.dtype(dtype)
-        self.obs = np.zeros((capacity, obs_dim), self.dtype)
-        self.next_obs = np.zeros((capacity, obs_dim), self.dtype)
-        self.actions = np.zeros(capacity, np.int64)
-        self.rewards = np.zeros(capacity, self.dtype)
-        self.terminated = np.zeros(capacity, self.dtype)
+        self.data = np.zeros((capacity, 2 * obs_dim + 3), self.dtype)
         self.pos = 0  # where the next transition goes
         self.size = 0
         self.added = 0  # transitions ever added
 
     def __len__(self) -> int:
         return self.size
+
+    @property
+    def obs(self) -> np.ndarray:
+        return self.data[:, : self.obs_dim]
 
     def add(
         self,
@@ -63,23 +85,28 @@ class ReplayBuffer:
         n = len(actions)
         if n == 0:
             return
+        d = self.obs_dim
         obs = np.asarray(obs).reshape(n, -1)
         next_obs = np.asarray(next_obs).reshape(n, -1)
-        if obs.shape[1] != self.obs.shape[1] or next_obs.shape != obs.shape:
-            raise ValueError(f"observations must be ({n}, {self.obs.shape[1]}), got {obs.shape} and {next_obs.shape}")
+        if obs.shape[1] != d or next_obs.shape != obs.shape:
+            raise ValueError(f"observations must be ({n}, {d}), got {obs.shape} and {next_obs.shape}")
+        rows = np.empty((n, 2 * d + 3), self.dtype)
+        rows[:, :d] = obs
+        rows[:, d : 2 * d] = next_obs
+        rows[:, 2 * d] = np.asarray(rewards).reshape(-1)
+        rows[:, 2 * d + 1] = np.asarray(terminated).reshape(-1)
+        rows[:, 2 * d + 2] = actions
         if n > self.capacity:  # only the newest `capacity` survive
-            sl = slice(n - self.capacity, n)
             self.added += n - self.capacity
-            obs, actions, next_obs = obs[sl], actions[sl], next_obs[sl]
-            rewards, terminated = np.asarray(rewards).reshape(-1)[sl], np.asarray(terminated).reshape(-1)[sl]
-            n = self.capacity
-        idx = (self.pos + np.arange(n)) % self.capacity
-        self.obs[idx] = obs
-        self.next_obs[idx] = next_obs
-        self.actions[idx] = actions
-        self.rewards[idx] = np.asarray(rewards).reshape(-1)
-        self.terminated[idx] = np.asarray(terminated).reshape(-1)
-        self.pos = int((self.pos + n) % self.capacity)
+            rows, n = rows[n - self.capacity :], self.capacity
+        end = self.pos + n
+        if end <= self.capacity:
+            self.data[self.pos : end] = rows
+        else:
+            k = self.capacity - self.pos
+            self.data[self.pos :] = rows[:k]
+            self.data[: n - k] = rows[k:]
+        self.pos = end % self.capacity
         self.size = min(self.size + n, self.capacity)
         self.added += n
 
@@ -92,7 +119,7 @@ class ReplayBuffer:
         return rng.integers(0, self.size, size=batch_size)
 
     def get(self, idx: np.ndarray) -> Batch:
-        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx])
+        return PackedBatch(self.data[idx], self.obs_dim)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         return self.get(self.sample_indices(batch_size, rng))

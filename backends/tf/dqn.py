@@ -68,9 +68,9 @@ class DQNAgent:
     def _call(self, name: str, *args):
         fn = self._concrete.get(name)
         if fn is None:
-            fn = self._concrete[name] = self._fns[name].get_concrete_function()
-        with tf.device(self.device):
-            return fn(*args)
+            with tf.device(self.device):  # traced once under the device: its ops stay placed there
+                fn = self._concrete[name] = self._fns[name].get_concrete_function()
+        return fn(*args)
 
     # -- compiled bodies ------------------------------------------------------------------------
     def _act(self, obs: tf.Tensor) -> tf.Tensor:
@@ -104,9 +104,7 @@ class DQNAgent:
         return tau
 
     def _pack(self, batch: Batch) -> tf.Tensor:
-        dt = self.dtype.as_numpy_dtype
-        cols = [batch.obs, batch.next_obs, batch.rewards[:, None], batch.terminated[:, None], batch.actions[:, None]]
-        return to_tensor(np.concatenate([np.asarray(c, dtype=dt) for c in cols], axis=1), self.dtype)
+        return to_tensor(batch.packed(), self.dtype)
 
     # -- steps ---------------------------------------------------------------------------------
     def act_values(self, obs: np.ndarray) -> np.ndarray:

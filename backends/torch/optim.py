@@ -24,7 +24,11 @@ class Optimizer:
             )
         elif spec.name in ("adam", "adamw"):
             cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
-            self.opt = cls(plist, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps, weight_decay=spec.weight_decay)
+            kwargs = dict(lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps, weight_decay=spec.weight_decay)
+            try:  # the fused kernel: the same math in one call for all tensors (the per-tensor loop dominates small models)
+                self.opt = cls(plist, fused=True, **kwargs)
+            except (RuntimeError, ValueError):  # a device or dtype torch has no fused kernel for
+                self.opt = cls(plist, **kwargs)
         else:  # specs are validated; this guards against a new name added in one place only
             raise ValueError(f"unknown optimizer {spec.name!r}")
         self.steps = 0
@@ -64,7 +68,8 @@ class Optimizer:
                 self.opt.state[p] = {"momentum_buffer": load(f"momentum.{name}")}
             elif self.spec.name in ("adam", "adamw"):
                 self.opt.state[p] = {
-                    "step": torch.tensor(float(self.steps), dtype=torch.float32),
+                    "step": torch.tensor(float(self.steps), dtype=torch.float32,
+                                         device=p.device if self.opt.param_groups[0].get("fused") else None),
                     "exp_avg": load(f"exp_avg.{name}"),
                     "exp_avg_sq": load(f"exp_avg_sq.{name}"),
                 }
