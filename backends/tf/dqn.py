@@ -82,8 +82,12 @@ class DQNAgent:
         rewards, terminated = packed[:, 2 * d], packed[:, 2 * d + 1]
         actions = tf.cast(packed[:, 2 * d + 2], tf.int64)
         next_q_target = tf.stop_gradient(self.target(next_obs, training=False))
-        next_q_online = tf.stop_gradient(self.online(next_obs, training=False)) if self.double else None
-        q = self.online(obs, training=True)
+        if self.double:  # one pass of the online net over obs and next_obs; only the obs rows carry gradient
+            both = self.online(tf.concat([obs, next_obs], 0), training=True)
+            n = tf.shape(obs)[0]
+            q, next_q_online = both[:n], tf.stop_gradient(both[n:])
+        else:
+            q, next_q_online = self.online(obs, training=True), None
         return td_loss(q, actions, rewards, terminated, next_q_target, next_q_online, gamma=self.gamma, kind=self.loss_kind)
 
     def _loss_and_grads(self, packed: tf.Tensor):
@@ -104,7 +108,7 @@ class DQNAgent:
         return tau
 
     def _pack(self, batch: Batch) -> tf.Tensor:
-        return to_tensor(batch.packed(), self.dtype)
+        return to_tensor(np.asarray(batch.packed(), dtype=self.dtype.as_numpy_dtype), self.dtype)
 
     # -- steps ---------------------------------------------------------------------------------
     def act_values(self, obs: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ class DQNAgent:
         self.device = torch_device(device)
         self.dtype = DTYPES[dtype]
         self.gamma, self.loss_kind, self.double = float(gamma), loss, bool(double)
+        self.obs_dim = obs_dim
         self.online = build_qnet(qnet, obs_dim, num_actions, dtype).to(self.device)
         self.target = build_qnet(qnet, obs_dim, num_actions, dtype).to(self.device)  # its own tensors
         self.target.requires_grad_(False)
@@ -48,13 +49,18 @@ class DQNAgent:
         return self.online(to_tensor(obs, self.device, self.dtype)).numpy(force=True)
 
     def _loss(self, batch: Batch) -> torch.Tensor:
-        obs, next_obs = (to_tensor(a, self.device, self.dtype) for a in (batch.obs, batch.next_obs))
-        rewards, terminated = (to_tensor(a, self.device, self.dtype) for a in (batch.rewards, batch.terminated))
-        actions = to_tensor(batch.actions, self.device, torch.long)
+        # one conversion of the packed minibatch (obs, next_obs, reward, terminated, action), then views
+        d = self.obs_dim
+        rows = to_tensor(batch.packed(), self.device, self.dtype)
+        obs, next_obs, rewards, terminated = rows[:, :d], rows[:, d : 2 * d], rows[:, 2 * d], rows[:, 2 * d + 1]
+        actions = rows[:, 2 * d + 2].long()
         with torch.no_grad():
             next_q_target = self.target(next_obs)
-            next_q_online = self.online(next_obs) if self.double else None
-        q = self.online(obs)
+        if self.double:  # one pass of the online net over obs and next_obs; only the obs rows carry gradient
+            both = self.online(torch.cat([obs, next_obs]))
+            q, next_q_online = both[: len(obs)], both[len(obs) :].detach()
+        else:
+            q, next_q_online = self.online(obs), None
         return td_loss(q, actions, rewards, terminated, next_q_target, next_q_online, gamma=self.gamma, kind=self.loss_kind)
 
     def update(self, batch: Batch, lr: float) -> float:

@@ -60,3 +60,14 @@ def test_bad_use_is_refused():
     buf = ReplayBuffer(4, 2)
     with pytest.raises(ValueError, match="observations"):
         buf.add(np.zeros((2, 3)), [0, 1], [0.0, 0.0], np.zeros((2, 3)), [False, False])
+
+
+def test_packed_rows_are_one_array_in_a_fixed_layout():
+    buf = ReplayBuffer(10, 3)
+    buf.add(*_rows(0, 6))
+    b = buf.get(np.array([4, 1]))
+    rows = b.packed()
+    assert rows.shape == (2, 2 * 3 + 3) and rows.dtype == np.float32
+    manual = Batch(b.obs.copy(), b.actions.copy(), b.rewards.copy(), b.next_obs.copy(), b.terminated.copy())
+    np.testing.assert_array_equal(manual.packed(), rows)  # obs | next_obs | reward | terminated | action
+    np.testing.assert_array_equal(rows[:, -1], [0, 1])
