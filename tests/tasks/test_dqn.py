@@ -71,7 +71,7 @@ def test_train_writes_a_complete_run_folder(torch_run, capsys):
     assert result["task"] == "dqn" and result["env_steps"] >= 800 and result["updates"] == (800 - 200) // 8 + 1
     assert len(result["test"]["returns"]) == 4 and result["steps_per_s"] > 0
     records = MetricLog(torch_run / "metrics.jsonl").read()
-    assert [r["env_steps"] >= 400 for r in records] and len(records) == 2
+    assert len(records) == 2 and all(r["env_steps"] >= 400 for r in records)
     assert {"loss", "epsilon", "eval_return", "train_return", "steps_per_s"} <= set(records[0])
     tensors, meta = checkpoint.load(torch_run / MODEL_FILE)
     assert meta["kind"] == "dqn" and meta["backend"] == "torch" and meta["obs_dim"] == 4 and meta["num_actions"] == 2
