@@ -24,6 +24,10 @@ from tasks import presets
 from tasks.dqn import train, with_budget
 
 
+HEADERS = ["backend", "seed", "env steps", "updates", "wall s", "steps/s", "steps/s w/o eval", "steps/cpu-s",
+           "solved at", "test return"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="dqn-cartpole")
@@ -48,16 +52,15 @@ def main(argv: list[str] | None = None) -> int:
                 "backend": name, "seed": seed, "env_steps": r.env_steps, "updates": r.updates,
                 "train_wall_s": r.wall_s, "steps_per_s": r.steps_per_s, "steps_per_cpu_s": r.env_steps / cpu,
                 "solved_at": r.solved_at, "test_return": r.test["return_mean"], "total_wall_s": wall,
+                "eval_s": r.eval_s, "steps_per_s_without_eval": r.env_steps / max(r.wall_s - r.eval_s, 1e-9),
             }
             records.append(rec)
-            rows.append([name, seed, r.env_steps, r.updates, r.wall_s, r.steps_per_s, rec["steps_per_cpu_s"],
-                         r.solved_at or "-", r.test["return_mean"]])
-            print(markdown_table(["backend", "seed", "env steps", "updates", "wall s", "steps/s", "steps/cpu-s",
-                                  "solved at", "test return"], rows[-1:]), flush=True)
+            rows.append([name, seed, r.env_steps, r.updates, r.wall_s, r.steps_per_s, rec["steps_per_s_without_eval"],
+                         rec["steps_per_cpu_s"], r.solved_at or "-", r.test["return_mean"]])
+            print(markdown_table(HEADERS, rows[-1:]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(["backend", "seed", "env steps", "updates", "wall s", "steps/s", "steps/cpu-s", "solved at",
-                            "test return"], rows)
+    table = markdown_table(HEADERS, rows)
     info = {"preset": args.preset, "full": args.full, "machine": platform.machine(), "cpus": os.cpu_count(),
             "load_avg": os.getloadavg(), "threads": os.environ.get("DUALKIT_THREADS", str(registry.DEFAULT_THREADS))}
     write_json(out / "dqn_speed.json", {**info, "runs": records})

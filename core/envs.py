@@ -112,10 +112,91 @@ def episode_seeds(base: int, n: int) -> list[int]:
 
 
 def make_vector_env(spec: EnvSpec, num_envs: int) -> SyncVectorEnv:
+    """Gymnasium's SyncVectorEnv (next-step autoreset) of ``num_envs`` checked envs."""
     make_env(spec).close()  # fail here, with dualkit's message, rather than inside the vector env
     return SyncVectorEnv(
         [lambda: make_env(spec) for _ in range(num_envs)], copy=False, autoreset_mode=AutoresetMode.NEXT_STEP
     )
+
+
+class EnvBatch:
+    """A lean stand-in for SyncVectorEnv with next-step autoreset, step for step the same results (same
+    resets, same RNG use) without its per-env bookkeeping (info merging, space iteration), which costs as
+    much as a CartPole step itself: the step after an episode's end resets that env (unseeded, so its RNG
+    continues) and reports reward 0, terminated and truncated False."""
+
+    def __init__(self, spec: EnvSpec, num_envs: int):
+        self.envs = [make_env(spec) for _ in range(num_envs)]
+        self.num_envs = num_envs
+        self.autoreset = np.zeros(num_envs, bool)
+
+    def reset(self, seed: list[int]) -> tuple[np.ndarray, dict]:
+        self.autoreset[:] = False
+        return np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seed)]), {}
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        n = self.num_envs
+        obs, rewards = [None] * n, np.zeros(n)
+        terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
+        for i, env in enumerate(self.envs):
+            if self.autoreset[i]:
+                obs[i], _ = env.reset()
+            else:
+                obs[i], rewards[i], terminated[i], truncated[i], _ = env.step(int(actions[i]))
+        self.autoreset = terminated | truncated
+        return np.stack(obs), rewards, terminated, truncated, {}
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+# -- env state for run checkpoints ---------------------------------------------------------------------
+def snapshot_env(env: gym.Env) -> dict | None:
+    """The JSON state of an env mid-episode, or None where dualkit cannot take it.
+
+    Gymnasium has no generic get/set state. Classic-control envs (CartPole, Acrobot, MountainCar, ...)
+    keep their whole dynamic state in ``unwrapped.state`` (plus CartPole's ``steps_beyond_terminated``);
+    with the env's RNG position and the TimeLimit count that is everything their next steps depend on.
+    """
+    u = env.unwrapped
+    state = getattr(u, "state", None)
+    if state is None:
+        return None
+    arr = np.asarray(state)
+    if arr.dtype.kind not in "fiub":
+        return None
+    snap: dict = {
+        "state": arr.tolist(),  # floats round-trip exactly through JSON (repr)
+        "state_dtype": arr.dtype.str,
+        "state_is_array": isinstance(state, np.ndarray),
+        "np_random": u.np_random.bit_generator.state,
+        "wrappers": {},
+    }
+    if hasattr(u, "steps_beyond_terminated"):
+        snap["steps_beyond_terminated"] = u.steps_beyond_terminated
+    w = env
+    while isinstance(w, gym.Wrapper):  # the time-limit count is what a resumed episode needs to truncate on time
+        if hasattr(w, "_elapsed_steps"):
+            snap["wrappers"][type(w).__name__] = {"_elapsed_steps": w._elapsed_steps}
+        w = w.env
+    return snap
+
+
+def restore_env(env: gym.Env, snap: dict) -> None:
+    """Put an env (freshly made from the same spec) back at a :func:`snapshot_env` state."""
+    env.reset()  # leaves the wrappers' bookkeeping (order enforcing, checks) in the after-reset state
+    u = env.unwrapped
+    arr = np.asarray(snap["state"], dtype=np.dtype(snap["state_dtype"]))
+    u.state = arr if snap["state_is_array"] else tuple(arr.tolist())
+    u.np_random.bit_generator.state = snap["np_random"]
+    if "steps_beyond_terminated" in snap:
+        u.steps_beyond_terminated = snap["steps_beyond_terminated"]
+    w = env
+    while isinstance(w, gym.Wrapper):
+        for key, value in snap["wrappers"].get(type(w).__name__, {}).items():
+            setattr(w, key, value)
+        w = w.env
 
 
 @dataclass
@@ -145,7 +226,7 @@ class VectorRollout:
     def __init__(self, spec: EnvSpec, seed: int, dtype: str = "float32"):
         self.num_envs = spec.num_envs
         self.dtype = np.dtype(dtype)
-        self.envs = make_vector_env(spec, spec.num_envs)
+        self.envs = EnvBatch(spec, spec.num_envs)
         obs, _ = self.envs.reset(seed=train_seeds(seed, spec.num_envs))
         self.obs = obs.astype(self.dtype)
         self.pending_reset = np.zeros(self.num_envs, bool)  # the last step ended the episode
@@ -174,37 +255,66 @@ class VectorRollout:
             out_returns, out_lengths,
         )
 
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """(JSON part, arrays) of where every env stands, or None if an env cannot be snapshot
+        (see :func:`snapshot_env`)."""
+        snaps = [snapshot_env(env) for env in self.envs.envs]
+        if any(s is None for s in snaps):
+            return None
+        arrays = {"obs": self.obs.copy(), "pending_reset": self.pending_reset.copy(), "ep_return": self.ep_return.copy(),
+                  "ep_length": self.ep_length.copy(), "autoreset": self.envs.autoreset.copy()}
+        return {"envs": snaps}, arrays
+
+    def set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        if len(meta["envs"]) != self.num_envs:
+            raise ValueError(f"the saved rollout has {len(meta['envs'])} envs, this one {self.num_envs}")
+        for env, snap in zip(self.envs.envs, meta["envs"]):
+            restore_env(env, snap)
+        self.obs = np.asarray(arrays["obs"], self.dtype).copy()
+        self.pending_reset = np.asarray(arrays["pending_reset"], bool).copy()
+        self.ep_return = np.asarray(arrays["ep_return"], np.float64).copy()
+        self.ep_length = np.asarray(arrays["ep_length"], np.int64).copy()
+        self.envs.autoreset = np.asarray(arrays["autoreset"], bool).copy()
+
     def close(self) -> None:
         self.envs.close()
 
 
 class Evaluator:
-    """Greedy episodes on fixed seeds, all run side by side in one vector env (one batched call per step)."""
+    """Greedy episodes on fixed seeds, played side by side: one batched action call per step for the
+    episodes still running (finished ones are no longer stepped)."""
 
     def __init__(self, spec: EnvSpec, seeds: list[int], dtype: str = "float32"):
         if not seeds:
             raise ValueError("an evaluation needs at least one episode")
         self.seeds = list(seeds)
         self.dtype = np.dtype(dtype)
-        self.envs = make_vector_env(spec, len(self.seeds))
-        limit = spec.max_episode_steps or (self.envs.envs[0].spec.max_episode_steps if self.envs.envs[0].spec else None)
+        self.envs = [make_env(spec) for _ in self.seeds]
+        limit = spec.max_episode_steps or (self.envs[0].spec.max_episode_steps if self.envs[0].spec else None)
         self.max_steps = int(limit or FALLBACK_MAX_STEPS)
 
     def run(self, act: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(returns, lengths) of one episode per seed; ``act(obs (n, d)) -> actions (n,)``."""
         n = len(self.seeds)
-        obs, _ = self.envs.reset(seed=self.seeds)
+        obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, self.seeds)]).astype(self.dtype)
         returns, lengths = np.zeros(n), np.zeros(n, np.int64)
-        running = np.ones(n, bool)
+        running = np.arange(n)
         for _ in range(self.max_steps):
-            actions = np.asarray(act(obs.astype(self.dtype)), dtype=np.int64)
-            obs, rewards, terminated, truncated, _ = self.envs.step(actions)
-            returns += np.where(running, rewards, 0.0)
-            lengths += running
-            running &= ~(terminated | truncated)
-            if not running.any():
+            actions = np.asarray(act(obs), dtype=np.int64)
+            keep, next_obs = [], []
+            for j, i in enumerate(running):
+                o, r, terminated, truncated, _ = self.envs[i].step(int(actions[j]))
+                returns[i] += r
+                lengths[i] += 1
+                if not (terminated or truncated):
+                    keep.append(j)
+                    next_obs.append(o)
+            if not keep:
                 break
+            running = running[keep]
+            obs = np.asarray(next_obs, dtype=self.dtype)
         return returns, lengths
 
     def close(self) -> None:
-        self.envs.close()
+        for env in self.envs:
+            env.close()

@@ -123,3 +123,19 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         return self.get(self.sample_indices(batch_size, rng))
+
+    def state(self) -> tuple[dict[str, int], np.ndarray]:
+        """(counters, the filled rows in slot order) for a run checkpoint."""
+        return {"pos": self.pos, "size": self.size, "added": self.added}, self.data[: self.size].copy()
+
+    def load_state(self, counters: dict[str, int], rows: np.ndarray) -> None:
+        size = int(counters["size"])
+        if rows.shape != (size, self.data.shape[1]) or size > self.capacity:
+            raise ValueError(f"saved replay rows {rows.shape} do not fit a buffer of {self.capacity} x {self.data.shape[1]}")
+        self.data[:] = 0
+        self.data[:size] = rows
+        self.pos, self.size, self.added = int(counters["pos"]), size, int(counters["added"])
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.data.shape[1] * self.data.itemsize

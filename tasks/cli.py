@@ -43,14 +43,18 @@ def _train_dqn(args: argparse.Namespace, spec, backend: str, run_dir: Path) -> i
     from tasks.dqn import train
 
     result = train(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
+    _print_dqn(result)
+    print(f"run folder: {run_dir}  ({result.wall_s:.1f} s, {result.steps_per_s:.0f} env steps/s)")
+    return 0
+
+
+def _print_dqn(result) -> None:
     rows = [[e["env_steps"], e["updates"], e["epsilon"], e["loss"], e["train_return"], e["eval_return"], e["steps_per_s"]]
             for e in result.evals]
     print(markdown_table(["env steps", "updates", "epsilon", "loss", "train return", "eval return", "steps/s"], rows))
     t = result.test
     print(f"test: greedy return {t['return_mean']:.1f} +- {t['return_std']:.1f} (min {t['return_min']:.0f}) over "
           f"{len(t['returns'])} held-out episodes" + (f"; solved at {result.solved_at} env steps" if result.solved_at else ""))
-    print(f"run folder: {run_dir}  ({result.wall_s:.1f} s, {result.steps_per_s:.0f} env steps/s)")
-    return 0
 
 
 def _eval_dqn(args: argparse.Namespace) -> int:
@@ -145,7 +149,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- resume: `dualkit train [PRESET] --resume RUN [--backend B] [--set train.epochs=N]` ----------------
-RESUMERS = {"classify": "tasks.classify"}  # task -> module with resume(run_dir, backend, overrides=, device=, progress=)
+RESUMERS = {"classify": "tasks.classify", "masked": "tasks.pretrain", "dqn": "tasks.dqn"}  # task -> module with resume(run_dir, backend, overrides=, device=, progress=)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -172,6 +176,13 @@ def _resume(args: argparse.Namespace) -> int:
                 for h in result.history]
         print(markdown_table(["epoch", "train loss", "val loss", "val acc", "images/s"], rows))
         print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
+    elif task == "dqn":
+        _print_dqn(result)
+    elif task == "masked":
+        rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h["images_per_s"]] for h in result.history]
+        print(markdown_table(["epoch", "masked loss", "val masked loss", "images/s"], rows))
+        _print_masked_eval(result.evaluation)
+        print(f"reconstructions: {result.grid}")
     backends = " -> ".join(seg["backend"] for seg in result.extra.get("segments", []))
     print(f"run folder: {run_dir}  (resumed from step {result.extra.get('resumed_step')}; backends: {backends}; {result.wall_s:.1f} s in all)")
     return 0
@@ -365,9 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_parity)
 
     p = sub.add_parser("bench", help="the benchmark suite: runs, parity levels, overhead; JSON, Markdown and plots")
-    p.add_argument("--full", action="store_true", help="CIFAR-10 too (needs --data-root) and 5 seeds")
+    p.add_argument("--full", action="store_true", help="CIFAR-10 too (needs --data-root), 5 seeds, masked fine-tunes")
     p.add_argument("--data-root", help="folder holding cifar-10-batches-bin or cifar-10-batches-py")
-    p.add_argument("--presets", help="comma-separated presets (default: cnn-digits; --full adds cnn-cifar10)")
+    p.add_argument("--presets", help="comma-separated presets (default: cnn-digits, masked-digits, dqn-cartpole; "
+                   "--full adds masked-cifar10, cnn-cifar10)")
     p.add_argument("--seeds", type=int, default=0, help="seeds per backend (default 3; 5 with --full)")
     p.add_argument("--device", default="auto", choices=registry.DEVICES, help="auto = cpu, plus gpu where present")
     p.add_argument("--no-overhead", action="store_true", help="skip the bare-loop overhead benchmark")

@@ -10,7 +10,9 @@ steps (after ``learning_starts``) ``gradient_steps`` updates run on minibatches 
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,16 +21,21 @@ from typing import Any
 
 import numpy as np
 
-from core import checkpoint, registry
+from core import checkpoint, optim_ref, registry, runstate
 from core.batches import make_rng
 from core.envs import EnvInfo, Evaluator, VectorRollout, env_info, episode_seeds
-from core.errors import CheckpointError, TrainingError
+from core.errors import CheckpointError, RunError, SpecError, TrainingError
 from core.exploration import EpsilonGreedy, epsilon_at, greedy
 from core.replay import ReplayBuffer
-from core.runs import MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, prepare_run_dir, require_run_dir, write_json
+from core.interrupt import StopSignal
+from core.runs import (
+    METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, atomic_write_text, prepare_run_dir, read_json, require_run_dir,
+    write_json,
+)
+from core.runstate import RunState
 from core.schedules import lr_at
-from core.specs import DQNRunSpec, load_json, save_json, to_dict
-from core.weights import QNET_PREFIX, init_qnet, qnet_shapes
+from core.specs import DQNRunSpec, apply_overrides, from_dict, load_json, save_json, to_dict
+from core.weights import QNET_PREFIX, TARGET_PREFIX, init_qnet, qnet_shapes
 from tasks.progress import progress_bar
 
 CURVE_FILE = "learning_curve.png"
@@ -46,10 +53,12 @@ class DQNResult:
     updates: int
     wall_s: float
     steps_per_s: float  # environment steps per second of the whole run (acting, training, evaluating)
+    eval_s: float = 0.0  # of wall_s, the time spent in the periodic greedy evaluations
     solved_at: int | None = None  # environment steps when an evaluation first reached dqn.stop_return
     run_dir: Path | None = None
     actions: list[np.ndarray] = field(default_factory=list)  # with record=True: the actions of every vector step
     q_values: list[np.ndarray] = field(default_factory=list)  # with record=True: each step's Q-values (nan = not asked)
+    extra: dict[str, Any] = field(default_factory=dict)  # segments (backend per session) and, after a resume, where from
 
 
 def planned_updates(spec: DQNRunSpec) -> int:
@@ -111,133 +120,239 @@ def train(
     test: bool = True,
 ) -> DQNResult:
     """Train ``spec`` on one backend. With ``run_dir`` it writes spec.json, metrics.jsonl, model.safetensors,
-    result.json and learning_curve.png. ``record`` keeps every step's actions and Q-values (parity L4);
-    ``max_updates`` stops after that many updates, the schedules unchanged; ``test=False`` skips the final
-    held-out evaluation."""
+    run checkpoints (for :func:`resume`), result.json and learning_curve.png. ``record`` keeps every step's
+    actions and Q-values (parity L4); ``max_updates`` stops after that many updates, the schedules
+    unchanged; ``test=False`` skips the final held-out evaluation."""
     backend = registry.get_backend(backend_name, device)
     device = registry.resolve_device(backend, device)
     backend.seed(spec.seed)
-    d = spec.dqn
     info = env_info(spec.env)
     weights = init_qnet(spec.qnet.hidden, info.obs_dim, info.num_actions, spec.seed, spec.dtype)
     if init_weights:
         weights.update({k: np.asarray(v).astype(spec.dtype) for k, v in init_weights.items()})
     agent = build_agent(backend, spec, info, weights, device)
-
     log = None
     if run_dir is not None:
         run_dir = prepare_run_dir(Path(run_dir), overwrite)
         save_json(spec, run_dir / SPEC_FILE)
-        log = MetricLog(run_dir / "metrics.jsonl")
+        log = MetricLog(run_dir / METRICS_FILE)
+    state = RunState(task=spec.task)
+    return _run(spec, backend, device, agent, info, state, None, run_dir, log, progress, record, max_updates, test)
 
+
+def _buffer_note(buffer: ReplayBuffer, saved: bool) -> str:
+    size = f"{len(buffer):,} transitions, {buffer.nbytes / 2**20:.1f} MB"
+    return f"replay buffer ({size}) included" if saved else f"replay buffer ({size}) not included: dqn.checkpoint_buffer=false"
+
+
+def _run(
+    spec: DQNRunSpec,
+    backend: ModuleType,
+    device: str,
+    agent: Any,
+    info: EnvInfo,
+    state: RunState,
+    extra: dict[str, np.ndarray] | None,
+    run_dir: Path | None,
+    log: MetricLog | None,
+    progress: bool,
+    record: bool = False,
+    max_updates: int | None = None,
+    test: bool = True,
+) -> DQNResult:
+    """The DQN loop from ``state`` on: a fresh state, or one restored from a run checkpoint with its
+    tensors ``extra`` (replay buffer, rollout, best weights).
+
+    What a run checkpoint holds (core.runstate): the online and target weights, the optimizer state,
+    ``state.step`` = updates with one loss each, the evaluations as history, the explore and replay
+    generators, and in ``counters`` the loop's position (env steps, next train/eval points, training
+    episodes, best evaluation, wall time) with every env's state (core.envs.snapshot_env). Checkpoints
+    are written at safe points between two vector steps: every ``dqn.checkpoint_every_steps`` env steps,
+    every ``dqn.checkpoint_every_minutes``, at the end and on SIGINT/SIGTERM.
+    """
+    d = spec.dqn
+    n_envs = spec.env.num_envs
     rollout = VectorRollout(spec.env, spec.seed, spec.dtype)
     evaluator = Evaluator(spec.env, episode_seeds(spec.env.eval_seed, d.eval_episodes), spec.dtype)
     buffer = ReplayBuffer(d.buffer_size, info.obs_dim, spec.dtype)
     explorer = EpsilonGreedy(spec.seed, info.num_actions)
     replay_rng = make_rng(spec.seed, "replay")
     horizon = planned_updates(spec)
-    n_envs = spec.env.num_envs
-
-    losses: list[float] = []
-    ep_returns: list[float] = []
-    ep_steps: list[int] = []
-    evals: list[dict[str, Any]] = []
+    c = state.counters
+    fresh = not c
+    if fresh:
+        c.update(env_steps=0, next_train=d.train_freq, next_eval=d.eval_every or None, solved_at=None, done=False,
+                 eval_s=0.0, wall_s=0.0, last_loss_i=0, last_ep_i=0, ep_returns=[], ep_steps=[], best=None,
+                 refill_until=0, segments=[])
+    else:  # a resumed run: put every generator, env and buffer back where the checkpoint had them
+        extra = extra or {}
+        runstate.restore_rng(explorer.rng, state.rngs["explore"])
+        runstate.restore_rng(replay_rng, state.rngs["replay"])
+        if c.get("buffer") is not None:
+            buffer.load_state(c["buffer"], extra["replay.rows"])
+        else:  # checkpoint_buffer=false: refill before updating again
+            c["refill_until"] = c["env_steps"] + d.learning_starts
+        if c.get("rollout") is not None:
+            rollout.set_state(c["rollout"], {k[len("rollout."):]: v for k, v in extra.items() if k.startswith("rollout.")})
+        else:  # an env dualkit cannot snapshot: its episodes in progress were lost; new ones start here
+            rollout.close()
+            rollout = VectorRollout(spec.env, spec.seed + 1_000_003 * len(c["segments"]), spec.dtype)
+    c["segments"].append({"backend": backend.NAME, "device": device, "from_step": state.step, "from_env_steps": c["env_steps"]})
+    losses, evals = state.step_losses, state.history
+    ep_returns, ep_steps = c["ep_returns"], c["ep_steps"]
+    best_weights: dict[str, np.ndarray] | None = None
+    if c["best"] is not None:
+        best_weights = {k[len("best."):]: v for k, v in (extra or {}).items() if k.startswith("best.")}
     actions_log: list[np.ndarray] = []
     q_log: list[np.ndarray] = []
-    env_steps = updates = 0
-    next_train = d.train_freq
-    next_eval = d.eval_every if d.eval_every else None
-    best: tuple[float, dict[str, np.ndarray], int] | None = None  # (eval mean, weights, env steps)
-    solved_at: int | None = None
-    last_loss_i = last_ep_i = 0
-    t_start = time.perf_counter()
+    meta = checkpoint_meta(spec, backend, info) if run_dir is not None else {}
+    wall_before = c["wall_s"]
+    t_start = last_save = time.perf_counter()
+    next_ckpt = (c["env_steps"] // d.checkpoint_every_steps + 1) * d.checkpoint_every_steps if d.checkpoint_every_steps else None
     bar = progress_bar(total=d.total_steps, desc=f"{backend.NAME} dqn {spec.env.id}", enabled=progress)
     bar.unit = "env step"
+    bar.update(c["env_steps"])
+
+    def wall() -> float:
+        return wall_before + time.perf_counter() - t_start
+
+    def save_run() -> Path:
+        nonlocal last_save
+        c["wall_s"] = wall()
+        state.step = len(losses)
+        state.rngs = {"explore": runstate.capture_rng(explorer.rng), "replay": runstate.capture_rng(replay_rng)}
+        tensors: dict[str, np.ndarray] = {}
+        c["buffer"] = None
+        if d.checkpoint_buffer:
+            c["buffer"], tensors["replay.rows"] = buffer.state()
+        snap = rollout.get_state()
+        c["rollout"] = None
+        if snap is not None:
+            c["rollout"] = snap[0]
+            tensors.update({f"rollout.{k}": v for k, v in snap[1].items()})
+        if best_weights is not None:
+            tensors.update({f"best.{k}": v for k, v in best_weights.items()})
+        path = runstate.save(run_dir, state, agent.get_weights(), agent.get_optimizer_state(), meta=meta, extra=tensors,
+                             keep=d.keep_checkpoints)
+        last_save = time.perf_counter()
+        return path
+
+    def due() -> bool:
+        nonlocal next_ckpt
+        if next_ckpt is not None and c["env_steps"] >= next_ckpt:
+            next_ckpt += d.checkpoint_every_steps
+            return True
+        return d.checkpoint_every_minutes > 0 and time.perf_counter() - last_save >= 60.0 * d.checkpoint_every_minutes
 
     def do_eval() -> dict[str, Any]:
-        nonlocal best, last_loss_i, last_ep_i
+        nonlocal best_weights
+        t_eval = time.perf_counter()
         res = evaluate(agent, evaluator)
-        recent_losses = losses[last_loss_i:]
-        recent_eps = ep_returns[last_ep_i:]
-        last_loss_i, last_ep_i = len(losses), len(ep_returns)
-        wall = time.perf_counter() - t_start
+        c["eval_s"] += time.perf_counter() - t_eval
+        recent_losses = losses[c["last_loss_i"]:]
+        recent_eps = ep_returns[c["last_ep_i"]:]
+        c["last_loss_i"], c["last_ep_i"] = len(losses), len(ep_returns)
+        env_steps, now = c["env_steps"], wall()
         record_ = {
             "env_steps": env_steps,
-            "updates": updates,
+            "updates": len(losses),
             "epsilon": epsilon_at(d.epsilon_start, d.epsilon_end, d.epsilon_fraction, d.total_steps, env_steps),
-            "lr": lr_at(spec.schedule, spec.optim.lr, max(updates - 1, 0), horizon),
+            "lr": lr_at(spec.schedule, spec.optim.lr, max(len(losses) - 1, 0), horizon),
             "loss": float(np.mean(recent_losses)) if recent_losses else float("nan"),
             "train_return": float(np.mean(recent_eps)) if recent_eps else float("nan"),
             "train_episodes": len(ep_returns),
             "eval_return": res["return_mean"],
             "eval_return_std": res["return_std"],
             "eval_return_min": res["return_min"],
-            "wall_s": wall,
-            "steps_per_s": env_steps / wall if wall > 0 else 0.0,
+            "wall_s": now,
+            "steps_per_s": env_steps / now if now > 0 else 0.0,
         }
         evals.append(record_)
-        if best is None or res["return_mean"] > best[0] or not d.keep_best:
-            best = (res["return_mean"], agent.get_weights(), env_steps)
+        if c["best"] is None or res["return_mean"] > c["best"]["eval_return"] or not d.keep_best:
+            c["best"] = {"eval_return": res["return_mean"], "env_steps": env_steps}
+            best_weights = agent.get_weights()
         if log is not None:
             log.append(record_)
-            meta = checkpoint_meta(spec, backend, info, env_steps=best[2], updates=updates, eval_return=best[0])
-            checkpoint.save(run_dir / MODEL_FILE, best[1], meta)
+            ckpt_meta = checkpoint_meta(spec, backend, info, env_steps=c["best"]["env_steps"], updates=len(losses),
+                                        eval_return=c["best"]["eval_return"])
+            checkpoint.save(run_dir / MODEL_FILE, best_weights, ckpt_meta)
         bar.set_postfix(eval=f"{res['return_mean']:.1f}", refresh=False)
         return res
 
+    def stopped(path: Path) -> Exception:
+        other = "tf" if backend.NAME == "torch" else "torch"
+        return stop.interrupted(
+            f"checkpoint {path} (env step {c['env_steps']:,} of {d.total_steps:,}, update {len(losses):,}; "
+            f"{_buffer_note(buffer, d.checkpoint_buffer)}). Continue with: dualkit train --resume {run_dir}  "
+            f"(add --backend {other} to continue in the other framework)"
+        )
+
+    def limit_reached() -> bool:
+        return max_updates is not None and len(losses) >= max_updates
+
     try:
-        while env_steps < d.total_steps:
-            eps = epsilon_at(d.epsilon_start, d.epsilon_end, d.epsilon_fraction, d.total_steps, env_steps)
-            explore, random_actions = explorer.draw(n_envs, eps)
-            q = None if explore.all() else agent.act_values(rollout.obs)
-            actions = explorer.select(q, explore, random_actions)
-            if record:
-                actions_log.append(actions)
-                q_log.append(np.full((n_envs, info.num_actions), np.nan) if q is None else q)
-            tr = rollout.step(actions)
-            buffer.add(tr.obs, tr.actions, tr.rewards, tr.next_obs, tr.terminated)
-            env_steps += len(tr)
-            bar.update(len(tr))
-            if tr.episode_returns:
-                ep_returns.extend(tr.episode_returns)
-                ep_steps.extend([env_steps] * len(tr.episode_returns))
-                bar.set_postfix(ret=f"{np.mean(ep_returns[-20:]):.1f}", refresh=False)
-            while next_train <= env_steps:
-                if next_train >= d.learning_starts and len(buffer):
-                    for _ in range(d.gradient_steps):
-                        loss = agent.update(buffer.sample(d.batch_size, replay_rng), lr_at(spec.schedule, spec.optim.lr, updates, horizon))
-                        if not math.isfinite(loss):
-                            raise TrainingError(
-                                f"TD loss became {loss} at update {updates + 1} ({env_steps} env steps); training stopped. "
-                                "Lower optim.lr, set optim.clip_norm or use dqn.loss=huber."
-                            )
-                        losses.append(loss)
-                        updates += 1
-                        if updates % d.target_update == 0:
-                            agent.sync_target(d.tau)
-                        if max_updates is not None and updates >= max_updates:
-                            break
-                next_train += d.train_freq
-                if max_updates is not None and updates >= max_updates:
+        with StopSignal(enabled=run_dir is not None) as stop:
+            if run_dir is not None and not runstate.list_checkpoints(run_dir):
+                save_run()  # step 0: from the first moment on, the run folder is resumable
+            while c["env_steps"] < d.total_steps and not c["done"]:
+                env_steps = c["env_steps"]
+                eps = epsilon_at(d.epsilon_start, d.epsilon_end, d.epsilon_fraction, d.total_steps, env_steps)
+                explore, random_actions = explorer.draw(n_envs, eps)
+                q = None if explore.all() else agent.act_values(rollout.obs)
+                actions = explorer.select(q, explore, random_actions)
+                if record:
+                    actions_log.append(actions)
+                    q_log.append(np.full((n_envs, info.num_actions), np.nan) if q is None else q)
+                tr = rollout.step(actions)
+                buffer.add(tr.obs, tr.actions, tr.rewards, tr.next_obs, tr.terminated)
+                env_steps = c["env_steps"] = env_steps + len(tr)
+                bar.update(len(tr))
+                if tr.episode_returns:
+                    ep_returns.extend(tr.episode_returns)
+                    ep_steps.extend([env_steps] * len(tr.episode_returns))
+                    bar.set_postfix(ret=f"{np.mean(ep_returns[-20:]):.1f}", refresh=False)
+                start = max(d.learning_starts, c["refill_until"])
+                while c["next_train"] <= env_steps and not limit_reached():
+                    if c["next_train"] >= start and len(buffer):
+                        for _ in range(d.gradient_steps):
+                            lr = lr_at(spec.schedule, spec.optim.lr, len(losses), horizon)
+                            loss = agent.update(buffer.sample(d.batch_size, replay_rng), lr)
+                            if not math.isfinite(loss):
+                                raise TrainingError(
+                                    f"TD loss became {loss} at update {len(losses) + 1} ({env_steps} env steps); training "
+                                    "stopped. Lower optim.lr, set optim.clip_norm or use dqn.loss=huber."
+                                )
+                            losses.append(loss)
+                            if len(losses) % d.target_update == 0:
+                                agent.sync_target(d.tau)
+                            if limit_reached():
+                                break
+                    c["next_train"] += d.train_freq
+                if limit_reached():
                     break
-            if max_updates is not None and updates >= max_updates:
-                break
-            if next_eval is not None and env_steps >= next_eval:
-                next_eval += d.eval_every
-                res = do_eval()
-                if d.stop_return and res["return_mean"] >= d.stop_return:
-                    solved_at = env_steps
-                    break
-        if not evals or evals[-1]["env_steps"] != env_steps:
-            do_eval()  # the last weights are a candidate too
+                if c["next_eval"] is not None and env_steps >= c["next_eval"]:
+                    c["next_eval"] += d.eval_every
+                    res = do_eval()
+                    if d.stop_return and res["return_mean"] >= d.stop_return:
+                        c["solved_at"] = env_steps
+                        c["done"] = True
+                if run_dir is not None and not c["done"] and c["env_steps"] < d.total_steps and (stop.requested or due()):
+                    path = save_run()
+                    if stop.requested:
+                        raise stopped(path)
+            if not evals or evals[-1]["env_steps"] != c["env_steps"]:
+                do_eval()  # the last weights are a candidate too
+            c["done"] = not limit_reached() or c["env_steps"] >= d.total_steps
+            if run_dir is not None:
+                save_run()
     finally:
         bar.close()
         rollout.close()
         evaluator.close()
-    wall = time.perf_counter() - t_start
+    total_wall = wall()
 
-    assert best is not None
-    kept = best[1] if d.keep_best else agent.get_weights()
+    assert best_weights is not None
+    kept = best_weights if d.keep_best else agent.get_weights()
     agent.set_weights(kept)
     test_res: dict[str, Any] = {}
     if test:
@@ -246,21 +361,24 @@ def train(
             test_res = {"seed": spec.env.test_seed, **evaluate(agent, tester)}
         finally:
             tester.close()
+    env_steps = c["env_steps"]
     result = DQNResult(
-        losses=losses,
-        episode_returns=ep_returns,
-        episode_steps=ep_steps,
+        losses=list(losses),
+        episode_returns=list(ep_returns),
+        episode_steps=list(ep_steps),
         evals=evals,
         test=test_res,
         weights=kept,
         env_steps=env_steps,
-        updates=updates,
-        wall_s=wall,
-        steps_per_s=env_steps / wall if wall > 0 else 0.0,
-        solved_at=solved_at,
+        updates=len(losses),
+        wall_s=total_wall,
+        steps_per_s=env_steps / total_wall if total_wall > 0 else 0.0,
+        eval_s=c["eval_s"],
+        solved_at=c["solved_at"],
         run_dir=run_dir,
         actions=actions_log,
         q_values=q_log,
+        extra={"segments": c["segments"]},
     )
     if run_dir is not None:
         write_json(run_dir / RESULT_FILE, {
@@ -270,16 +388,113 @@ def train(
             "versions": backend.versions(),
             "env_id": info.id,
             "env_steps": env_steps,
-            "updates": updates,
+            "updates": len(losses),
             "episodes": len(ep_returns),
-            "wall_s": wall,
+            "wall_s": total_wall,
             "steps_per_s": result.steps_per_s,
-            "solved_at": solved_at,
-            "kept": {"env_steps": best[2], "eval_return": best[0]} if d.keep_best else "last",
+            "eval_s": c["eval_s"],
+            "solved_at": c["solved_at"],
+            "kept": c["best"] if d.keep_best else "last",
             "test": test_res,
             "history": evals,
+            "segments": c["segments"],  # one per session: a resumed run has several, a hand-over changes backend
         })
         plot_learning_curve(result, run_dir / CURVE_FILE, f"{spec.env.id} DQN ({backend.NAME}, seed {spec.seed})")
+    return result
+
+
+# Fields a resumed run may change: the budget (more env steps, or fewer down to those already taken; the
+# epsilon and learning-rate schedules then follow the new total), the early stop, and checkpointing.
+RESUMABLE_FIELDS = (
+    "dqn.total_steps", "dqn.stop_return", "dqn.checkpoint_every_steps", "dqn.checkpoint_every_minutes",
+    "dqn.keep_checkpoints", "dqn.checkpoint_buffer",
+)
+
+
+def resume(
+    run_dir: Path,
+    backend_name: str | None = None,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str = "cpu",
+    progress: bool = True,
+) -> DQNResult:
+    """Continue a DQN run from its newest run checkpoint, in place.
+
+    ``backend_name`` defaults to the backend that wrote the checkpoint; the other one continues the run
+    (hand-over) from the canonical online and target weights and optimizer state. The spec is the run's
+    spec.json with ``overrides``; only :data:`RESUMABLE_FIELDS` may differ from the checkpointed spec.
+    Every check runs before anything in the run folder is written: a refused resume leaves it as it was.
+    """
+    run_dir = require_run_dir(Path(run_dir))
+    try:
+        raw = read_json(run_dir / SPEC_FILE)
+    except ValueError as exc:
+        raise RunError(f"{run_dir / SPEC_FILE} is not valid JSON ({exc}); the run folder is damaged") from None
+    task = raw.get("task", "classify") if isinstance(raw, dict) else None
+    if task != "dqn":
+        raise RunError(f"{run_dir} is a {task!r} run, not a DQN run; resume it with a {task!r} preset")
+    ckpt = runstate.latest(run_dir)
+    st, c = ckpt.state, ckpt.state.counters
+    if st.task != "dqn" or ckpt.meta.get("model_kind") != "dqn" or "env_steps" not in c:
+        raise CheckpointError(f"{ckpt.path} is a run checkpoint of task {st.task!r}, not of a DQN run")
+    saved = from_dict(ckpt.meta["spec"])
+    spec = apply_overrides(from_dict(raw), list(overrides))
+    changes = runstate.check_resumable(to_dict(saved), to_dict(spec), RESUMABLE_FIELDS)
+    d = spec.dqn
+    solved = c["solved_at"] is not None and d.stop_return > 0 and c["best"]["eval_return"] >= d.stop_return
+    if c["done"] and (solved or c["env_steps"] >= d.total_steps):
+        why = (f"it reached dqn.stop_return={d.stop_return} at {c['solved_at']} env steps; to train on, resume with "
+               f"--set dqn.stop_return=0 --set dqn.total_steps=N (N > {c['env_steps']})" if solved else
+               f"{c['env_steps']} env steps of {d.total_steps}; to train it longer, resume with "
+               f"--set dqn.total_steps=N (N > {c['env_steps']})")
+        raise RunError(f"{run_dir} is already complete ({why})")
+    if d.total_steps < c["env_steps"]:
+        raise SpecError(
+            f"cannot resume: dqn.total_steps={d.total_steps} but the run has taken {c['env_steps']} env steps; "
+            f"dqn.total_steps must be at least {c['env_steps']}"
+        )
+    backend = registry.get_backend(backend_name or ckpt.backend, device)
+    device = registry.resolve_device(backend, device)
+    info = env_info(spec.env)
+    if (info.obs_dim, info.num_actions) != (ckpt.meta.get("obs_dim"), ckpt.meta.get("num_actions")):
+        raise CheckpointError(f"{spec.env.id} no longer has the spaces the run was trained on "
+                              f"(obs {ckpt.meta.get('obs_dim')}, actions {ckpt.meta.get('num_actions')})")
+    shapes = qnet_shapes(spec.qnet.hidden, info.obs_dim, info.num_actions)
+    checkpoint.check_fits(ckpt.weights, {**shapes, **qnet_shapes(spec.qnet.hidden, info.obs_dim, info.num_actions, TARGET_PREFIX)},
+                          "the run's Q-networks")
+    expected = set(optim_ref.state_names(spec.optim, list(shapes)))
+    if set(ckpt.optim) != expected:
+        raise CheckpointError(f"{ckpt.path}: optimizer state does not fit optim.name={spec.optim.name!r} "
+                              f"(differs in: {', '.join(sorted(set(ckpt.optim) ^ expected)[:5])})")
+    backend.seed(spec.seed)
+    agent = build_agent(backend, spec, info, ckpt.weights, device)
+    agent.set_optimizer_state(ckpt.optim)
+
+    # Every check passed: from here on the run folder is written.
+    runstate.clean_temp(run_dir)
+    if to_dict(spec) != raw:
+        save_json(spec, run_dir / SPEC_FILE)
+    # The log is the history as of the checkpoint (evaluations logged after it are run again, and logged again).
+    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in st.history))
+    (run_dir / RESULT_FILE).unlink(missing_ok=True)  # written again when the run completes
+    if progress:
+        print(f"dualkit: resuming {run_dir} from {ckpt.path.name} at env step {c['env_steps']:,} (update {st.step:,}) "
+              f"in {backend.NAME}" + (f" (trained in {ckpt.backend} so far)" if ckpt.backend != backend.NAME else ""),
+              file=sys.stderr)
+        if c.get("buffer") is None:
+            print(f"dualkit: the checkpoint has no replay buffer; {d.learning_starts} transitions are collected "
+                  "before updates resume", file=sys.stderr)
+        if c.get("rollout") is None:
+            print(f"dualkit: warning: {spec.env.id}'s state cannot be saved; the episodes in progress start over, "
+                  "so this run no longer matches an uninterrupted one step for step", file=sys.stderr)
+        for name, before, after in changes:
+            print(f"dualkit: {name} changed from {before!r} to {after!r}", file=sys.stderr)
+        for note in ckpt.skipped:
+            print(f"dualkit: warning: skipped unreadable checkpoint {note}", file=sys.stderr)
+    c["done"] = False
+    result = _run(spec, backend, device, agent, info, st, ckpt.extra, run_dir, MetricLog(run_dir / METRICS_FILE), progress)
+    result.extra.update({"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped})
     return result
 
 

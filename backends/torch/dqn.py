@@ -54,13 +54,12 @@ class DQNAgent:
         rows = to_tensor(batch.packed(), self.device, self.dtype)
         obs, next_obs, rewards, terminated = rows[:, :d], rows[:, d : 2 * d], rows[:, 2 * d], rows[:, 2 * d + 1]
         actions = rows[:, 2 * d + 2].long()
+        # the next-state values carry no gradient: computed outside autograd, the backward pass covers
+        # only the obs rows (cheaper than one online pass over obs and next_obs, cut after the fact)
         with torch.no_grad():
             next_q_target = self.target(next_obs)
-        if self.double:  # one pass of the online net over obs and next_obs; only the obs rows carry gradient
-            both = self.online(torch.cat([obs, next_obs]))
-            q, next_q_online = both[: len(obs)], both[len(obs) :].detach()
-        else:
-            q, next_q_online = self.online(obs), None
+            next_q_online = self.online(next_obs) if self.double else None
+        q = self.online(obs)
         return td_loss(q, actions, rewards, terminated, next_q_target, next_q_online, gamma=self.gamma, kind=self.loss_kind)
 
     def update(self, batch: Batch, lr: float) -> float:

@@ -115,3 +115,18 @@ def test_evaluator_is_deterministic_per_seed():
     np.testing.assert_array_equal(r1, r2)
     np.testing.assert_array_equal(r1, l1)
     assert r1.min() > 20 and len(set(r1.tolist())) > 1  # different seeds, different episodes
+
+
+def test_env_batch_steps_exactly_like_gymnasium_sync_vector_env():
+    """VectorRollout's lean EnvBatch gives SyncVectorEnv's (next-step autoreset) results, step for step."""
+    from core.envs import EnvBatch, make_vector_env
+
+    spec = EnvSpec(id="CartPole-v1", num_envs=5, max_episode_steps=30)
+    actions = np.random.default_rng(0).integers(0, 2, (300, 5))
+    ref, lean = make_vector_env(spec, 5), EnvBatch(spec, 5)
+    np.testing.assert_array_equal(ref.reset(seed=train_seeds(3, 5))[0], lean.reset(seed=train_seeds(3, 5))[0])
+    for a in actions:
+        for x, y in zip(ref.step(a)[:4], lean.step(a)[:4]):
+            np.testing.assert_array_equal(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    ref.close()
+    lean.close()
