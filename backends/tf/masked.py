@@ -177,10 +177,32 @@ class MaskedAutoencoder:
             var.assign(np.ascontiguousarray(to_tf(np.asarray(value))).astype(self.dtype_name))
 
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
-        return self.optimizer.get_state()
+        """Canonical optimizer state (core.optim_ref names; slots in the canonical layout, like their weights)."""
+        return {k: self._slot_layout(k, v, to_canonical=True) for k, v in self.optimizer.get_state().items()}
 
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.optimizer.set_state(state)
+        self.optimizer.set_state({k: self._slot_layout(k, np.asarray(v), to_canonical=False) for k, v in state.items()})
+
+    def _slot_layout(self, key: str, value: np.ndarray, to_canonical: bool) -> np.ndarray:
+        if "." not in key:
+            return value  # "step"
+        _, to_tf, from_tf = self.variables[key.split(".", 1)[1]]
+        return np.ascontiguousarray((from_tf if to_canonical else to_tf)(value))
+
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        """The framework RNG: each Dropout layer's seed-generator state, by position. The autoencoder has
+        none today (masks come from core), so this is empty; it is here so that the driver treats both
+        backends and both models alike."""
+        return {f"tf.dropout{i}": to_numpy(layer.seed_generator.state).copy() for i, layer in enumerate(self._dropouts())}
+
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        for i, layer in enumerate(self._dropouts()):
+            if f"tf.dropout{i}" in state:
+                layer.seed_generator.state.assign(np.asarray(state[f"tf.dropout{i}"]))
+
+    def _dropouts(self) -> list[keras.layers.Dropout]:
+        return [layer for net in (self.encoder, self.decoder) for layer in net.layers
+                if isinstance(layer, keras.layers.Dropout)]
 
     def _buffers(self) -> dict[str, np.ndarray]:
         return {n: a for n, a in self.get_weights().items() if is_buffer(n)}

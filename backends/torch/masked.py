@@ -182,10 +182,25 @@ class MaskedAutoencoder:
                 state[name].copy_(torch.as_tensor(np.asarray(value)))
 
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        """Canonical optimizer state (core.optim_ref names; the canonical layout is PyTorch's own)."""
         return self.optimizer.get_state()
 
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         self.optimizer.set_state(state)
+
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        """The framework RNG: torch's generator on the model's device. The autoencoder draws nothing from
+        it today (no dropout; masks come from core); it is saved so that the driver treats both backends
+        and both models alike."""
+        if self.device.type == "cuda":
+            return {"torch.cuda": to_numpy(torch.cuda.get_rng_state(self.device)).copy()}
+        return {"torch.cpu": to_numpy(torch.get_rng_state()).copy()}
+
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        if self.device.type == "cuda" and "torch.cuda" in state:
+            torch.cuda.set_rng_state(torch.from_numpy(np.array(state["torch.cuda"], dtype=np.uint8)), self.device)
+        elif "torch.cpu" in state:
+            torch.set_rng_state(torch.from_numpy(np.array(state["torch.cpu"], dtype=np.uint8)))
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}

@@ -1,21 +1,29 @@
 """Masked pretraining through the driver and the CLI: the run folder, evaluation in either backend,
---init-from for the classifier, and clear errors for bad input."""
+--init-from for the classifier, clear errors for bad input, and interrupt-safe resume and hand-over."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
-from core import checkpoint, registry  # noqa: E402
+from core import checkpoint, registry, runstate  # noqa: E402
+from core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError  # noqa: E402
 from core.runs import read_json  # noqa: E402
+from core.specs import DQNRunSpec, RunSpec, apply_overrides, load_json, save_json  # noqa: E402
 from core.weights import encoder_shapes, masked_shapes  # noqa: E402
-from tasks import presets  # noqa: E402
+from tasks import parity, presets  # noqa: E402
 from tasks.classify import train  # noqa: E402
 from tasks.cli import main  # noqa: E402
+from tasks import pretrain as pretrain_module  # noqa: E402
+from tasks.pretrain import pretrain, resume  # noqa: E402
 from tasks.probe import encoder_for_classifier, load_encoder  # noqa: E402
 
 needs_tf = pytest.mark.skipif(not registry.is_installed("tf"), reason="TensorFlow is not installed")
@@ -177,3 +185,284 @@ def test_parity_dispatches_to_the_masked_levels(capsys):
     assert main(["parity", "masked-digits", "--levels", "L0", "--dtype", "float64"]) == 0
     out = capsys.readouterr().out
     assert "masked MSE norm_pix=true" in out and "4 passed, 0 failed" in out
+
+
+# --------------------------------------------------------------------------- resume and hand-over
+# 5 steps per epoch, 3 epochs cut at step 13 by max_steps (so the run ends inside epoch 3); crop and flip
+# so that the batch stream draws per batch, the mask stream per step. Optimizer and schedule as the masked
+# L4 level's (tasks/masked_parity.py), so that the same runs serve the hand-over bound. No evaluation and,
+# but in the CLI test, no reconstruction grid: both come after pretraining, from the final weights, are
+# covered above, and would take most of these tests' time (matplotlib draws 32 panels a second or two).
+HAS_TF = registry.is_installed("tf")
+BACKENDS = ["torch", pytest.param("tf", marks=needs_tf)]
+TIMING = ("epoch_s", "images_per_s")  # wall-clock fields of a history record: the only ones allowed to differ
+RESUME = ["data.limit_train=160", "train.epochs=3", "max_steps=13", "data.flip=true", "data.crop_padding=1",
+          "optim.lr=1e-3", "optim.eps=1e-4", "schedule.warmup_steps=3", "train.checkpoint_every_steps=4",
+          "train.keep_checkpoints=20", "train.checkpoint_every_minutes=0", "probe.enabled=false", "finetune.fractions=[]"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def strip(history):
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
+
+
+def assert_same_run(got, ref):
+    """Bit-identical: every per-step loss, every history value but timing, every weight (BatchNorm statistics too)."""
+    assert got.step_losses == ref.step_losses
+    assert strip(got.history) == strip(ref.history)
+    assert set(got.weights) == set(ref.weights)
+    for name, value in ref.weights.items():
+        np.testing.assert_array_equal(got.weights[name], value, err_msg=name)
+
+
+def keep_checkpoints_up_to(run_dir: Path, step: int) -> None:
+    """As if the run had stopped right after its checkpoint at ``step``."""
+    for s, path in runstate.list_checkpoints(run_dir):
+        if s > step:
+            path.unlink()
+    (run_dir / "result.json").unlink(missing_ok=True)
+
+
+def _no_grid(path: Path, *args) -> Path:
+    return path
+
+
+@pytest.fixture
+def no_grid(monkeypatch):
+    monkeypatch.setattr(pretrain_module, "write_grid", _no_grid)
+
+
+@pytest.fixture
+def sigint_at(monkeypatch):
+    """Deliver a real SIGINT to this process right after the ``n``-th masked train step of ``backend``."""
+    def install(backend: str, n: int):
+        cls = registry.get_backend(backend).MaskedAutoencoder
+        real = cls.train_step
+        calls = {"n": 0}
+
+        def train_step(self, x, mask, lr):
+            loss = real(self, x, mask, lr)
+            calls["n"] += 1
+            if calls["n"] == n:
+                os.kill(os.getpid(), signal.SIGINT)
+            return loss
+
+        monkeypatch.setattr(cls, "train_step", train_step)
+        return lambda: monkeypatch.setattr(cls, "train_step", real)
+
+    return install
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The RESUME pretraining straight through in each backend (cached), with checkpoints every 4 steps."""
+    cache = {}
+
+    def get(backend: str):
+        if backend not in cache:
+            run_dir = tmp_path_factory.mktemp("straight") / backend
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(pretrain_module, "write_grid", _no_grid)
+                cache[backend] = pretrain(presets.load("masked-digits", RESUME), backend, run_dir=run_dir, progress=False)
+        return cache[backend]
+
+    return get
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_interrupted_twice_and_resumed_equals_straight(backend, straight, sigint_at, no_grid, tmp_path):
+    """SIGINT at an epoch boundary (step 5), then mid-epoch (step 7): the resumed run is the straight run."""
+    ref = straight(backend)
+    spec = presets.load("masked-digits", RESUME)
+    run_dir = tmp_path / "run"
+    restore = sigint_at(backend, 5)
+    with pytest.raises(Interrupted) as err:
+        pretrain(spec, backend, run_dir=run_dir, progress=False)
+    restore()
+    assert err.value.exit_code == 130 and f"dualkit train --resume {run_dir}" in str(err.value)
+    st = runstate.latest(run_dir).state
+    assert (st.step, st.epoch, st.batch, len(st.history)) == (5, 1, 0, 1)
+    assert not (run_dir / "result.json").exists()
+
+    restore = sigint_at(backend, 2)  # two steps into the resumed session: mid-epoch 2
+    with pytest.raises(Interrupted):
+        resume(run_dir, progress=False)
+    restore()
+    st = runstate.latest(run_dir).state
+    assert (st.step, st.epoch, st.batch) == (7, 1, 2) and set(st.rngs) == {"batches", "masks"}
+
+    got = resume(run_dir, progress=False)
+    assert_same_run(got, ref)
+    assert got.extra["resumed_step"] == 7
+    assert [(s["backend"], s["from_step"]) for s in got.extra["segments"]] == [(backend, 0), (backend, 5), (backend, 7)]
+    assert [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == got.history
+    res = read_json(run_dir / "result.json")
+    assert res["steps"] == 13 and res["epochs"] == 3 and len(res["segments"]) == 3
+    assert strip(res["history"]) == strip(read_json(ref.run_dir / "result.json")["history"])
+    weights, meta = checkpoint.load(run_dir / "model.safetensors")
+    assert meta["step"] == 13 and meta["kind"] == "masked"
+    for name, value in ref.weights.items():
+        np.testing.assert_array_equal(weights[name], value, err_msg=name)
+    encoder, _ = checkpoint.load(run_dir / "encoder.safetensors")
+    assert encoder.keys() == {k for k in ref.weights if k.startswith("encoder.")}
+
+
+def test_more_steps_continue_the_same_trajectory(no_grid, tmp_path):
+    """max_steps may grow on resume, also from an epoch it cut: with a constant schedule 8 + 5 steps == 13 straight."""
+    base = RESUME + ["schedule.name='constant'"]
+    eight = presets.load("masked-digits", base + ["max_steps=8"])
+    pretrain(eight, "torch", run_dir=tmp_path / "run", progress=False)
+    assert [h["step"] for h in read_json(tmp_path / "run" / "result.json")["history"]] == [5, 8]  # epoch 2 cut at step 8
+    with pytest.raises(RunError, match=r"already complete \(8 of 8 steps\).*max_steps"):
+        resume(tmp_path / "run", progress=False)
+    with pytest.raises(SpecError, match=r"give 7 steps.*at least 8"):
+        resume(tmp_path / "run", overrides=["max_steps=7"], progress=False)
+    got = resume(tmp_path / "run", overrides=["max_steps=13"], progress=False)
+    ref = pretrain(apply_overrides(eight, ["max_steps=13"]), "torch", run_dir=tmp_path / "ref", progress=False)
+    assert_same_run(got, ref)
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [5, 10, 13]
+    assert load_json(tmp_path / "run" / "spec.json").max_steps == 13
+
+
+def test_resume_after_the_last_checkpoint_only_finishes(straight, no_grid, tmp_path):
+    """Stopped after pretraining's last checkpoint (e.g. during the evaluation): nothing is trained again."""
+    ref = straight("torch")
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref.run_dir, run_dir)
+    (run_dir / "result.json").unlink()
+    got = resume(run_dir, progress=False)
+    assert_same_run(got, ref)
+    assert [(s["backend"], s["from_step"]) for s in got.extra["segments"]] == [("torch", 0), ("torch", 13)]
+    assert read_json(run_dir / "result.json")["steps"] == 13
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+HANDOVER_STEP = 8  # inside epoch 2
+
+
+@needs_tf
+@pytest.mark.parametrize("src, dst", [("torch", "tf"), ("tf", "torch")])
+def test_hand_over_to_the_other_framework(src, dst, straight, no_grid, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight(src).run_dir, run_dir)
+    keep_checkpoints_up_to(run_dir, HANDOVER_STEP)
+    got = resume(run_dir, dst, progress=False)
+    assert [s["backend"] for s in got.extra["segments"]] == [src, dst] and got.extra["resumed_step"] == HANDOVER_STEP
+    assert got.step_losses[:HANDOVER_STEP] == straight(src).step_losses[:HANDOVER_STEP]
+    bound = parity.bound("L4", "float32")
+    for ref in (straight(src), straight(dst)):  # the single-backend run in either framework
+        h, r = np.array(got.step_losses), np.array(ref.step_losses)
+        assert len(h) == len(r) == 13
+        assert (np.abs(h - r) / np.abs(r)).max() <= bound
+        for a, b in zip(got.history, ref.history):
+            assert abs(a["val_loss"] - b["val_loss"]) / b["val_loss"] <= bound
+    _, meta = checkpoint.load(run_dir / "model.safetensors")
+    assert meta["backend"] == dst  # the finishing framework's
+    assert read_json(run_dir / "result.json")["segments"][1]["backend"] == dst
+
+
+@needs_tf
+def test_optimizer_state_is_canonical_in_both_backends():
+    """One identical step in each backend: the same optimizer state under the same names and layout (what a
+    hand-over carries), within the L3 bound; and each backend takes the other's state back."""
+    from core.batches import Normalizer, make_rng
+    from core.masking import grid_shape, random_masks
+    from core.weights import init_masked
+    from tasks.pretrain import build_autoencoder
+
+    spec = presets.load("masked-digits", ["optim.eps=1e-4"])
+    weights = init_masked(spec.model, spec.decoder, 1, 0, "float32")
+    x = Normalizer.identity(1).apply(make_rng(0, "x").integers(0, 256, (8, 8, 8, 1), dtype=np.uint8), "float32")
+    masks = random_masks(8, grid_shape((8, 8, 1), 4), spec.mask.ratio, make_rng(0, "m"))
+    maes = {b: build_autoencoder(registry.get_backend(b), spec, (8, 8, 1), weights, "cpu") for b in ("torch", "tf")}
+    for mae in maes.values():
+        mae.train_step(x, masks, 1e-3)
+    a, b = (maes[n].get_optimizer_state() for n in ("torch", "tf"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].shape == b[name].shape, name
+        scale = np.abs(a[name]).max()  # relative to the tensor's scale: single entries may nearly cancel
+        assert np.abs(b[name] - a[name]).max() <= 1e-4 * scale, name
+    maes["tf"].set_optimizer_state(a)
+    maes["torch"].set_optimizer_state(b)
+    for name, value in maes["tf"].get_optimizer_state().items():
+        np.testing.assert_array_equal(value, a[name], err_msg=name)
+
+
+@pytest.fixture
+def run_copy(straight, tmp_path):
+    """A copy of the straight torch run, stopped after its checkpoint at step 8 (resumable)."""
+    dst = tmp_path / "run"
+    shutil.copytree(straight("torch").run_dir, dst)
+    keep_checkpoints_up_to(dst, 8)
+    return dst
+
+
+def refused_resume(run_dir: Path, exc: type, match: str, **kw) -> str:
+    before = snapshot(run_dir) if run_dir.is_dir() else None
+    with pytest.raises(exc, match=match) as err:
+        resume(run_dir, progress=False, **kw)
+    if before is not None:
+        assert snapshot(run_dir) == before  # nothing in the run folder changed
+    return str(err.value)
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    refused_resume(tmp_path, RunError, "not a dualkit run folder")
+    refused_resume(tmp_path / "missing", RunError, "does not exist")
+
+
+def test_resume_refuses_a_run_of_another_task(run_copy, tmp_path, capsys):
+    for other, task in ((RunSpec(), "classify"), (DQNRunSpec(), "dqn")):
+        folder = tmp_path / task
+        shutil.copytree(run_copy, folder)
+        save_json(other, folder / "spec.json")
+        refused_resume(folder, RunError, rf"is a '{task}' run, not a masked-pretraining run")
+    before = snapshot(run_copy)  # on the command line: a preset of another task than the run's
+    assert main(["train", "cnn-digits", "--resume", str(run_copy), "--quiet"]) == 2
+    assert "is a 'masked' run, but preset 'cnn-digits' is a 'classify' task" in capsys.readouterr().err
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("override, field", [
+    ("train.batch_size=16", "train.batch_size"),
+    ("mask.ratio=0.5", "mask.ratio"),
+    ("optim.lr=0.01", "optim.lr"),
+    ("decoder.channels=[16,16]", "decoder.channels"),
+    ("train.seed=1", "train.seed"),
+])
+def test_resume_refuses_a_spec_change_that_cannot_continue(run_copy, override, field):
+    msg = refused_resume(run_copy, SpecError, rf"cannot resume: {field} was", overrides=["max_steps=15", override])
+    assert "max_steps" in msg and "train.epochs" in msg  # it says which fields may change
+
+
+def test_resume_refuses_a_newer_checkpoint_format(run_copy):
+    _, newest = runstate.list_checkpoints(run_copy)[-1]
+    tensors, meta = checkpoint.load(newest)
+    checkpoint.save(newest, tensors, {**meta, "runstate_version": runstate.RUNSTATE_VERSION + 1})
+    refused_resume(run_copy, CheckpointError, r"run-state format version 2, newer than this dualkit reads \(1\)")
+    checkpoint.save(newest, tensors, {**meta, "format_version": checkpoint.FORMAT_VERSION + 1})
+    refused_resume(run_copy, CheckpointError, r"format version 2, newer than this dualkit reads \(1\); upgrade dualkit")
+
+
+def test_resume_refuses_other_training_data_and_a_classifier_checkpoint(run_copy):
+    _, newest = runstate.list_checkpoints(run_copy)[-1]
+    tensors, meta = checkpoint.load(newest)
+    checkpoint.save(newest, tensors, {**meta, "data_fingerprint": "crc32:00000000"})
+    refused_resume(run_copy, DataError, r"differ from those the run was trained on")
+    checkpoint.save(newest, tensors, {**meta, "model_kind": "classifier"})
+    refused_resume(run_copy, CheckpointError, r"not of a masked-pretraining run")
+
+
+def test_cli_resume_completes_a_masked_run(run_copy, straight, capsys):
+    assert main(["train", "--resume", str(run_copy), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "masked loss" in out and "reconstructions:" in out
+    assert "resumed from step 8" in out and "backends: torch -> torch" in out
+    res = read_json(run_copy / "result.json")
+    assert res["steps"] == 13 and strip(res["history"]) == strip(straight("torch").history)
+    assert (run_copy / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
