@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from core import checkpoint
+from core import checkpoint, optim_ref
 from core.errors import CheckpointError, RunError, SpecError
-from core.runs import CHECKPOINT_DIR
+from core.runs import CHECKPOINT_DIR, METRICS_FILE, RESULT_FILE, SPEC_FILE, atomic_write_text, read_json, require_run_dir
+from core.specs import apply_overrides, from_dict, save_json, to_dict
 
 RUNSTATE_VERSION = 1
 KIND = "run-checkpoint"
@@ -276,3 +279,72 @@ def check_resumable(old: dict[str, Any], new: dict[str, Any], may_change: tuple[
                 "Start a new run to train with the changed spec"
             )
     return changes
+
+
+# -- resume: the steps every task takes the same way -----------------------------------------------------
+@dataclass
+class ResumeRequest:
+    """A run folder opened for resuming: its spec.json as written (``raw``), the spec to continue with
+    (``raw`` + overrides), the newest checkpoint and the spec fields that changed."""
+
+    run_dir: Path
+    raw: dict[str, Any]
+    spec: Any
+    ckpt: RunCheckpoint
+    changes: list[tuple[str, Any, Any]]
+
+
+def open_for_resume(run_dir: Path, task: str, model_kind: str, what: str, overrides: list[str] | tuple[str, ...],
+                    may_change: tuple[str, ...]) -> ResumeRequest:
+    """Read a run folder for ``task`` (a ``what`` run, e.g. "DQN"), its newest checkpoint (of ``model_kind``) and
+    the overridden spec; refuse, naming the problem, a folder that is not such a run or a change not in
+    ``may_change``. Reads only: nothing in the folder is written."""
+    run_dir = require_run_dir(Path(run_dir))
+    try:
+        raw = read_json(run_dir / SPEC_FILE)
+    except ValueError as exc:
+        raise RunError(f"{run_dir / SPEC_FILE} is not valid JSON ({exc}); the run folder is damaged") from None
+    found = raw.get("task", "classify") if isinstance(raw, dict) else None
+    if found != task:
+        raise RunError(f"{run_dir} is a {found!r} run, not a {what} run; resume it with a {found!r} preset")
+    ckpt = latest(run_dir)
+    if ckpt.state.task != task or ckpt.meta.get("model_kind") != model_kind:
+        raise CheckpointError(f"{ckpt.path} is a run checkpoint of task {ckpt.state.task!r}, not of a {what} run")
+    saved = from_dict(ckpt.meta["spec"])
+    spec = apply_overrides(from_dict(raw), list(overrides))
+    changes = check_resumable(to_dict(saved), to_dict(spec), may_change)
+    return ResumeRequest(run_dir, raw, spec, ckpt, changes)
+
+
+def check_optimizer_state(ckpt: RunCheckpoint, optim_spec: Any, trainable: list[str]) -> None:
+    """The checkpoint's canonical optimizer state must be the one ``optim_spec`` keeps for ``trainable``."""
+    expected = set(optim_ref.state_names(optim_spec, trainable))
+    if set(ckpt.optim) != expected:
+        raise CheckpointError(
+            f"{ckpt.path}: optimizer state does not fit optim.name={optim_spec.name!r} "
+            f"(differs in: {', '.join(sorted(set(ckpt.optim) ^ expected)[:5])})"
+        )
+
+
+def reopen_run_dir(req: ResumeRequest, history: list[dict[str, Any]]) -> None:
+    """After every check passed, the first writes of a resume: temp files of a killed writer removed, the
+    new spec saved, the metric log cut back to the checkpoint's ``history`` (what was logged after it is
+    trained again and logged again) and result.json removed (written again when the run completes)."""
+    clean_temp(req.run_dir)
+    if to_dict(req.spec) != req.raw:
+        save_json(req.spec, req.run_dir / SPEC_FILE)
+    atomic_write_text(req.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
+    (req.run_dir / RESULT_FILE).unlink(missing_ok=True)
+
+
+def report_resume(req: ResumeRequest, backend: str, where: str, notes: list[str] = ()) -> None:
+    """What a resume tells the user on stderr: from where, in which framework, what changed, what was skipped."""
+    ckpt = req.ckpt
+    print(f"dualkit: resuming {req.run_dir} from {ckpt.path.name} at {where} in {backend}"
+          + (f" (trained in {ckpt.backend} so far)" if ckpt.backend != backend else ""), file=sys.stderr)
+    for note in notes:
+        print(f"dualkit: {note}", file=sys.stderr)
+    for name, before, after in req.changes:
+        print(f"dualkit: {name} changed from {before!r} to {after!r}", file=sys.stderr)
+    for note in ckpt.skipped:
+        print(f"dualkit: warning: skipped unreadable checkpoint {note}", file=sys.stderr)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,19 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from core import checkpoint, optim_ref, registry, runstate
+from core import checkpoint, registry, runstate
 from core.batches import Normalizer, epoch_batches, eval_batches, make_rng, num_batches
 from core.datasets import Dataset, load_dataset
 from core.errors import CheckpointError, DataError, RunError, SpecError, TrainingError
 from core.interrupt import StopSignal
 from core.metrics import classification_metrics
 from core.runs import (
-    METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, atomic_write_text, prepare_run_dir, read_json,
+    METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, prepare_run_dir,
     require_run_dir, write_json,
 )
 from core.runstate import RunState
 from core.schedules import lr_table
-from core.specs import RunSpec, apply_overrides, from_dict, load_json, save_json, to_dict
+from core.specs import RunSpec, load_json, save_json, to_dict
 from core.weights import classifier_shapes, init_classifier, is_buffer
 from tasks.progress import progress_bar
 
@@ -296,21 +294,10 @@ def resume(
     ``overrides`` applied; only :data:`RESUMABLE_FIELDS` may differ from the checkpointed spec. Every check
     runs before anything in the run folder is written, so a refused resume leaves the folder as it was.
     """
-    run_dir = require_run_dir(Path(run_dir))
-    try:
-        raw = read_json(run_dir / SPEC_FILE)
-    except ValueError as exc:
-        raise RunError(f"{run_dir / SPEC_FILE} is not valid JSON ({exc}); the run folder is damaged") from None
-    task = raw.get("task", "classify") if isinstance(raw, dict) else None
-    if task != "classify":
-        raise RunError(f"{run_dir} is a {task!r} run, not a classify run; resume it with a {task!r} preset")
-    ckpt = runstate.latest(run_dir)
-    st = ckpt.state
-    if st.task != "classify" or ckpt.meta.get("model_kind") != "classifier" or "normalizer" not in ckpt.meta:
-        raise CheckpointError(f"{ckpt.path} is a run checkpoint of task {st.task!r}, not of a classifier run")
-    saved = from_dict(ckpt.meta["spec"])
-    spec = apply_overrides(from_dict(raw), list(overrides))
-    changes = runstate.check_resumable(to_dict(saved), to_dict(spec), RESUMABLE_FIELDS)
+    req = runstate.open_for_resume(run_dir, "classify", "classifier", "classify", overrides, RESUMABLE_FIELDS)
+    run_dir, spec, ckpt, st = req.run_dir, req.spec, req.ckpt, req.ckpt.state
+    if "normalizer" not in ckpt.meta:
+        raise CheckpointError(f"{ckpt.path} has no normalizer in its metadata; the file is damaged")
     needed = st.epoch + (1 if st.batch else 0)
     if spec.train.epochs < needed:
         raise SpecError(
@@ -333,13 +320,7 @@ def resume(
         )
     image_shape = data.image_shape
     checkpoint.check_fits(ckpt.weights, classifier_shapes(spec.model, image_shape), "the run's classifier")
-    trainable = [n for n in classifier_shapes(spec.model, image_shape) if not is_buffer(n)]
-    expected = set(optim_ref.state_names(spec.optim, trainable))
-    if set(ckpt.optim) != expected:
-        raise CheckpointError(
-            f"{ckpt.path}: optimizer state does not fit optim.name={spec.optim.name!r} "
-            f"(differs in: {', '.join(sorted(set(ckpt.optim) ^ expected)[:5])})"
-        )
+    runstate.check_optimizer_state(ckpt, spec.optim, [n for n in classifier_shapes(spec.model, image_shape) if not is_buffer(n)])
     steps_per_epoch = num_batches(len(data.y_train), spec.train.batch_size, drop_last=False)
     if st.batch > steps_per_epoch or st.step != st.epoch * steps_per_epoch + st.batch or len(st.history) != st.epoch:
         raise CheckpointError(f"{ckpt.path}: run state (step {st.step}, epoch {st.epoch}, batch {st.batch}) is inconsistent")
@@ -351,20 +332,10 @@ def resume(
         clf.set_rng_state(ckpt.framework_rng)  # dropout continues its stream; another framework starts its own
 
     # Every check passed: from here on the run folder is written.
-    runstate.clean_temp(run_dir)
-    if to_dict(spec) != raw:
-        save_json(spec, run_dir / SPEC_FILE)
-    # The log is the history as of the checkpoint (epochs logged after it are trained again, and logged again).
-    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in st.history))
-    (run_dir / RESULT_FILE).unlink(missing_ok=True)  # written again when the run completes
+    runstate.reopen_run_dir(req, st.history)
     if progress:
         where = f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{steps_per_epoch})" if st.batch else f"the end of epoch {st.epoch}"
-        print(f"dualkit: resuming {run_dir} from {ckpt.path.name} at {where} in {backend.NAME}"
-              + (f" (trained in {ckpt.backend} so far)" if ckpt.backend != backend.NAME else ""), file=sys.stderr)
-        for name, before, after in changes:
-            print(f"dualkit: {name} changed from {before!r} to {after!r}", file=sys.stderr)
-        for note in ckpt.skipped:
-            print(f"dualkit: warning: skipped unreadable checkpoint {note}", file=sys.stderr)
+        runstate.report_resume(req, backend.NAME, where)
     resumed = {"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped}
     result = _fit(spec, backend, device, clf, data, normalizer, st, run_dir, MetricLog(run_dir / METRICS_FILE), progress)
     result.extra.update(resumed)

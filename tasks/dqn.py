@@ -10,9 +10,7 @@ steps (after ``learning_starts``) ``gradient_steps`` updates run on minibatches 
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from core import checkpoint, optim_ref, registry, runstate
+from core import checkpoint, registry, runstate
 from core.batches import make_rng
 from core.envs import EnvInfo, Evaluator, VectorRollout, env_info, episode_seeds
 from core.errors import CheckpointError, RunError, SpecError, TrainingError
@@ -29,12 +27,12 @@ from core.exploration import EpsilonGreedy, epsilon_at, greedy
 from core.replay import ReplayBuffer
 from core.interrupt import StopSignal
 from core.runs import (
-    METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, atomic_write_text, prepare_run_dir, read_json, require_run_dir,
+    METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, prepare_run_dir, require_run_dir,
     write_json,
 )
 from core.runstate import RunState
 from core.schedules import lr_at
-from core.specs import DQNRunSpec, apply_overrides, from_dict, load_json, save_json, to_dict
+from core.specs import DQNRunSpec, load_json, save_json, to_dict
 from core.weights import QNET_PREFIX, TARGET_PREFIX, init_qnet, qnet_shapes
 from tasks.progress import progress_bar
 
@@ -426,21 +424,10 @@ def resume(
     spec.json with ``overrides``; only :data:`RESUMABLE_FIELDS` may differ from the checkpointed spec.
     Every check runs before anything in the run folder is written: a refused resume leaves it as it was.
     """
-    run_dir = require_run_dir(Path(run_dir))
-    try:
-        raw = read_json(run_dir / SPEC_FILE)
-    except ValueError as exc:
-        raise RunError(f"{run_dir / SPEC_FILE} is not valid JSON ({exc}); the run folder is damaged") from None
-    task = raw.get("task", "classify") if isinstance(raw, dict) else None
-    if task != "dqn":
-        raise RunError(f"{run_dir} is a {task!r} run, not a DQN run; resume it with a {task!r} preset")
-    ckpt = runstate.latest(run_dir)
-    st, c = ckpt.state, ckpt.state.counters
-    if st.task != "dqn" or ckpt.meta.get("model_kind") != "dqn" or "env_steps" not in c:
-        raise CheckpointError(f"{ckpt.path} is a run checkpoint of task {st.task!r}, not of a DQN run")
-    saved = from_dict(ckpt.meta["spec"])
-    spec = apply_overrides(from_dict(raw), list(overrides))
-    changes = runstate.check_resumable(to_dict(saved), to_dict(spec), RESUMABLE_FIELDS)
+    req = runstate.open_for_resume(run_dir, "dqn", "dqn", "DQN", overrides, RESUMABLE_FIELDS)
+    run_dir, spec, ckpt, st, c = req.run_dir, req.spec, req.ckpt, req.ckpt.state, req.ckpt.state.counters
+    if "env_steps" not in c:
+        raise CheckpointError(f"{ckpt.path} has no DQN loop state in its counters; the file is damaged")
     d = spec.dqn
     solved = c["solved_at"] is not None and d.stop_return > 0 and c["best"]["eval_return"] >= d.stop_return
     if c["done"] and (solved or c["env_steps"] >= d.total_steps):
@@ -463,35 +450,21 @@ def resume(
     shapes = qnet_shapes(spec.qnet.hidden, info.obs_dim, info.num_actions)
     checkpoint.check_fits(ckpt.weights, {**shapes, **qnet_shapes(spec.qnet.hidden, info.obs_dim, info.num_actions, TARGET_PREFIX)},
                           "the run's Q-networks")
-    expected = set(optim_ref.state_names(spec.optim, list(shapes)))
-    if set(ckpt.optim) != expected:
-        raise CheckpointError(f"{ckpt.path}: optimizer state does not fit optim.name={spec.optim.name!r} "
-                              f"(differs in: {', '.join(sorted(set(ckpt.optim) ^ expected)[:5])})")
+    runstate.check_optimizer_state(ckpt, spec.optim, list(shapes))
     backend.seed(spec.seed)
     agent = build_agent(backend, spec, info, ckpt.weights, device)
     agent.set_optimizer_state(ckpt.optim)
 
     # Every check passed: from here on the run folder is written.
-    runstate.clean_temp(run_dir)
-    if to_dict(spec) != raw:
-        save_json(spec, run_dir / SPEC_FILE)
-    # The log is the history as of the checkpoint (evaluations logged after it are run again, and logged again).
-    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in st.history))
-    (run_dir / RESULT_FILE).unlink(missing_ok=True)  # written again when the run completes
+    runstate.reopen_run_dir(req, st.history)
     if progress:
-        print(f"dualkit: resuming {run_dir} from {ckpt.path.name} at env step {c['env_steps']:,} (update {st.step:,}) "
-              f"in {backend.NAME}" + (f" (trained in {ckpt.backend} so far)" if ckpt.backend != backend.NAME else ""),
-              file=sys.stderr)
+        notes = []
         if c.get("buffer") is None:
-            print(f"dualkit: the checkpoint has no replay buffer; {d.learning_starts} transitions are collected "
-                  "before updates resume", file=sys.stderr)
+            notes.append(f"the checkpoint has no replay buffer; {d.learning_starts} transitions are collected before updates resume")
         if c.get("rollout") is None:
-            print(f"dualkit: warning: {spec.env.id}'s state cannot be saved; the episodes in progress start over, "
-                  "so this run no longer matches an uninterrupted one step for step", file=sys.stderr)
-        for name, before, after in changes:
-            print(f"dualkit: {name} changed from {before!r} to {after!r}", file=sys.stderr)
-        for note in ckpt.skipped:
-            print(f"dualkit: warning: skipped unreadable checkpoint {note}", file=sys.stderr)
+            notes.append(f"warning: {spec.env.id}'s state cannot be saved; the episodes in progress start over, so this run "
+                         "no longer matches an uninterrupted one step for step")
+        runstate.report_resume(req, backend.NAME, f"env step {c['env_steps']:,} (update {st.step:,})", notes)
     c["done"] = False
     result = _run(spec, backend, device, agent, info, st, ckpt.extra, run_dir, MetricLog(run_dir / METRICS_FILE), progress)
     result.extra.update({"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped})

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core import checkpoint, optim_ref, registry, runstate
+from core import checkpoint, registry, runstate
 from core.batches import Normalizer, epoch_batches, make_rng, num_batches
 from core.datasets import Dataset, load_dataset
 from core.errors import CheckpointError, DataError, RunError, SpecError, TrainingError
@@ -31,12 +29,12 @@ from core.interrupt import StopSignal
 from core.losses import masked_mse
 from core.masking import denormalize, grid_shape, patch_size_for, random_masks, upsample_mask
 from core.runs import (
-    METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, atomic_write_bytes, atomic_write_text, prepare_run_dir,
-    read_json, require_run_dir, write_json,
+    METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, atomic_write_bytes, prepare_run_dir,
+    require_run_dir, write_json,
 )
 from core.runstate import RunState
 from core.schedules import lr_table
-from core.specs import MaskedRunSpec, apply_overrides, from_dict, load_json, save_json, to_dict
+from core.specs import MaskedRunSpec, load_json, save_json, to_dict
 from core.weights import init_masked, is_buffer, masked_shapes
 from tasks import classify
 from tasks.classify import prepare_data
@@ -405,21 +403,10 @@ def resume(
     ``overrides`` applied; only :data:`RESUMABLE_FIELDS` may differ from the checkpointed spec. Every check
     runs before anything in the run folder is written, so a refused resume leaves the folder as it was.
     """
-    run_dir = require_run_dir(Path(run_dir))
-    try:
-        raw = read_json(run_dir / SPEC_FILE)
-    except ValueError as exc:
-        raise RunError(f"{run_dir / SPEC_FILE} is not valid JSON ({exc}); the run folder is damaged") from None
-    task = raw.get("task", "classify") if isinstance(raw, dict) else None
-    if task != "masked":
-        raise RunError(f"{run_dir} is a {task!r} run, not a masked-pretraining run; resume it with a {task!r} preset")
-    ckpt = runstate.latest(run_dir)
-    st = ckpt.state
-    if st.task != "masked" or ckpt.meta.get("model_kind") != "masked" or "normalizer" not in ckpt.meta:
-        raise CheckpointError(f"{ckpt.path} is a run checkpoint of task {st.task!r}, not of a masked-pretraining run")
-    saved = from_dict(ckpt.meta["spec"])
-    spec = apply_overrides(from_dict(raw), list(overrides))
-    changes = runstate.check_resumable(to_dict(saved), to_dict(spec), RESUMABLE_FIELDS)
+    req = runstate.open_for_resume(run_dir, "masked", "masked", "masked-pretraining", overrides, RESUMABLE_FIELDS)
+    run_dir, spec, ckpt, st = req.run_dir, req.spec, req.ckpt, req.ckpt.state
+    if "normalizer" not in ckpt.meta:
+        raise CheckpointError(f"{ckpt.path} has no normalizer in its metadata; the file is damaged")
 
     backend = registry.get_backend(backend_name or ckpt.backend, device)
     device = registry.resolve_device(backend, device)
@@ -449,12 +436,7 @@ def resume(
     image_shape = data.image_shape
     shapes = masked_shapes(spec.model, spec.decoder, image_shape[2])
     checkpoint.check_fits(ckpt.weights, shapes, "the run's masked autoencoder")
-    expected = set(optim_ref.state_names(spec.optim, [n for n in shapes if not is_buffer(n)]))
-    if set(ckpt.optim) != expected:
-        raise CheckpointError(
-            f"{ckpt.path}: optimizer state does not fit optim.name={spec.optim.name!r} "
-            f"(differs in: {', '.join(sorted(set(ckpt.optim) ^ expected)[:5])})"
-        )
+    runstate.check_optimizer_state(ckpt, spec.optim, [n for n in shapes if not is_buffer(n)])
     patch = patch_size_for(spec.model, image_shape, spec.mask.patch_size)
     normalizer = Normalizer.from_dict(ckpt.meta["normalizer"])
     backend.seed(spec.train.seed)
@@ -466,21 +448,11 @@ def resume(
     # Every check passed: from here on the run folder is written.
     if cut and total_steps > st.step:
         st.history.pop()  # the cut epoch goes on: its record is written again once it is finished
-    runstate.clean_temp(run_dir)
-    if to_dict(spec) != raw:
-        save_json(spec, run_dir / SPEC_FILE)
-    # The log is the history as of the checkpoint (epochs logged after it are trained again, and logged again).
-    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in st.history))
-    (run_dir / RESULT_FILE).unlink(missing_ok=True)  # written again when the run completes
+    runstate.reopen_run_dir(req, st.history)
     if progress:
         where = (f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{steps_per_epoch})" if st.batch
                  else f"the end of epoch {st.epoch}")
-        print(f"dualkit: resuming {run_dir} from {ckpt.path.name} at {where} in {backend.NAME}"
-              + (f" (trained in {ckpt.backend} so far)" if ckpt.backend != backend.NAME else ""), file=sys.stderr)
-        for name, before, after in changes:
-            print(f"dualkit: {name} changed from {before!r} to {after!r}", file=sys.stderr)
-        for note in ckpt.skipped:
-            print(f"dualkit: warning: skipped unreadable checkpoint {note}", file=sys.stderr)
+        runstate.report_resume(req, backend.NAME, where)
     resumed = {"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped}
     result = _fit(spec, backend, device, mae, data, normalizer, patch, st, run_dir, MetricLog(run_dir / METRICS_FILE),
                   progress, evaluate=True)

@@ -272,7 +272,7 @@ def test_refuses_a_run_of_another_task(tiny_run, tmp_path, capsys):
     shutil.copytree(tiny_run, dqn)
     save_json(DQNRunSpec(), dqn / "spec.json")
     refused(dqn, RunError, r"is a 'dqn' run, not a classify run")
-    # on the command line: a preset of another task than the run's, and a task that cannot resume yet
+    # on the command line: a preset of another task than the run's, and a DQN spec over a classifier's checkpoints
     cls = tmp_path / "classify"
     shutil.copytree(tiny_run, cls)
     before = snapshot(cls)
@@ -281,7 +281,7 @@ def test_refuses_a_run_of_another_task(tiny_run, tmp_path, capsys):
     assert snapshot(cls) == before
     before = snapshot(dqn)
     assert main(["train", "--resume", str(dqn), "--quiet"]) == 2
-    assert "resuming a 'dqn' run is not supported yet" in capsys.readouterr().err
+    assert "is a run checkpoint of task 'classify', not of a DQN run" in capsys.readouterr().err
     assert snapshot(dqn) == before
 
 
