@@ -6,9 +6,7 @@ untouched, and the CLI."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from tasks.cli import main
 from tasks.dqn import resume, train
 from tasks.dqn_parity import l4_spec
 from tasks.parity import bound
+from tests.runfolders import sigint_after, snapshot
 
 HAS_TF = registry.is_installed("tf")
 BACKENDS = ["torch", pytest.param("tf", marks=pytest.mark.skipif(not HAS_TF, reason="TensorFlow is not installed"))]
@@ -35,10 +34,6 @@ SMALL = [
     "dqn.eval_episodes=3", "dqn.test_episodes=4", "dqn.stop_return=0", "dqn.epsilon_fraction=0.5",
     "dqn.checkpoint_every_minutes=0",
 ]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def strip(evals):
@@ -60,22 +55,7 @@ def assert_same_run(got, ref):
 @pytest.fixture
 def sigint_after_update(monkeypatch):
     """Deliver a real SIGINT to this process right after the ``n``-th update of ``backend``'s agent."""
-    def install(backend: str, n: int):
-        cls = registry.get_backend(backend).DQNAgent
-        real = cls.update
-        calls = {"n": 0}
-
-        def update(self, batch, lr):
-            loss = real(self, batch, lr)
-            calls["n"] += 1
-            if calls["n"] == n:
-                os.kill(os.getpid(), signal.SIGINT)
-            return loss
-
-        monkeypatch.setattr(cls, "update", update)
-        return lambda: monkeypatch.setattr(cls, "update", real)
-
-    return install
+    return lambda backend, n: sigint_after(monkeypatch, registry.get_backend(backend).DQNAgent, "update", n)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from tasks.classify import train  # noqa: E402
 from tasks.cli import main  # noqa: E402
 from tasks import pretrain as pretrain_module  # noqa: E402
 from tasks.pretrain import pretrain, resume  # noqa: E402
+from tests.runfolders import sigint_after, snapshot  # noqa: E402
 from tasks.probe import encoder_for_classifier, load_encoder  # noqa: E402
 
 needs_tf = pytest.mark.skipif(not registry.is_installed("tf"), reason="TensorFlow is not installed")
@@ -201,10 +200,6 @@ RESUME = ["data.limit_train=160", "train.epochs=3", "max_steps=13", "data.flip=t
           "train.keep_checkpoints=20", "train.checkpoint_every_minutes=0", "probe.enabled=false", "finetune.fractions=[]"]
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def strip(history):
     return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
 
@@ -238,22 +233,7 @@ def no_grid(monkeypatch):
 @pytest.fixture
 def sigint_at(monkeypatch):
     """Deliver a real SIGINT to this process right after the ``n``-th masked train step of ``backend``."""
-    def install(backend: str, n: int):
-        cls = registry.get_backend(backend).MaskedAutoencoder
-        real = cls.train_step
-        calls = {"n": 0}
-
-        def train_step(self, x, mask, lr):
-            loss = real(self, x, mask, lr)
-            calls["n"] += 1
-            if calls["n"] == n:
-                os.kill(os.getpid(), signal.SIGINT)
-            return loss
-
-        monkeypatch.setattr(cls, "train_step", train_step)
-        return lambda: monkeypatch.setattr(cls, "train_step", real)
-
-    return install
+    return lambda backend, n: sigint_after(monkeypatch, registry.get_backend(backend).MaskedAutoencoder, "train_step", n)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from core.specs import DQNRunSpec, apply_overrides, load_json, save_json  # noqa
 from tasks import parity, presets  # noqa: E402
 from tasks.classify import resume, train  # noqa: E402
 from tasks.cli import main  # noqa: E402
+from tests.runfolders import sigint_after, snapshot  # noqa: E402
 
 HAS_TF = registry.is_installed("tf")
 BACKENDS = ["torch", pytest.param("tf", marks=pytest.mark.skipif(not HAS_TF, reason="TensorFlow is not installed"))]
@@ -39,10 +40,6 @@ OPTIMS = {
     "sgd": ["optim.name='sgd'", "optim.lr=0.05", "optim.momentum=0.9", "optim.nesterov=true", "optim.weight_decay=1e-4",
             "optim.clip_norm=1.0"],
 }
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def strip(history):
@@ -62,22 +59,7 @@ def assert_same_run(got, ref):
 @pytest.fixture
 def sigint_at(monkeypatch):
     """Deliver a real SIGINT to this process right after the ``n``-th train step of ``backend``."""
-    def install(backend: str, n: int):
-        cls = registry.get_backend(backend).Classifier
-        real = cls.train_step
-        calls = {"n": 0}
-
-        def train_step(self, x, y, lr):
-            loss = real(self, x, y, lr)
-            calls["n"] += 1
-            if calls["n"] == n:
-                os.kill(os.getpid(), signal.SIGINT)
-            return loss
-
-        monkeypatch.setattr(cls, "train_step", train_step)
-        return lambda: monkeypatch.setattr(cls, "train_step", real)
-
-    return install
+    return lambda backend, n: sigint_after(monkeypatch, registry.get_backend(backend).Classifier, "train_step", n)
 
 
 @pytest.fixture(scope="module")
