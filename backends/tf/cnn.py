@@ -35,6 +35,17 @@ class BatchNorm(keras.layers.Layer):
         self.running_var = self.add_weight(shape=c, initializer="ones", name="running_var", trainable=False)
 
     def call(self, x, training=False):
+        if training and x.dtype == tf.float32 and x.shape.rank == 4:
+            # One fused kernel (and its fused gradient) instead of the moments and the arithmetic spelled out:
+            # it normalises with the biased batch variance and returns the unbiased one, PyTorch's semantics.
+            # float32 only (the kernel has no float64), hence the general path below for float64 parity runs.
+            y, mean, unbiased_var = tf.compat.v1.nn.fused_batch_norm(
+                x, self.weight, self.bias, epsilon=self.eps, data_format="NHWC", is_training=True
+            )
+            m = tf.constant(self.momentum, x.dtype)
+            self.running_mean.assign((1 - m) * self.running_mean + m * mean)
+            self.running_var.assign((1 - m) * self.running_var + m * unbiased_var)
+            return y
         if training:
             mean, var = tf.nn.moments(x, axes=[0, 1, 2])
             n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
