@@ -1,6 +1,6 @@
 # Two commands do all the setup on a fresh machine (see README):
-#   make bench    the main job: the default parity benchmark on scikit-learn's digits (both backends,
-#                 3 seeds, parity levels, overhead); report in bench-results/<time>/
+#   make bench    the main job: the default benchmark (cnn-digits, masked-digits, dqn-cartpole; both
+#                 backends, 3 seeds, parity levels, overhead); report in bench-results/<time>/
 #   make test     the test suite (CI runs this)
 PYTHON ?= python3
 VENV ?= .venv

@@ -12,10 +12,15 @@ import numpy as np
 from benchmarks.suite import SCHEMA_VERSION
 from core.report import markdown_table
 from core.runs import atomic_write_text, write_json
+from tasks.dqn_parity import L5_MIN_RETURN as DQN_SOLVED_RETURN
 
 REQUIRED_KEYS = ("schema_version", "created", "config", "environment", "runs", "parity", "overhead", "wall_s")
-RUN_KEYS = ("preset", "backend", "seed", "device", "metric", "value", "curve_x", "curve_y", "throughput",
+RUN_KEYS = ("preset", "task", "backend", "seed", "device", "metric", "value", "curve_x", "curve_y", "throughput",
             "throughput_unit", "wall_s", "peak_rss_mb")
+# Section titles and how each task's metric is printed (accuracies as fractions, returns in points).
+TASK_TITLES = {"classify": "Classifier", "masked": "Masked pretraining", "dqn": "DQN"}
+METRIC_NAMES = {"test_accuracy": "test accuracy", "probe_accuracy": "linear-probe accuracy", "test_return": "greedy test return"}
+METRIC_DECIMALS = {"test_return": 1}
 # Targets from the benchmark issue: toolkit step vs bare loops, and CNN FLOP/s vs the matmul rate.
 TARGETS = {"torch toolkit / bare loop": 1.0, "tf toolkit / bare tf.function loop": 1.0, "tf toolkit / keras fit": 1.5}
 MATMUL_FRACTION_TARGET = 0.5
@@ -29,6 +34,8 @@ def validate(results: dict[str, Any]) -> dict[str, Any]:
     if results["schema_version"] > SCHEMA_VERSION:
         raise ValueError(f"results schema {results['schema_version']} is newer than this dualkit reads ({SCHEMA_VERSION})")
     for i, run in enumerate(results["runs"]):
+        if results["schema_version"] < 2:
+            run.setdefault("task", "classify")  # schema 1 benchmarked only the classifier
         absent = [k for k in RUN_KEYS if k not in run]
         if absent:
             raise ValueError(f"run {i} lacks {', '.join(absent)}")
@@ -51,20 +58,63 @@ def _groups(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[
     return out
 
 
-def mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+def mean_std(values: list[float], decimals: int = 4) -> str:
+    return f"{np.mean(values):.{decimals}f} ± {np.std(values):.{decimals}f}"
 
 
-def summary_rows(results: dict[str, Any]) -> list[list[Any]]:
+def _tasks(runs: list[dict[str, Any]]) -> list[str]:
+    """The tasks of the runs, in the order they first appear."""
+    return list(dict.fromkeys(r["task"] for r in runs))
+
+
+def _mean_of(values: list[Any], count: bool = False) -> float | int | str:
+    """Mean of the values that are present (a seed that never solved has no time to solve), "-" if none;
+    ``count`` rounds it to a whole number (environment steps)."""
+    present = [v for v in values if v is not None and np.isfinite(v)]
+    if not present:
+        return "-"
+    return int(round(np.mean(present))) if count else float(np.mean(present))
+
+
+def task_table(results: dict[str, Any], task: str) -> str:
+    """One aligned table for ``task``: a row per preset, backend and device (mean ± std over seeds), with
+    the task's own metric and throughput unit and its extra columns."""
+    groups = {k: v for k, v in _groups(results["runs"]).items() if v[0]["task"] == task}
+    first = next(iter(groups.values()))[0]
+    metric, unit = first["metric"], first["throughput_unit"]
+    decimals = METRIC_DECIMALS.get(metric, 4)
+    headers = ["preset", "backend", "device", "seeds", METRIC_NAMES.get(metric, metric)]
+    if task == "masked":
+        fractions = sorted({f for rs in groups.values() for r in rs for f in r.get("finetune", {})}, key=float)
+        headers += ["random-init probe", "margin (points)", "final masked loss"]
+        headers += [f"fine-tune {f} of labels" for f in fractions]
+    elif task == "dqn":
+        headers += [f"seeds >= {DQN_SOLVED_RETURN:g}", "solved at (env steps)", "time to solve s", "env steps"]
+    headers += ["wall s", f"throughput ({unit})", "peak RSS MB"]
     rows = []
-    for (preset, backend, device), runs in _groups(results["runs"]).items():
-        rows.append([
-            preset, backend, device, len(runs), runs[0]["metric"], mean_std([r["value"] for r in runs]),
-            float(np.mean([r["wall_s"] for r in runs])),
-            f"{np.mean([r['throughput'] for r in runs]):.0f} {runs[0]['throughput_unit']}",
-            float(max(r["peak_rss_mb"] for r in runs)),
-        ])
-    return rows
+    for (preset, backend, device), runs in groups.items():
+        row: list[Any] = [preset, backend, device, len(runs), mean_std([r["value"] for r in runs], decimals)]
+        if task == "masked":
+            row += [mean_std([r["random_accuracy"] for r in runs]), f"{np.mean([r['margin_points'] for r in runs]):+.2f}",
+                    _mean_of([r.get("final_loss") for r in runs])]
+            row += [mean_std([r["finetune"][f]["accuracy"] for r in runs if f in r.get("finetune", {})] or [np.nan])
+                    for f in fractions]
+        elif task == "dqn":
+            row += [f"{sum(r['value'] >= DQN_SOLVED_RETURN for r in runs)}/{len(runs)}",
+                    _mean_of([r.get("solved_at") for r in runs], count=True),
+                    _mean_of([r.get("time_to_solve_s") for r in runs]), _mean_of([r.get("env_steps") for r in runs], count=True)]
+        row += [float(np.mean([r["wall_s"] for r in runs])), mean_std([r["throughput"] for r in runs], 0),
+                int(round(max(r["peak_rss_mb"] for r in runs)))]
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def parity_verdicts(checks: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per preset, device and level: how many checks passed, and the level's verdict."""
+    levels: dict[tuple[str, str, str], list[bool]] = defaultdict(list)
+    for c in checks:
+        levels[(c["preset"], c["device"], c["level"])].append(bool(c["passed"]))
+    return [[*key, len(v), sum(v), "PASS" if all(v) else "FAIL"] for key, v in levels.items()]
 
 
 def markdown_report(results: dict[str, Any], plots: dict[str, str] | None = None) -> str:
@@ -75,17 +125,22 @@ def markdown_report(results: dict[str, Any], plots: dict[str, str] | None = None
         f"Created {results['created']} in {results['wall_s']:.0f} s. Python {env['python']} on {env['machine']}, "
         f"{env['cpu_count']} CPUs, {env['threads']} threads; "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
-        "",
-        "## Runs (mean ± std over seeds)",
-        "",
-        markdown_table(["preset", "backend", "device", "seeds", "metric", "value", "wall s", "throughput", "peak RSS MB"],
-                       summary_rows(results)),
     ]
+    if results.get("parts"):
+        rows = [[k, float(v["wall_s"]), float(v["cpu_s"])] for k, v in results["parts"].items()]
+        rows.append(["total", float(sum(r[1] for r in rows)), float(sum(r[2] for r in rows))])
+        lines += ["", "## Time by part", "", "CPU s counts the bench process and its run processes: on a shared "
+                  "machine it is close to what each part takes alone.", "",
+                  markdown_table(["part", "wall s", "CPU s"], rows)]
+    for task in _tasks(results["runs"]):
+        lines += ["", f"## {TASK_TITLES.get(task, task)} runs (mean ± std over seeds)", "", task_table(results, task)]
     if results["parity"]:
         rows = [[c["preset"], c["device"], c["level"], c["dtype"], c["name"], c["value"], c["bound"],
                  "PASS" if c["passed"] else "FAIL"] for c in results["parity"]]
         failed = sum(not c["passed"] for c in results["parity"])
         lines += ["", f"## Parity ({len(rows) - failed} passed, {failed} failed)", "",
+                  markdown_table(["preset", "device", "level", "checks", "passed", "verdict"],
+                                 parity_verdicts(results["parity"])), "",
                   markdown_table(["preset", "device", "level", "dtype", "check", "measured", "bound", "verdict"], rows)]
     ov = results.get("overhead")
     if ov:
@@ -106,26 +161,35 @@ def markdown_report(results: dict[str, Any], plots: dict[str, str] | None = None
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(results: dict[str, Any], path: Path) -> Path:
-    """Learning curves of both backends overlaid, one panel per preset and device (each seed a line)."""
+def _panels(n: int, width: float = 5.0, height: float = 3.6):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["preset"], r["device"]) for r in results["runs"]})
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.6), squeeze=False)
-    colors = {"torch": "tab:red", "tf": "tab:blue"}
-    for ax, (preset, device) in zip(axes[0], panels):
-        for r in results["runs"]:
-            if (r["preset"], r["device"]) != (preset, device):
-                continue
-            ax.plot(r["curve_x"], r["curve_y"], color=colors.get(r["backend"], "gray"), alpha=0.7,
-                    label=r["backend"] if r["seed"] == min(x["seed"] for x in results["runs"]) else None)
+    fig, axes = plt.subplots(1, max(1, n), figsize=(width * max(1, n), height), squeeze=False)
+    return plt, fig, axes[0]
+
+
+COLORS = {"torch": "tab:red", "tf": "tab:blue"}
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> Path:
+    """Learning curves of both backends overlaid, one panel per preset and device (each seed a line):
+    accuracy or masked loss per epoch, greedy return per environment steps."""
+    panels = list(dict.fromkeys((r["preset"], r["device"]) for r in results["runs"]))
+    plt, fig, axes = _panels(len(panels))
+    for ax, (preset, device) in zip(axes, panels):
+        mine = [r for r in results["runs"] if (r["preset"], r["device"]) == (preset, device)]
+        labelled: set[str] = set()
+        marker = "." if max(len(r["curve_x"]) for r in mine) < 30 else None  # points only where they stay apart
+        for r in mine:
+            ax.plot(r["curve_x"], r["curve_y"], color=COLORS.get(r["backend"], "gray"), alpha=0.7, marker=marker,
+                    label=None if r["backend"] in labelled else r["backend"])
+            labelled.add(r["backend"])
         ax.set_title(f"{preset} ({device})")
-        ax.set_xlabel("epoch")
-        label = next(r.get("curve_label", "") for r in results["runs"] if r["preset"] == preset)
-        ax.set_ylabel(label)
+        ax.set_xlabel(mine[0].get("curve_xlabel", "epoch"))
+        ax.set_ylabel(mine[0].get("curve_label", ""))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -135,24 +199,29 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
 
 
 def plot_throughput(results: dict[str, Any], path: Path) -> Path:
-    """Throughput bars per preset, backend and device (runs), plus the overhead loops if measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [(f"{p}\n{b} {d}", float(np.mean([r["throughput"] for r in rs])), rs[0]["throughput_unit"])
-            for (p, b, d), rs in _groups(results["runs"]).items()]
+    """Throughput bars per backend and device, one panel per preset (each in its own unit: images/s or
+    environment steps/s), plus a panel of the overhead loops if measured."""
+    presets = list(dict.fromkeys(r["preset"] for r in results["runs"]))
     ov = results.get("overhead")
+    plt, fig, axes = _panels(len(presets) + bool(ov), width=4.0, height=3.8)
+    # per panel: (axes, title, [(tick label, mean, std over seeds, backend or loop name)])
+    bars: list[tuple[Any, str, list[tuple[str, float, float, str]]]] = []
+    for ax, preset in zip(axes, presets):
+        groups = [(f"{b}\n{d}", float(np.mean([r["throughput"] for r in rs])), float(np.std([r["throughput"] for r in rs])), b)
+                  for (p, b, d), rs in _groups(results["runs"]).items() if p == preset]
+        unit = next(r["throughput_unit"] for r in results["runs"] if r["preset"] == preset)
+        bars.append((ax, f"{preset}\n({unit}, ± std over seeds)", groups))
     if ov:
-        rows += [(f"overhead\n{name}", r["images_per_s"], "images/s") for name, r in ov["loops"].items()]
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 3.8))
-    ax.bar(range(len(rows)), [r[1] for r in rows], color=["tab:red" if "torch" in r[0] else "tab:blue" for r in rows])
-    ax.set_xticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
-    ax.set_ylabel("throughput (" + ", ".join(sorted({r[2] for r in rows})) + ")")
-    for i, r in enumerate(rows):
-        ax.text(i, r[1], f"{r[1]:.0f}", ha="center", va="bottom", fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
+        bars.append((axes[len(presets)], f"overhead: {ov['preset']} step\n(images/s)",
+                     [(name.replace(" ", "\n", 1), r["images_per_s"], 0.0, name) for name, r in ov["loops"].items()]))
+    for ax, title, rows in bars:
+        ax.bar(range(len(rows)), [r[1] for r in rows], yerr=[r[2] for r in rows], capsize=3,
+               color=["tab:red" if "torch" in r[3] else "tab:blue" if "tf" in r[3] or "keras" in r[3] else "gray" for r in rows])
+        ax.set_xticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
+        ax.set_title(title, fontsize=9)
+        for i, r in enumerate(rows):
+            ax.text(i, r[1], f"{r[1]:.0f}", ha="center", va="bottom", fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -178,14 +247,15 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
     for key in sorted(set(g_old) | set(g_new)):
         a, b = g_old.get(key), g_new.get(key)
         if a is None or b is None:
-            rows.append([*key, "only in " + ("new" if a is None else "old"), "", "", "", ""])
+            rows.append([*key, (a or b)[0]["metric"], "only in " + ("new" if a is None else "old"), "", "", "", "", ""])
             continue
         va, vb = np.mean([r["value"] for r in a]), np.mean([r["value"] for r in b])
         ta, tb = np.mean([r["throughput"] for r in a]), np.mean([r["throughput"] for r in b])
-        rows.append([*key, float(va), float(vb), float(vb - va), float(ta), f"{float(tb):.1f} ({(tb / ta - 1) * 100:+.1f}%)"])
+        rows.append([*key, b[0]["metric"], float(va), float(vb), float(vb - va), float(ta),
+                     f"{float(tb):.1f} ({(tb / ta - 1) * 100:+.1f}%)", b[0]["throughput_unit"]])
     parts = ["# Benchmark comparison", "", f"old: {old['created']}  new: {new['created']}", "",
-             markdown_table(["preset", "backend", "device", "metric old", "metric new", "change", "throughput old",
-                             "throughput new"], rows)]
+             markdown_table(["preset", "backend", "device", "metric", "old", "new", "change", "throughput old",
+                             "throughput new", "unit"], rows)]
     verdict_old = {(c["preset"], c["device"], c["level"], c["dtype"], c["name"]): c for c in old["parity"]}
     changes = []
     for c in new["parity"]:

@@ -1,17 +1,24 @@
-"""The benchmark suite: presets x backends x seeds x devices, the parity levels, and the overhead figures."""
+"""The benchmark suite: presets x backends x seeds x devices, the parity levels, and the overhead figures.
+
+Three tasks: the classifier (cnn-*), masked image pretraining (masked-*) and DQN (dqn-*). Each run is one
+process (benchmarks/worker.py); parity runs L0-L4 and port from the task's own parity module and L5 from
+the benchmark's runs.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -20,16 +27,27 @@ from core.datasets import load_dataset
 from tasks import parity, presets
 from tasks.progress import progress_bar
 
-SCHEMA_VERSION = 1
+# 2: runs carry their task (and the task's extras: time to solve, margin over random init, ...)
+SCHEMA_VERSION = 2
+FAST_PRESETS = ["cnn-digits", "masked-digits", "dqn-cartpole"]
+# Per-preset overrides of the fast default, so that it fits its 10 minutes on 2 CPU cores: the masked
+# runs report the linear probe (the L5 metric) and skip the fine-tunes, which make a run 1.6-1.9x longer.
+FAST_OVERRIDES = {"masked-digits": ["finetune.fractions=[]"]}
+# The DQN L4 trajectory: 1000 updates in float32 (the parity suite's own length); float64 stays near 1e-13
+# over 3000 updates (tasks/dqn_parity.py), so 300 show that the float32 gap is rounding at a third of the cost.
+DQN_L4_UPDATES = {"float32": 1000, "float64": 300}
+MASKED_L4_STEPS = 200  # as tests/parity/test_masked_parity.py
+FAST_OVERHEAD_STEPS = 10
 
 
 @dataclass
 class BenchConfig:
-    presets: list[str] = field(default_factory=lambda: ["cnn-digits"])
+    presets: list[str] = field(default_factory=lambda: list(FAST_PRESETS))
     backends: list[str] = field(default_factory=lambda: list(parity.BACKENDS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     overrides: list[str] = field(default_factory=list)  # applied to every preset (e.g. data.root=...)
+    preset_overrides: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in FAST_OVERRIDES.items()})
     parity: bool = True
     overhead: bool = True
     overhead_preset: str = "cnn-cifar10"  # its architecture, on synthetic data of its image shape
@@ -37,13 +55,18 @@ class BenchConfig:
 
 
 def fast_config() -> BenchConfig:
-    """The default: data that ships with the install, finishes in a few minutes on 2 CPU cores."""
-    return BenchConfig()
+    """The default: data that ships with the install (digits, CartPole), under 10 minutes on 2 CPU cores.
+    The overhead loops time 10 steps each (not 20): at ~0.9 s per cnn-cifar10 step on this class of
+    machine the five loops would otherwise take two of the ten minutes."""
+    return BenchConfig(overhead_steps=FAST_OVERHEAD_STEPS)
 
 
 def full_config(data_root: str) -> BenchConfig:
+    """The fast presets plus CIFAR-10 (classifier and masked pretraining) from ``data_root``, 5 seeds, and
+    the masked presets' fine-tunes too."""
     return BenchConfig(
-        presets=["cnn-digits", "cnn-cifar10"], seeds=[0, 1, 2, 3, 4], overrides=[f"data.root={json.dumps(data_root)}"]
+        presets=[*FAST_PRESETS, "masked-cifar10", "cnn-cifar10"], seeds=[0, 1, 2, 3, 4],
+        overrides=[f"data.root={json.dumps(data_root)}"], preset_overrides={},
     )
 
 
@@ -55,10 +78,12 @@ def available_devices() -> list[str]:
     return devices
 
 
-def _preset_overrides(preset: str, overrides: list[str]) -> list[str]:
-    """Only the overrides whose section the preset has (data.root means nothing to a DQN preset)."""
+def _preset_overrides(preset: str, config: BenchConfig) -> list[str]:
+    """The preset's own overrides, then the shared ones whose section the preset has (data.root means
+    nothing to a DQN preset)."""
     spec = presets.load(preset)
-    return [o for o in overrides if hasattr(spec, o.split(".", 1)[0])]
+    shared = [o for o in config.overrides if hasattr(spec, o.split("=", 1)[0].split(".", 1)[0])]
+    return list(config.preset_overrides.get(preset, [])) + shared
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -78,22 +103,53 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def parity_for(preset: str, overrides: list[str], device: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """L1-L4 (float32 and float64) and port for a classifier preset; L5 from the benchmark's own runs."""
+    """L0-L4 (float32 and float64) and port from the preset's task's parity module; L5 from the
+    benchmark's own runs of that preset on that device."""
     spec = presets.load(preset, overrides)
+    checks = level_checks(spec, device) + l5_from_runs(spec, runs)
+    return [{**c.to_dict(), "preset": preset, "device": device} for c in checks]
+
+
+def level_checks(spec, device: str) -> list[parity.Check]:
+    """The task's levels below L5 and the port, both dtypes (what ``dualkit parity`` runs, sized for the bench)."""
     checks: list[parity.Check] = []
     if spec.task == "classify":
         for dtype in ("float32", "float64"):
             checks += parity.level1(dtype, device) + parity.level2(dtype, device) + parity.level3(dtype, device)
             checks += parity.level4(spec, dtype, device)
         checks += parity.port_checks(spec, device)
-        checks += l5_from_runs(spec, runs)
-    return [{**c.to_dict(), "preset": preset, "device": device} for c in checks]
+    elif spec.task == "masked":
+        from tasks import masked_parity
+
+        for dtype in ("float32", "float64"):
+            checks += masked_parity.level0(dtype, device) + masked_parity.level1(dtype, device)
+            checks += masked_parity.level2(dtype, device)
+            checks += parity.level3(dtype, device)  # pretraining steps with the classifier's Optimizer
+            checks += masked_parity.level4(spec, dtype, device, min_steps=MASKED_L4_STEPS)
+        checks += masked_parity.port_checks(spec, device, epochs=1)
+    elif spec.task == "dqn":
+        from tasks import dqn_parity
+
+        for dtype in ("float32", "float64"):
+            checks += dqn_parity.level0(dtype, device) + dqn_parity.level1(dtype, device) + dqn_parity.level2_3(dtype, device)
+            checks += dqn_parity.level4(spec, dtype, device, min_updates=DQN_L4_UPDATES[dtype])[0]
+        checks += dqn_parity.port_checks(spec, device)
+    return checks
 
 
 def l5_from_runs(spec, runs: list[dict[str, Any]]) -> list[parity.Check]:
-    acc = {b: [r["value"] for r in runs if r["backend"] == b] for b in parity.BACKENDS}
-    if not all(acc.values()):
+    """L5 of the task from the benchmark's runs (one per backend and seed): no extra training."""
+    values = {b: [r["value"] for r in runs if r["backend"] == b] for b in parity.BACKENDS}
+    if not all(values.values()):
         return []
+    if spec.task == "dqn":
+        return _l5_dqn(spec, runs, values)
+    if spec.task == "masked":
+        return _l5_masked(runs, values)
+    return _l5_classify(spec, values)
+
+
+def _l5_classify(spec, acc: dict[str, list[float]]) -> list[parity.Check]:
     floor = parity.L5_MIN_ACCURACY if spec.data.name == "digits" else -np.inf
     out = [
         parity.Check("L5", f"{b} mean test accuracy", float(np.mean(v)), float(floor), bool(np.mean(v) >= floor),
@@ -103,6 +159,40 @@ def l5_from_runs(spec, runs: list[dict[str, Any]]) -> list[parity.Check]:
     gap = abs(np.mean(acc["torch"]) - np.mean(acc["tf"])) * 100
     out.append(parity.Check("L5", "mean accuracy gap (points)", float(gap), parity.L5_MAX_GAP_POINTS,
                             bool(gap <= parity.L5_MAX_GAP_POINTS)))
+    return out
+
+
+def _l5_masked(runs: list[dict[str, Any]], acc: dict[str, list[float]]) -> list[parity.Check]:
+    """As masked_parity.level5: the mean probe accuracies within L5_MAX_GAP_POINTS; each backend's mean and
+    its margin over the random-init encoder are reported without a bound."""
+    from tasks import masked_parity
+
+    out = []
+    for b, v in acc.items():
+        margin = np.mean([r.get("margin_points", np.nan) for r in runs if r["backend"] == b])
+        out.append(parity.Check("L5", f"{b} mean probe accuracy", float(np.mean(v)), float("-inf"), True,
+                                "per seed: " + ", ".join(f"{a:.4f}" for a in v)
+                                + f"; margin over random init {margin:+.2f} points (reported, no bound)"))
+    gap = abs(np.mean(acc["torch"]) - np.mean(acc["tf"])) * 100
+    out.append(parity.Check("L5", "mean probe accuracy gap (points)", float(gap), masked_parity.L5_MAX_GAP_POINTS,
+                            bool(gap <= masked_parity.L5_MAX_GAP_POINTS)))
+    return out
+
+
+def _l5_dqn(spec, runs: list[dict[str, Any]], returns: dict[str, list[float]]) -> list[parity.Check]:
+    """As dqn_parity.level5: per backend, the seeds whose greedy test return reaches L5_MIN_RETURN, at least
+    L5_MIN_SEEDS of them (all seeds when the bench runs fewer)."""
+    from tasks import dqn_parity
+
+    out = []
+    for b, v in returns.items():
+        need = min(dqn_parity.L5_MIN_SEEDS, len(v))
+        solved = sum(x >= dqn_parity.L5_MIN_RETURN for x in v)
+        detail = "; ".join(f"seed {r['seed']}: {r['value']:.1f} after {r.get('env_steps', '?')} steps"
+                           for r in runs if r["backend"] == b)
+        out.append(parity.Check("L5", f"{b} seeds with greedy return >= {dqn_parity.L5_MIN_RETURN:g}", float(solved),
+                                float(need), solved >= need,
+                                detail + f" (bound is a floor; budget {spec.dqn.total_steps} env steps)"))
     return out
 
 
@@ -120,37 +210,69 @@ def environment() -> dict[str, Any]:
     }
 
 
+class PartTimer:
+    """Wall and CPU seconds of each part of the bench (runs and parity per preset, overhead), summed over
+    the times a part is entered. CPU time counts this process and the finished run processes: on a
+    shared machine it is what the part would take alone (with one framework thread, CPU ~ wall)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, dict[str, float]] = {}
+
+    @staticmethod
+    def _cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), self._cpu()
+        try:
+            yield
+        finally:
+            part = self.totals.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
+            part["wall_s"] += time.perf_counter() - wall
+            part["cpu_s"] += self._cpu() - cpu
+
+
 def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     """Everything the report needs, as one JSON-serialisable dict (schema ``SCHEMA_VERSION``)."""
     t0 = time.perf_counter()
-    for preset in config.presets:  # fail before any work if a dataset is missing
-        spec = presets.load(preset, _preset_overrides(preset, config.overrides))
-        if spec.task == "classify":
+    for preset in config.presets:  # fail before any work if a dataset or environment is missing
+        spec = presets.load(preset, _preset_overrides(preset, config))
+        if spec.task in ("classify", "masked"):
             load_dataset(spec.data)
+        elif spec.task == "dqn":
+            from core.envs import env_info
+
+            env_info(spec.env)
     jobs = [
-        {"preset": p, "overrides": _preset_overrides(p, config.overrides), "backend": b, "seed": s, "device": d}
+        {"preset": p, "overrides": _preset_overrides(p, config), "backend": b, "seed": s, "device": d}
         for p in config.presets for d in config.devices for b in config.backends for s in config.seeds
     ]
     bar = progress_bar(len(jobs), "bench runs", enabled=progress)
     runs = []
+    parts = PartTimer()
     for job in jobs:
         bar.set_postfix_str(f"{job['preset']} {job['backend']} seed {job['seed']} {job['device']}")
-        runs.append(run_one(job))
+        with parts(f"runs {job['preset']} {job['device']}"):
+            runs.append(run_one(job))  # a fresh process: its start-up (framework import) is part of the cost
         bar.update(1)
     bar.close()
     checks: list[dict[str, Any]] = []
     if config.parity and set(parity.BACKENDS) <= set(config.backends):
         for preset in config.presets:
             for device in config.devices:
-                mine = [r for r in runs if r["preset"] == preset and r["device"] == device]
-                checks += parity_for(preset, _preset_overrides(preset, config.overrides), device, mine)
+                with parts(f"parity {preset} {device}"):
+                    mine = [r for r in runs if r["preset"] == preset and r["device"] == device]
+                    checks += parity_for(preset, _preset_overrides(preset, config), device, mine)
     overhead = None
     if config.overhead:
         from benchmarks.overhead import run_overhead
 
-        spec = presets.load(config.overhead_preset)
-        shape = {"cifar10": (32, 32, 3), "idx": (28, 28, 1), "digits": (8, 8, 1)}[spec.data.name]
-        overhead = {"preset": config.overhead_preset, **run_overhead(spec, shape, steps=config.overhead_steps)}
+        with parts("overhead"):
+            spec = presets.load(config.overhead_preset)
+            shape = {"cifar10": (32, 32, 3), "idx": (28, 28, 1), "digits": (8, 8, 1)}[spec.data.name]
+            overhead = {"preset": config.overhead_preset, **run_overhead(spec, shape, steps=config.overhead_steps)}
     return {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -159,5 +281,6 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         "runs": runs,
         "parity": checks,
         "overhead": overhead,
+        "parts": parts.totals,
         "wall_s": time.perf_counter() - t0,
     }

@@ -11,14 +11,19 @@ from benchmarks import report
 from benchmarks.suite import SCHEMA_VERSION
 
 
-def fake_results(accuracy_shift: float = 0.0, throughput: float = 1000.0, l4_passed: bool = True) -> dict:
+def fake_results(accuracy_shift: float = 0.0, throughput: float = 1000.0, l4_passed: bool = True,
+                 tasks: tuple[str, ...] = ("classify",)) -> dict:
     runs = [
-        {"preset": "cnn-digits", "backend": b, "seed": s, "device": "cpu", "metric": "test_accuracy",
+        {"preset": "cnn-digits", "task": "classify", "backend": b, "seed": s, "device": "cpu", "metric": "test_accuracy",
          "value": 0.98 + 0.002 * s + accuracy_shift, "curve_x": [1, 2, 3], "curve_y": [0.9, 0.95, 0.97 + 0.001 * s],
-         "curve_label": "validation accuracy per epoch", "throughput": throughput + 10 * s,
+         "curve_label": "validation accuracy per epoch", "curve_xlabel": "epoch", "throughput": throughput + 10 * s,
          "throughput_unit": "images/s", "wall_s": 4.0 + s, "peak_rss_mb": 500.0 + s}
         for b in ("torch", "tf") for s in (0, 1, 2)
     ]
+    if "masked" in tasks:
+        runs += [fake_masked_run(b, s) for b in ("torch", "tf") for s in (0, 1, 2)]
+    if "dqn" in tasks:
+        runs += [fake_dqn_run(b, s) for b in ("torch", "tf") for s in (0, 1, 2)]
     parity = [{"preset": "cnn-digits", "device": "cpu", "level": "L4", "dtype": "float32", "name": "adam-cosine",
                "value": 1e-5 if l4_passed else 2e-3, "bound": 1e-3, "passed": l4_passed, "detail": ""}]
     overhead = {"preset": "cnn-cifar10", "batch_size": 128, "image_shape": [32, 32, 3], "steps": 20,
@@ -30,7 +35,28 @@ def fake_results(accuracy_shift: float = 0.0, throughput: float = 1000.0, l4_pas
     return {"schema_version": SCHEMA_VERSION, "created": "2026-11-25T12:00:00+0000", "config": {},
             "environment": {"python": "3.11", "machine": "x86_64", "processor": "x86_64", "cpu_count": 2, "threads": 2,
                             "versions": {"torch": "2.13.0"}},
-            "runs": runs, "parity": parity, "overhead": overhead, "wall_s": 100.0}
+            "runs": runs, "parity": parity, "overhead": overhead, "wall_s": 100.0,
+            "parts": {"runs cnn-digits cpu": {"wall_s": 60.0, "cpu_s": 55.0}, "overhead": {"wall_s": 40.0, "cpu_s": 30.0}}}
+
+
+def fake_masked_run(backend: str, seed: int) -> dict:
+    return {"preset": "masked-digits", "task": "masked", "backend": backend, "seed": seed, "device": "cpu",
+            "metric": "probe_accuracy", "value": 0.96 + 0.001 * seed, "random_accuracy": 0.94, "margin_points": 2.0 + 0.1 * seed,
+            "finetune": {"0.1": {"accuracy": 0.9, "random_accuracy": 0.85, "margin_points": 5.0}},
+            "curve_x": [1, 2, 3], "curve_y": [0.8, 0.5, 0.4 - 0.01 * seed], "curve_label": "masked loss (train) per epoch",
+            "curve_xlabel": "epoch", "throughput": 1500.0 + seed, "throughput_unit": "images/s", "wall_s": 12.0,
+            "pretrain_s": 9.0, "final_loss": 0.4 - 0.01 * seed, "peak_rss_mb": 400.0}
+
+
+def fake_dqn_run(backend: str, seed: int) -> dict:
+    solved = seed < 2  # the third seed runs out of budget
+    return {"preset": "dqn-cartpole", "task": "dqn", "backend": backend, "seed": seed, "device": "cpu",
+            "metric": "test_return", "value": 500.0 if solved else 350.0, "test_return_min": 500.0 if solved else 200.0,
+            "curve_x": [2500, 5000, 7500], "curve_y": [20.0, 180.0, 500.0 if solved else 300.0],
+            "curve_label": "greedy evaluation return", "curve_xlabel": "environment steps", "throughput": 2500.0 + seed,
+            "throughput_unit": "env steps/s", "wall_s": 20.0, "eval_s": 3.0, "env_steps": 7500 if solved else 100000,
+            "updates": 700, "solved_at": 7500 if solved else None, "time_to_solve_s": 18.0 if solved else None,
+            "peak_rss_mb": 450.0}
 
 
 def test_validate_accepts_written_schema_and_names_what_is_missing():
@@ -41,6 +67,11 @@ def test_validate_accepts_written_schema_and_names_what_is_missing():
         report.validate(broken)
     with pytest.raises(ValueError, match="missing runs"):
         report.validate({k: v for k, v in fake_results().items() if k != "runs"})
+    old = fake_results()
+    old["schema_version"] = 1  # before runs carried their task: all were the classifier's
+    for run in old["runs"]:
+        del run["task"]
+    assert {r["task"] for r in report.validate(old)["runs"]} == {"classify"}
     newer = fake_results()
     newer["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(ValueError, match="newer"):
@@ -50,11 +81,13 @@ def test_validate_accepts_written_schema_and_names_what_is_missing():
 def test_markdown_report_tables_line_up_and_state_mean_std():
     text = report.markdown_report(fake_results())
     tables = [block for block in text.split("\n\n") if block.startswith("|")]
-    assert len(tables) >= 4  # runs, parity, overhead loops, speed-ups
+    assert len(tables) >= 6  # parts, runs, parity verdicts and checks, overhead loops, speed-ups
     for table in tables:
         widths = {len(line) for line in table.splitlines()}
         assert len(widths) == 1, table
     assert "0.9820 ± 0.0016" in text  # mean ± std of 0.980, 0.982, 0.984
+    assert "## Classifier runs" in text and "throughput (images/s)" in text
+    assert "| total               | 100.0000 | 85.0000 |" in text  # time by part, summed
     assert "| tf toolkit / keras fit" in text and "| no " in text  # 1.2 < 1.5 target: not met
 
 
@@ -85,3 +118,38 @@ def test_load_results_errors_are_clear(tmp_path):
     (tmp_path / "junk.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not JSON"):
         report.load_results(tmp_path / "junk.json")
+
+
+def test_markdown_report_has_a_table_per_task_with_its_metric_and_unit():
+    text = report.markdown_report(fake_results(tasks=("classify", "masked", "dqn")))
+    sections = {block.split("\n\n")[0]: block for block in text.split("\n## ")[1:]}
+    masked = sections["Masked pretraining runs (mean ± std over seeds)"]
+    assert "linear-probe accuracy" in masked and "throughput (images/s)" in masked and "fine-tune 0.1 of labels" in masked
+    assert "0.9610 ± 0.0008" in masked and "+2.10" in masked  # probe mean ± std; mean margin over random init
+    dqn = sections["DQN runs (mean ± std over seeds)"]
+    assert "greedy test return" in dqn and "throughput (env steps/s)" in dqn and "images/s" not in dqn
+    assert "450.0 ± 70.7" in dqn and "| 2/3 " in dqn  # mean ± std of 500, 500, 350; seeds reaching 475
+    assert "7500" in dqn and "18.0000" in dqn  # solved at and time to solve, over the seeds that solved
+    for table in (block for block in text.split("\n\n") if block.startswith("|")):
+        assert len({len(line) for line in table.splitlines()}) == 1, table
+
+
+def test_parity_verdict_table_per_preset_and_level():
+    results = fake_results(l4_passed=False)
+    results["parity"].append({"preset": "dqn-cartpole", "device": "cpu", "level": "L5", "dtype": "float32",
+                              "name": "torch seeds with greedy return >= 475", "value": 2.0, "bound": 2.0,
+                              "passed": True, "detail": ""})
+    text = report.markdown_report(results)
+    assert "| cnn-digits   | cpu    | L4    |      1 |      0 | FAIL    |" in text
+    assert "| dqn-cartpole | cpu    | L5    |      1 |      1 | PASS    |" in text
+
+
+def test_plots_of_all_tasks_are_non_empty(tmp_path):
+    results = fake_results(tasks=("classify", "masked", "dqn"))
+    paths = report.write_report(results, tmp_path / "out")
+    for key in ("curves", "throughput"):
+        data = paths[key].read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 20000
+    reloaded = report.load_results(paths["results"])
+    assert {r["task"] for r in reloaded["runs"]} == {"classify", "masked", "dqn"}
+    assert [r["solved_at"] for r in reloaded["runs"] if r["task"] == "dqn"][2] is None  # JSON null survives

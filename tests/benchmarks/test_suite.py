@@ -16,7 +16,8 @@ from tasks.cli import main  # noqa: E402
 def test_bench_smoke_both_backends_writes_report(tmp_path, monkeypatch, capsys):
     # the smallest task: one epoch of digits, one seed; the overhead loops on the digits CNN, 2 steps
     monkeypatch.setattr(suite, "fast_config", lambda: suite.BenchConfig(
-        seeds=[0], overrides=["train.epochs=1"], parity=False, overhead_preset="cnn-digits", overhead_steps=2))
+        presets=["cnn-digits"], seeds=[0], overrides=["train.epochs=1"], parity=False, overhead_preset="cnn-digits",
+        overhead_steps=2))
     out = tmp_path / "bench"
     assert main(["bench", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -26,6 +27,7 @@ def test_bench_smoke_both_backends_writes_report(tmp_path, monkeypatch, capsys):
         assert len(r["curve_y"]) == 1
     assert set(results["overhead"]["loops"]) == {
         "toolkit torch", "bare torch loop", "toolkit tf", "bare tf.function loop", "keras fit"}
+    assert set(results["parts"]) == {"runs cnn-digits cpu", "overhead"}
     assert (out / "curves.png").stat().st_size > 0 and (out / "throughput.png").stat().st_size > 0
     assert "# dualkit benchmark report" in capsys.readouterr().out
     # the same folder again is refused, and the results stay as they were
