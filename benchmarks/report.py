@@ -148,7 +148,8 @@ def markdown_report(results: dict[str, Any], plots: dict[str, str] | None = None
         rows = [[name, r["s_per_step"] * 1e3, r["images_per_s"], r["flops_per_s"] / 1e9, r["fraction_of_matmul"]]
                 for name, r in ov["loops"].items()]
         lines += ["", f"## Overhead: {ov['preset']} architecture, batch {ov['batch_size']}, synthetic "
-                  f"{'x'.join(map(str, ov['image_shape']))} images, {ov['steps']} timed steps", "",
+                  f"{'x'.join(map(str, ov['image_shape']))} images, {ov['steps']} timed steps"
+                  + (f" per round, best of {ov['rounds']} rounds" if ov.get("rounds", 1) > 1 else ""), "",
                   f"Measured fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s ({ov['matmul']['n']}x{ov['matmul']['n']}).", "",
                   markdown_table(["loop", "ms/step", "images/s", "GFLOP/s", "fraction of matmul"], rows), "",
                   markdown_table(["speed-up (toolkit vs loop)", "measured", "target", "met"],

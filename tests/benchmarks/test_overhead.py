@@ -1,0 +1,37 @@
+"""The overhead benchmark's timing protocol: every loop timed in rounds of alternating order, best round kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import overhead
+from core import registry
+from tasks import presets
+
+
+def test_each_loop_keeps_its_best_round_and_rounds_alternate(monkeypatch):
+    if not (registry.is_installed("torch") and registry.is_installed("tf")):
+        pytest.skip("needs PyTorch and TensorFlow")
+    calls: list[str] = []
+    # seconds per step per call: the first call of a process is slow (warm-up), later ones are not
+    times = {"toolkit torch": [0.5, 0.3], "bare torch loop": [0.32, 0.31], "toolkit tf": [0.4, 0.41],
+             "bare tf.function loop": [0.42, 0.45], "keras fit": [0.6, 0.5]}
+
+    def fake(name):
+        def timer(*args, **kwargs):
+            calls.append(name)
+            return times[name][calls.count(name) - 1]
+        return timer
+
+    monkeypatch.setattr(overhead, "toolkit_step_time", lambda spec, backend, *a: fake(f"toolkit {backend}")())
+    monkeypatch.setattr(overhead, "bare_torch_step_time", lambda *a: fake("bare torch loop")())
+    monkeypatch.setattr(overhead, "bare_tf_step_time", lambda *a: fake("bare tf.function loop")())
+    monkeypatch.setattr(overhead, "keras_fit_step_time", lambda *a: fake("keras fit")())
+    monkeypatch.setattr(overhead, "matmul_rate", lambda: {"n": 8, "flops_per_s": 1e9, "by_library": {}})
+    res = overhead.run_overhead(presets.load("cnn-digits"), (8, 8, 1), steps=2, warmup=1, rounds=2)
+    order = list(times)
+    assert calls == order + order[::-1]
+    assert {k: v["s_per_step"] for k, v in res["loops"].items()} == {k: min(v) for k, v in times.items()}
+    assert list(res["loops"]) == order and res["rounds"] == 2
+    assert res["speedup"]["torch toolkit / bare loop"] == pytest.approx(0.31 / 0.3)
+    assert res["speedup"]["tf toolkit / keras fit"] == pytest.approx(0.5 / 0.4)
