@@ -13,7 +13,7 @@ import tensorflow as tf
 from backends.tf.cnn import build_cnn, canonical_variables
 from backends.tf.losses import softmax_cross_entropy
 from backends.tf.optim import Optimizer
-from backends.tf.runtime import DTYPES, tf_device, to_numpy, to_tensor
+from backends.tf.runtime import DTYPES, get_rng_state, set_rng_state, tf_device, to_numpy, to_tensor
 from core.specs import ModelSpec, OptimSpec
 from core.weights import is_buffer
 
@@ -116,12 +116,10 @@ class Classifier:
     def get_rng_state(self) -> dict[str, np.ndarray]:
         """The framework RNG that dropout draws from: each Dropout layer's seed-generator state, by position
         (Keras numbers unnamed layers per process, so their names are not stable)."""
-        return {f"tf.dropout{i}": to_numpy(layer.seed_generator.state).copy() for i, layer in enumerate(self._dropouts())}
+        return get_rng_state(self._dropouts())
 
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        for i, layer in enumerate(self._dropouts()):
-            if f"tf.dropout{i}" in state:
-                layer.seed_generator.state.assign(np.asarray(state[f"tf.dropout{i}"]))
+        set_rng_state(state, self._dropouts())
 
     def _dropouts(self) -> list[keras.layers.Dropout]:
         return [layer for layer in self.net.layers if isinstance(layer, keras.layers.Dropout)]

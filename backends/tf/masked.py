@@ -15,7 +15,7 @@ import tensorflow as tf
 from backends.tf.cnn import BatchNorm, _layer_name, build_encoder, canonical_variables
 from backends.tf.losses import masked_mse
 from backends.tf.optim import Optimizer
-from backends.tf.runtime import DTYPES, tf_device, to_numpy, to_tensor
+from backends.tf.runtime import DTYPES, get_rng_state, set_rng_state, tf_device, to_numpy, to_tensor
 from core.masking import grid_shape, patch_size_for, visible
 from core.specs import DecoderSpec, ModelSpec, OptimSpec
 from core.weights import MASK_TOKEN, decoder_channels, is_buffer
@@ -193,12 +193,10 @@ class MaskedAutoencoder:
         """The framework RNG: each Dropout layer's seed-generator state, by position. The autoencoder has
         none today (masks come from core), so this is empty; it is here so that the driver treats both
         backends and both models alike."""
-        return {f"tf.dropout{i}": to_numpy(layer.seed_generator.state).copy() for i, layer in enumerate(self._dropouts())}
+        return get_rng_state(self._dropouts())
 
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        for i, layer in enumerate(self._dropouts()):
-            if f"tf.dropout{i}" in state:
-                layer.seed_generator.state.assign(np.asarray(state[f"tf.dropout{i}"]))
+        set_rng_state(state, self._dropouts())
 
     def _dropouts(self) -> list[keras.layers.Dropout]:
         return [layer for net in (self.encoder, self.decoder) for layer in net.layers

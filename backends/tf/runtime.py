@@ -56,3 +56,16 @@ def to_tensor(x: np.ndarray, dtype: tf.DType | None = None) -> tf.Tensor:
 
 def to_numpy(t) -> np.ndarray:
     return np.asarray(t.numpy() if hasattr(t, "numpy") else t)
+
+
+def get_rng_state(dropouts: list[keras.layers.Dropout]) -> dict[str, np.ndarray]:
+    """The framework RNG that dropout draws from: each Dropout layer's seed-generator state, by position
+    (Keras numbers unnamed layers per process, so their names are not stable)."""
+    return {f"tf.dropout{i}": to_numpy(layer.seed_generator.state).copy() for i, layer in enumerate(dropouts)}
+
+
+def set_rng_state(state: dict[str, np.ndarray], dropouts: list[keras.layers.Dropout]) -> None:
+    """Put back a :func:`get_rng_state` state (entries of another framework are left alone)."""
+    for i, layer in enumerate(dropouts):
+        if f"tf.dropout{i}" in state:
+            layer.seed_generator.state.assign(np.asarray(state[f"tf.dropout{i}"]))

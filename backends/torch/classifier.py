@@ -10,7 +10,7 @@ import torch
 from backends.torch.cnn import CNN
 from backends.torch.losses import softmax_cross_entropy
 from backends.torch.optim import Optimizer
-from backends.torch.runtime import DTYPES, to_numpy, to_tensor, torch_device
+from backends.torch.runtime import DTYPES, get_rng_state, set_rng_state, to_numpy, to_tensor, torch_device
 from core.runs import atomic_write_bytes
 from core.specs import ModelSpec, OptimSpec
 from core.weights import is_buffer
@@ -96,15 +96,10 @@ class Classifier:
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
         """The framework RNG that dropout draws from: torch's generator on the model's device."""
-        if self.device.type == "cuda":
-            return {"torch.cuda": to_numpy(torch.cuda.get_rng_state(self.device)).copy()}
-        return {"torch.cpu": to_numpy(torch.get_rng_state()).copy()}
+        return get_rng_state(self.device)
 
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        if self.device.type == "cuda" and "torch.cuda" in state:
-            torch.cuda.set_rng_state(torch.from_numpy(np.array(state["torch.cuda"], dtype=np.uint8)), self.device)
-        elif "torch.cpu" in state:
-            torch.set_rng_state(torch.from_numpy(np.array(state["torch.cpu"], dtype=np.uint8)))
+        set_rng_state(state, self.device)
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}

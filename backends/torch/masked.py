@@ -16,7 +16,7 @@ from torch import nn
 from backends.torch.cnn import Encoder
 from backends.torch.losses import masked_mse
 from backends.torch.optim import Optimizer
-from backends.torch.runtime import DTYPES, to_numpy, to_tensor, torch_device
+from backends.torch.runtime import DTYPES, get_rng_state, set_rng_state, to_numpy, to_tensor, torch_device
 from core.masking import patch_size_for, visible
 from core.specs import DecoderSpec, ModelSpec, OptimSpec
 from core.weights import decoder_channels, is_buffer
@@ -192,15 +192,10 @@ class MaskedAutoencoder:
         """The framework RNG: torch's generator on the model's device. The autoencoder draws nothing from
         it today (no dropout; masks come from core); it is saved so that the driver treats both backends
         and both models alike."""
-        if self.device.type == "cuda":
-            return {"torch.cuda": to_numpy(torch.cuda.get_rng_state(self.device)).copy()}
-        return {"torch.cpu": to_numpy(torch.get_rng_state()).copy()}
+        return get_rng_state(self.device)
 
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        if self.device.type == "cuda" and "torch.cuda" in state:
-            torch.cuda.set_rng_state(torch.from_numpy(np.array(state["torch.cuda"], dtype=np.uint8)), self.device)
-        elif "torch.cpu" in state:
-            torch.set_rng_state(torch.from_numpy(np.array(state["torch.cpu"], dtype=np.uint8)))
+        set_rng_state(state, self.device)
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}

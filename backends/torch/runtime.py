@@ -54,3 +54,18 @@ def to_tensor(x: np.ndarray, device: torch.device, dtype: torch.dtype | None = N
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
+
+
+def get_rng_state(device: torch.device) -> dict[str, np.ndarray]:
+    """The framework RNG that dropout draws from: torch's generator on ``device``, for a run checkpoint."""
+    if device.type == "cuda":
+        return {"torch.cuda": to_numpy(torch.cuda.get_rng_state(device)).copy()}
+    return {"torch.cpu": to_numpy(torch.get_rng_state()).copy()}
+
+
+def set_rng_state(state: dict[str, np.ndarray], device: torch.device) -> None:
+    """Put back a :func:`get_rng_state` state (a state of another device or framework is left alone)."""
+    if device.type == "cuda" and "torch.cuda" in state:
+        torch.cuda.set_rng_state(torch.from_numpy(np.array(state["torch.cuda"], dtype=np.uint8)), device)
+    elif "torch.cpu" in state:
+        torch.set_rng_state(torch.from_numpy(np.array(state["torch.cpu"], dtype=np.uint8)))
