@@ -17,7 +17,7 @@ def test_bench_smoke_both_backends_writes_report(tmp_path, monkeypatch, capsys):
     # the smallest task: one epoch of digits, one seed; the overhead loops on the digits CNN, 2 steps
     monkeypatch.setattr(suite, "fast_config", lambda: suite.BenchConfig(
         presets=["cnn-digits"], seeds=[0], overrides=["train.epochs=1"], parity=False, overhead_preset="cnn-digits",
-        overhead_steps=2))
+        overhead_steps=2, overhead_rounds=1))
     out = tmp_path / "bench"
     assert main(["bench", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     results = json.loads((out / "results.json").read_text())
