@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -13,7 +9,7 @@ import tensorflow as tf
 from backends.tf.cnn import build_cnn, canonical_variables
 from backends.tf.losses import softmax_cross_entropy
 from backends.tf.optim import Optimizer
-from backends.tf.runtime import DTYPES, get_rng_state, set_rng_state, tf_device, to_numpy, to_tensor
+from backends.tf.runtime import DTYPES, get_rng_state, save_keras, set_rng_state, tf_device, to_numpy, to_tensor
 from core.specs import ModelSpec, OptimSpec
 from core.weights import is_buffer
 
@@ -39,7 +35,7 @@ class Classifier:
             self.variables = canonical_variables(self.net)
             self.set_weights(weights)
             self.params = {n: v for n, (v, _, _) in self.variables.items() if not is_buffer(n)}
-            self.optimizer = Optimizer(optim, self.params)
+            self.optimizer = Optimizer(optim, self.params, {n: (to, fr) for n, (_, to, fr) in self.variables.items()})
         x_spec = tf.TensorSpec((None, *image_shape), self.dtype)
         y_spec = tf.TensorSpec((None,), tf.int64)
         # One trace for every batch size (the last batch of an epoch is smaller).
@@ -102,16 +98,10 @@ class Classifier:
 
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
         """Canonical optimizer state (core.optim_ref names; slots in the canonical layout, like their weights)."""
-        return {k: self._slot_layout(k, v, to_canonical=True) for k, v in self.optimizer.get_state().items()}
+        return self.optimizer.get_state()
 
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.optimizer.set_state({k: self._slot_layout(k, np.asarray(v), to_canonical=False) for k, v in state.items()})
-
-    def _slot_layout(self, key: str, value: np.ndarray, to_canonical: bool) -> np.ndarray:
-        if "." not in key:
-            return value  # "step"
-        _, to_tf, from_tf = self.variables[key.split(".", 1)[1]]
-        return np.ascontiguousarray((from_tf if to_canonical else to_tf)(value))
+        self.optimizer.set_state(state)
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
         """The framework RNG that dropout draws from: each Dropout layer's seed-generator state, by position
@@ -130,12 +120,4 @@ class Classifier:
     # -- native artifact ----------------------------------------------------------------------------
     def save_native(self, path: str) -> None:
         """A Keras ``.keras`` archive (weights in Keras layout); written to a temp name, then renamed."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-        os.close(fd)
-        try:
-            self.net.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        save_keras(self.net, path)

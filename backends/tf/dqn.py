@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -13,7 +10,7 @@ import tensorflow as tf
 from backends.tf.losses import td_loss
 from backends.tf.optim import Optimizer
 from backends.tf.qnet import build_qnet, canonical_variables
-from backends.tf.runtime import DTYPES, tf_device, to_numpy, to_tensor
+from backends.tf.runtime import DTYPES, save_keras, tf_device, to_numpy, to_tensor
 from core.replay import Batch
 from core.specs import OptimSpec, QNetSpec
 from core.weights import QNET_PREFIX, TARGET_PREFIX, target_names
@@ -45,7 +42,7 @@ class DQNAgent:
             self.variables = {**online_vars, **canonical_variables(self.target, TARGET_PREFIX)}
             self.set_weights(weights)
             self.params = {n: v for n, (v, _, _) in online_vars.items()}
-            self.optimizer = Optimizer(optim, self.params)
+            self.optimizer = Optimizer(optim, self.params, {n: (to, fr) for n, (_, to, fr) in self.variables.items()})
         self._pairs = [
             (self.variables[n][0], self.variables[TARGET_PREFIX + n[len(QNET_PREFIX):]][0]) for n in online_vars
         ]
@@ -145,26 +142,12 @@ class DQNAgent:
 
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
         """Canonical optimizer state (core.optim_ref names; slots in the canonical layout, like their weights)."""
-        return {k: self._slot_layout(k, v, to_canonical=True) for k, v in self.optimizer.get_state().items()}
+        return self.optimizer.get_state()
 
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.optimizer.set_state({k: self._slot_layout(k, np.asarray(v), to_canonical=False) for k, v in state.items()})
-
-    def _slot_layout(self, key: str, value: np.ndarray, to_canonical: bool) -> np.ndarray:
-        if "." not in key:
-            return value  # "step"
-        _, to_tf, from_tf = self.variables[key.split(".", 1)[1]]
-        return np.ascontiguousarray((from_tf if to_canonical else to_tf)(value))
+        self.optimizer.set_state(state)
 
     # -- native artifact ----------------------------------------------------------------------------
     def save_native(self, path: str) -> None:
         """A Keras ``.keras`` archive of the online network; written to a temp name, then renamed."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-        os.close(fd)
-        try:
-            self.online.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        save_keras(self.online, path)

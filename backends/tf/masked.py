@@ -97,7 +97,7 @@ class MaskedAutoencoder:
             self.variables.update(canonical_variables(self.decoder))
             self.set_weights(weights)
             self.params = {n: v for n, (v, _, _) in self.variables.items() if not is_buffer(n)}
-            self.optimizer = Optimizer(optim, self.params)
+            self.optimizer = Optimizer(optim, self.params, {n: (to, fr) for n, (_, to, fr) in self.variables.items()})
         x_spec = tf.TensorSpec((None, *image_shape), self.dtype)
         vis_spec = tf.TensorSpec((None, *image_shape[:2], 1), self.dtype)
         mask_spec = tf.TensorSpec((None, gh, gw), tf.bool)
@@ -178,16 +178,10 @@ class MaskedAutoencoder:
 
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
         """Canonical optimizer state (core.optim_ref names; slots in the canonical layout, like their weights)."""
-        return {k: self._slot_layout(k, v, to_canonical=True) for k, v in self.optimizer.get_state().items()}
+        return self.optimizer.get_state()
 
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.optimizer.set_state({k: self._slot_layout(k, np.asarray(v), to_canonical=False) for k, v in state.items()})
-
-    def _slot_layout(self, key: str, value: np.ndarray, to_canonical: bool) -> np.ndarray:
-        if "." not in key:
-            return value  # "step"
-        _, to_tf, from_tf = self.variables[key.split(".", 1)[1]]
-        return np.ascontiguousarray((from_tf if to_canonical else to_tf)(value))
+        self.optimizer.set_state(state)
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
         """The framework RNG: each Dropout layer's seed-generator state, by position. The autoencoder has

@@ -7,6 +7,8 @@ caller (core.schedules); state converts to and from core's canonical names.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -14,9 +16,18 @@ from backends.tf.runtime import tf_device, to_numpy
 from core.specs import OptimSpec
 
 
+Convert = Callable[[np.ndarray], np.ndarray]
+
+
 class Optimizer:
-    def __init__(self, spec: OptimSpec, params: dict[str, tf.Variable]):
+    def __init__(
+        self, spec: OptimSpec, params: dict[str, tf.Variable], layouts: dict[str, tuple[Convert, Convert]] | None = None
+    ):
+        """``layouts``: per parameter name, (canonical -> Keras, Keras -> canonical) conversions of its
+        weight (cnn.canonical_variables); a slot has its weight's layout, so the state is canonical at
+        this boundary. Names without one are already canonical."""
         self.spec = spec
+        self.layouts = layouts or {}
         self.names = list(params)
         self.vars = list(params.values())
         self.step_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="step")
@@ -74,15 +85,21 @@ class Optimizer:
                 var.assign(var - c(step_size) * (m / denom))
 
     def get_state(self) -> dict[str, np.ndarray]:
+        """Canonical optimizer state (core.optim_ref names; slots in the canonical layout, like their weights)."""
         out = {"step": np.array(float(self.step_count.numpy()))}
-        out.update({k: to_numpy(v).copy() for k, v in self.slots.items()})
+        out.update({k: self._layout(k, to_numpy(v), to_canonical=True) for k, v in self.slots.items()})
         return out
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         self.step_count.assign(float(np.asarray(state["step"])))
         for k, v in self.slots.items():
-            v.assign(np.asarray(state[k], dtype=v.dtype.as_numpy_dtype))
+            v.assign(self._layout(k, np.asarray(state[k]), to_canonical=False).astype(v.dtype.as_numpy_dtype))
 
+    def _layout(self, key: str, value: np.ndarray, to_canonical: bool) -> np.ndarray:
+        convert = self.layouts.get(key.split(".", 1)[1])  # "exp_avg.<param>" -> its weight's layout
+        if convert is None:
+            return value.copy()
+        return np.ascontiguousarray(convert[1 if to_canonical else 0](value))
 
 def apply_updates(
     spec: OptimSpec,

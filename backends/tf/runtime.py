@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -69,3 +73,16 @@ def set_rng_state(state: dict[str, np.ndarray], dropouts: list[keras.layers.Drop
     for i, layer in enumerate(dropouts):
         if f"tf.dropout{i}" in state:
             layer.seed_generator.state.assign(np.asarray(state[f"tf.dropout{i}"]))
+
+
+def save_keras(model: keras.Model, path: str | Path) -> None:
+    """A Keras ``.keras`` archive of ``model``, written to a temp name beside ``path``, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

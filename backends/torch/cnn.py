@@ -73,13 +73,17 @@ class Head(nn.Module):
 
 
 class CNN(nn.Module):
-    """Takes NHWC input (core's layout) and works in NCHW inside."""
+    """Takes NHWC input (core's layout); NCHW in torch.channels_last memory format inside."""
 
     def __init__(self, spec: ModelSpec, image_shape: tuple[int, int, int]):
         super().__init__()
         self.encoder = Encoder(spec, image_shape[2])
         self.head = Head(spec, image_shape)
+        # NHWC data are already NCHW in channels_last memory; with the conv weights in channels_last too,
+        # oneDNN runs every conv without a layout conversion: a cnn-cifar10 step took 0.172 s against
+        # 0.204 s for contiguous NCHW on 2 CPU threads (a channels_last input with contiguous weights was
+        # ~2.5x slower). `.to(device, dtype)` and load_state_dict keep the format.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x_nhwc: torch.Tensor) -> torch.Tensor:
-        # contiguous NCHW: convs on a channels-last view of NHWC data run ~2.5x slower on CPU
-        return self.head(self.encoder(x_nhwc.permute(0, 3, 1, 2).contiguous()))
+        return self.head(self.encoder(x_nhwc.permute(0, 3, 1, 2)))

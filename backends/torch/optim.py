@@ -61,8 +61,8 @@ class Optimizer:
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         self.steps = int(np.asarray(state["step"]))
         for name, p in self.params.items():
-            def load(key: str) -> torch.Tensor:
-                return torch.as_tensor(np.asarray(state[key]), dtype=p.dtype, device=p.device).clone()
+            def load(key: str) -> torch.Tensor:  # in the parameter's memory format (channels_last convs)
+                return torch.empty_like(p).copy_(torch.as_tensor(np.asarray(state[key]), dtype=p.dtype, device=p.device))
 
             if self.spec.name == "sgd" and self.spec.momentum > 0:
                 self.opt.state[p] = {"momentum_buffer": load(f"momentum.{name}")}

@@ -53,7 +53,8 @@ def to_tensor(x: np.ndarray, device: torch.device, dtype: torch.dtype | None = N
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
+    """A C-contiguous array (a channels_last tensor's own view would keep its strides)."""
+    return np.ascontiguousarray(t.detach().cpu().numpy())
 
 
 def get_rng_state(device: torch.device) -> dict[str, np.ndarray]:
