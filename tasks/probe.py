@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -71,17 +71,31 @@ def encoder_for_classifier(path: Path, spec: RunSpec) -> dict[str, np.ndarray]:
     return encoder
 
 # -- linear probe ---------------------------------------------------------------------------------------
+def feature_extractor(
+    backend_name: str, spec: MaskedRunSpec, encoder: dict[str, np.ndarray], normalizer: Normalizer,
+    image_shape: tuple[int, int, int], device: str = "cpu",
+) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 images -> eval-mode GAP features (N, C) of the frozen encoder in the given backend. One model
+    serves every call (TF traces its feature step once, not once per split)."""
+    backend = registry.get_backend(backend_name, device)
+    mae = backend.MaskedAutoencoder(spec.model, spec.decoder, image_shape, encoder, spec.optim,
+                                    spec.mask.norm_pix, spec.train.dtype, registry.resolve_device(backend, device))
+
+    def features(x_uint8: np.ndarray) -> np.ndarray:
+        dummy = np.zeros(len(x_uint8), dtype=np.int64)
+        batches = eval_batches(x_uint8, dummy, spec.train.eval_batch_size, normalizer, spec.train.dtype)
+        parts = [mae.features(xb) for xb, _ in batches]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, spec.model.channels[-1]))
+
+    return features
+
+
 def extract_features(
     backend_name: str, spec: MaskedRunSpec, encoder: dict[str, np.ndarray], x_uint8: np.ndarray,
     normalizer: Normalizer, image_shape: tuple[int, int, int], device: str = "cpu",
 ) -> np.ndarray:
     """Eval-mode GAP features (N, C) of whole images from the frozen encoder, in the given backend."""
-    backend = registry.get_backend(backend_name, device)
-    mae = backend.MaskedAutoencoder(spec.model, spec.decoder, image_shape, encoder, spec.optim,
-                                    spec.mask.norm_pix, spec.train.dtype, registry.resolve_device(backend, device))
-    dummy = np.zeros(len(x_uint8), dtype=np.int64)
-    parts = [mae.features(xb) for xb, _ in eval_batches(x_uint8, dummy, spec.train.eval_batch_size, normalizer, spec.train.dtype)]
-    return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, spec.model.channels[-1]))
+    return feature_extractor(backend_name, spec, encoder, normalizer, image_shape, device)(x_uint8)
 
 
 def fit_logistic(f: np.ndarray, y: np.ndarray, num_classes: int, c: float, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,9 +159,7 @@ def linear_probe(
     n = spec.probe.limit_train or len(data.y_train)
     x_tr, y_tr = data.x_train[:n], data.y_train[:n]
 
-    def feats(x: np.ndarray) -> np.ndarray:
-        return extract_features(backend_name, spec, encoder, x, normalizer, data.image_shape, device)
-
+    feats = feature_extractor(backend_name, spec, encoder, normalizer, data.image_shape, device)
     out = fit_probe((feats(x_tr), y_tr), (feats(data.x_val), data.y_val), (feats(data.x_test), data.y_test),
                     spec.probe.c_grid, spec.probe.max_iter, data.num_classes)
     return {**out, "backend": registry.resolve_name(backend_name), "wall_s": time.perf_counter() - t0}
