@@ -101,6 +101,7 @@ class Optimizer:
             return value.copy()
         return np.ascontiguousarray(convert[1 if to_canonical else 0](value))
 
+
 def apply_updates(
     spec: OptimSpec,
     params: dict[str, np.ndarray],
