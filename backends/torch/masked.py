@@ -78,22 +78,23 @@ class Decoder(nn.Module):
 
 
 class MaskedNet(nn.Module):
-    """NHWC images and visibility (N, H, W, 1) in, NHWC reconstruction out; NCHW inside."""
+    """NHWC images and visibility (N, H, W, 1) in, NHWC reconstruction out; NCHW in channels_last memory inside."""
 
     def __init__(self, model: ModelSpec, decoder: DecoderSpec, image_shape: tuple[int, int, int]):
         super().__init__()
         self.encoder = Encoder(model, image_shape[2])
         self.decoder = Decoder(model, decoder, image_shape[2])
+        self.to(memory_format=torch.channels_last)  # as cnn.CNN: NHWC batches are channels_last already
 
     def forward(self, x_nhwc: torch.Tensor, vis_nhwc: torch.Tensor) -> torch.Tensor:
-        vis = vis_nhwc.permute(0, 3, 1, 2).contiguous()
-        x = x_nhwc.permute(0, 3, 1, 2).contiguous() * vis
+        vis = vis_nhwc.permute(0, 3, 1, 2)
+        x = x_nhwc.permute(0, 3, 1, 2) * vis
         feats, vis_coarse = masked_encode(self.encoder, x, vis, self.training)
         return self.decoder(feats, vis_coarse).permute(0, 2, 3, 1)
 
     def features(self, x_nhwc: torch.Tensor) -> torch.Tensor:
         """The encoder on whole images (no mask), global-average-pooled: (N, C)."""
-        return self.encoder(x_nhwc.permute(0, 3, 1, 2).contiguous()).mean(dim=(2, 3))
+        return self.encoder(x_nhwc.permute(0, 3, 1, 2)).mean(dim=(2, 3))
 
 
 class MaskedAutoencoder:
