@@ -37,7 +37,6 @@ FAST_OVERRIDES = {"masked-digits": ["finetune.fractions=[]"]}
 # over 3000 updates (tasks/dqn_parity.py), so 300 show that the float32 gap is rounding at a third of the cost.
 DQN_L4_UPDATES = {"float32": 1000, "float64": 300}
 MASKED_L4_STEPS = 200  # as tests/parity/test_masked_parity.py
-FAST_OVERHEAD_STEPS = 20
 
 
 @dataclass
@@ -60,7 +59,7 @@ class BenchConfig:
 def fast_config() -> BenchConfig:
     """The default: data that ships with the install (digits, CartPole), under 10 minutes on 2 CPU cores
     (a cnn-cifar10 step takes 0.14-0.22 s there on a quiet machine, so the five overhead loops cost ~1.5 min)."""
-    return BenchConfig(overhead_steps=FAST_OVERHEAD_STEPS)
+    return BenchConfig()
 
 
 def full_config(data_root: str) -> BenchConfig:

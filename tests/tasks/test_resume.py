@@ -408,8 +408,9 @@ def test_sigkill_at_random_moments(tmp_path):
     t0 = time.monotonic()
     kills, steps, moments, mid_write = 0, [0], {"start-up": 0, "training": 0}, 0
     errors = tmp_path / "stderr.txt"  # the latest session's, for the message of a failed assertion
-    proc = subprocess.Popen(cli("train", "cnn-digits", "--out", str(run_dir), "--quiet", *args), cwd=tmp_path,
-                            env=env(), stdout=subprocess.DEVNULL, stderr=errors.open("w"))
+    with errors.open("w") as err:  # the child keeps its own handle
+        proc = subprocess.Popen(cli("train", "cnn-digits", "--out", str(run_dir), "--quiet", *args), cwd=tmp_path,
+                                env=env(), stdout=subprocess.DEVNULL, stderr=err)
     wait_for_checkpoint(run_dir, proc)
     while True:
         if kills < kills_wanted:
@@ -433,8 +434,9 @@ def test_sigkill_at_random_moments(tmp_path):
         if rc == 0:
             break
         assert rc == -signal.SIGKILL, f"exit code {rc} after {kills} kills: {errors.read_text()[-2000:]}"
-        proc = subprocess.Popen(cli("train", "--resume", str(run_dir), "--quiet"), cwd=tmp_path, env=env(),
-                                stdout=subprocess.DEVNULL, stderr=errors.open("w"))
+        with errors.open("w") as err:
+            proc = subprocess.Popen(cli("train", "--resume", str(run_dir), "--quiet"), cwd=tmp_path, env=env(),
+                                    stdout=subprocess.DEVNULL, stderr=err)
     wall = time.monotonic() - t0
     print(f"\nkill test: {kills} SIGKILLs ({moments}; {mid_write} left a temp file) in {wall:.0f} s; "
           f"newest checkpoint after each session: {steps[1:]}")
