@@ -328,6 +328,10 @@ class DecoderSpec:
     # then maps to pixels. () = the encoder's channels halved and reversed, e.g. (32, 64, 128) -> (64, 32, 16)
     channels: tuple[int, ...] = ()
     mask_token: bool = True  # masked positions of the encoder's output are filled with a learned vector
+    # SparK's hierarchical decoding: each stage also adds a 1x1-conv projection of the encoder's own output
+    # at that resolution (masked positions there are zero, so they get the projection's bias), so the
+    # coarsest features need not carry every pixel detail by themselves
+    skips: bool = False
 
 
 @dataclass(frozen=True)

@@ -145,15 +145,30 @@ def decoder_channels(model: ModelSpec, decoder) -> tuple[int, ...]:
     return tuple(max(c // 2, 1) for c in reversed(model.channels))
 
 
+def decoder_skips(model: ModelSpec, decoder) -> dict[int, int]:
+    """Hierarchical decoding (``decoder.skips``): decoder stage i -> the encoder block whose pooled output has
+    the resolution of that stage's upsampled input (block ``blocks - 2 - i``); the finest stage has none."""
+    if not decoder.skips:
+        return {}
+    blocks = len(model.channels)
+    return {i: blocks - 2 - i for i in range(blocks - 1)}
+
+
 def decoder_shapes(model: ModelSpec, decoder, in_channels: int) -> dict[str, tuple[int, ...]]:
     """The decoder's canonical tensors: ``decoder.mask_token`` (C_enc,), one upsampling stage per
-    encoder block ``decoder.up{i}.weight|bias`` (3x3 convs), and ``decoder.out.weight|bias`` (1x1 conv
-    to the image channels), conv kernels in the canonical (out, in, kh, kw) layout."""
+    encoder block ``decoder.up{i}.weight|bias`` (3x3 convs), with ``decoder.skips`` a 1x1 conv
+    ``decoder.skip{i}.weight|bias`` per stage that takes an encoder output (see decoder_skips), and
+    ``decoder.out.weight|bias`` (1x1 conv to the image channels), conv kernels in the canonical
+    (out, in, kh, kw) layout."""
     shapes: dict[str, tuple[int, ...]] = {}
     cin = model.channels[-1]
     if decoder.mask_token:
         shapes[MASK_TOKEN] = (cin,)
+    skips = decoder_skips(model, decoder)
     for i, cout in enumerate(decoder_channels(model, decoder)):
+        if i in skips:
+            shapes[f"decoder.skip{i}.weight"] = (cin, model.channels[skips[i]], 1, 1)
+            shapes[f"decoder.skip{i}.bias"] = (cin,)
         shapes[f"decoder.up{i}.weight"] = (cout, cin, 3, 3)
         shapes[f"decoder.up{i}.bias"] = (cout,)
         cin = cout

@@ -34,11 +34,13 @@ PATCH = 4  # two pooling blocks
 GRID = (PROBE_SHAPE[0] // PATCH, PROBE_SHAPE[1] // PATCH)
 RATIO = 0.5
 
-# (model, decoder, norm_pix): with and without BatchNorm (masked statistics), with and without the mask token
+# (model, decoder, norm_pix): with and without BatchNorm (masked statistics), with and without the mask token,
+# with and without the hierarchical decoder's skips
 VARIANTS: dict[str, tuple[ModelSpec, DecoderSpec, bool]] = {
     "plain-token-normpix": (ModelSpec(channels=(8, 16)), DecoderSpec(), True),
     "bn2-token-normpix": (ModelSpec(channels=(8, 16), convs_per_block=2, batchnorm=True), DecoderSpec(channels=(12, 6)), True),
     "bn-notoken-raw": (ModelSpec(channels=(8, 16), batchnorm=True), DecoderSpec(mask_token=False), False),
+    "bn-token-skips-normpix": (ModelSpec(channels=(8, 16), batchnorm=True), DecoderSpec(skips=True), True),
 }
 
 

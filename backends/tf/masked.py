@@ -18,7 +18,7 @@ from backends.tf.optim import Optimizer
 from backends.tf.runtime import DTYPES, get_rng_state, set_rng_state, tf_device, to_numpy, to_tensor
 from core.masking import grid_shape, patch_size_for, visible
 from core.specs import DecoderSpec, ModelSpec, OptimSpec
-from core.weights import MASK_TOKEN, decoder_channels, is_buffer
+from core.weights import MASK_TOKEN, decoder_channels, decoder_skips, is_buffer
 
 
 def masked_batchnorm(bn: BatchNorm, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tf.Tensor:
@@ -36,8 +36,10 @@ def masked_batchnorm(bn: BatchNorm, x: tf.Tensor, vis: tf.Tensor, training: bool
     return (x - mean) * scale + bn.bias
 
 
-def masked_encode(encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-    """NHWC images with masked pixels already zero -> (coarsest feature map, its visibility (N, h, w, 1))."""
+def masked_encode(encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: bool) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    """NHWC images with masked pixels already zero -> every block's pooled output and its visibility
+    (N, h, w, 1), fine to coarse (the last is the coarsest)."""
+    outs = []
     for layer in encoder.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
@@ -48,19 +50,31 @@ def masked_encode(encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: 
         elif isinstance(layer, keras.layers.MaxPooling2D):
             x = layer(x)  # patches are aligned with every pooling window: masked stays zero
             vis = vis[:, ::2, ::2, :]
+            outs.append((x, vis))
         else:
             x = layer(x)
-    return x, vis
+    return outs
 
 
-def build_decoder(model: ModelSpec, decoder: DecoderSpec, in_channels: int, feats, dtype: str):
-    """Stages of 2x nearest upsampling, 3x3 conv, ReLU (one per encoder block), then a 1x1 conv to pixels.
-    (The mask token is filled in before, by MaskedAutoencoder.)"""
-    x = feats
+def build_decoder(model: ModelSpec, decoder: DecoderSpec, image_shape: tuple[int, int, int], dtype: str) -> keras.Model:
+    """Stages of 2x nearest upsampling, [+ 1x1-conv projection of the encoder's output at that resolution,]
+    3x3 conv, ReLU (one per encoder block), then a 1x1 conv to pixels. Inputs: the coarsest features (the
+    mask token is filled in before, by MaskedAutoencoder), then the encoder outputs the skips take, by stage."""
+    blocks = len(model.channels)
+    skips = decoder_skips(model, decoder)
+    h, w = image_shape[0] // 2**blocks, image_shape[1] // 2**blocks
+    feats = keras.Input(shape=(h, w, model.channels[-1]), dtype=dtype)
+    skip_inputs = {i: keras.Input(shape=(h * 2 ** (i + 1), w * 2 ** (i + 1), model.channels[j]), dtype=dtype)
+                   for i, j in skips.items()}
+    x, cin = feats, model.channels[-1]
     for i, cout in enumerate(decoder_channels(model, decoder)):
         x = keras.layers.UpSampling2D(2, interpolation="nearest", dtype=dtype)(x)
+        if i in skips:
+            x = x + keras.layers.Conv2D(cin, 1, dtype=dtype, name=_layer_name(f"decoder.skip{i}"))(skip_inputs[i])
         x = keras.layers.Conv2D(cout, 3, padding="same", activation="relu", dtype=dtype, name=_layer_name(f"decoder.up{i}"))(x)
-    return keras.layers.Conv2D(in_channels, 1, dtype=dtype, name=_layer_name("decoder.out"))(x)
+        cin = cout
+    out = keras.layers.Conv2D(image_shape[2], 1, dtype=dtype, name=_layer_name("decoder.out"))(x)
+    return keras.Model([feats, *skip_inputs.values()], out, name="decoder")
 
 
 class MaskedAutoencoder:
@@ -87,8 +101,8 @@ class MaskedAutoencoder:
         with tf.device(self.device):
             inputs = keras.Input(shape=image_shape, dtype=dtype)
             self.encoder = keras.Model(inputs, build_encoder(model, inputs, dtype), name="encoder")
-            feats = keras.Input(shape=(gh, gw, model.channels[-1]), dtype=dtype)
-            self.decoder = keras.Model(feats, build_decoder(model, decoder, image_shape[2], feats, dtype), name="decoder")
+            self.decoder = build_decoder(model, decoder, image_shape, dtype)
+            self.skips = decoder_skips(model, decoder)
             self.mask_token = None
             self.variables = dict(canonical_variables(self.encoder))
             if decoder.mask_token:
@@ -107,10 +121,11 @@ class MaskedAutoencoder:
 
     # -- steps ---------------------------------------------------------------------------------
     def _net(self, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tf.Tensor:
-        feats, vis_coarse = masked_encode(self.encoder, x * vis, vis, training)
+        encoded = masked_encode(self.encoder, x * vis, vis, training)
+        feats, vis_coarse = encoded[-1]
         if self.mask_token is not None:
             feats = feats * vis_coarse + self.mask_token * (1 - vis_coarse)
-        return self.decoder(feats, training=training)
+        return self.decoder([feats, *(encoded[j][0] for j in self.skips.values())], training=training)
 
     def _loss(self, x: tf.Tensor, vis: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         return masked_mse(self._net(x, vis, True), x, mask, self.patch, self.norm_pix)

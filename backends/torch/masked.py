@@ -19,7 +19,7 @@ from backends.torch.optim import Optimizer
 from backends.torch.runtime import DTYPES, get_rng_state, set_rng_state, to_numpy, to_tensor, torch_device
 from core.masking import patch_size_for, visible
 from core.specs import DecoderSpec, ModelSpec, OptimSpec
-from core.weights import decoder_channels, is_buffer
+from core.weights import decoder_channels, decoder_skips, is_buffer
 
 
 def masked_batchnorm(bn: nn.BatchNorm2d, x: torch.Tensor, vis: torch.Tensor, training: bool) -> torch.Tensor:
@@ -39,8 +39,10 @@ def masked_batchnorm(bn: nn.BatchNorm2d, x: torch.Tensor, vis: torch.Tensor, tra
     return (x - mean[None, :, None, None]) * scale[None, :, None, None] + bn.bias[None, :, None, None]
 
 
-def masked_encode(encoder: Encoder, x: torch.Tensor, vis: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """NCHW images with masked pixels already zero -> (coarsest feature map, its visibility (N, 1, h, w))."""
+def masked_encode(encoder: Encoder, x: torch.Tensor, vis: torch.Tensor, training: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """NCHW images with masked pixels already zero -> every block's pooled output and its visibility
+    (N, 1, h, w), fine to coarse (the last is the coarsest)."""
+    outs = []
     for block in encoder.children():
         for c in range(block.n):
             x = getattr(block, f"conv{c}")(x)
@@ -49,12 +51,14 @@ def masked_encode(encoder: Encoder, x: torch.Tensor, vis: torch.Tensor, training
             x = torch.relu(x) * vis  # re-zero: convs spread values into masked positions
         x = block.pool(x)  # patches are aligned with every pooling window: masked stays zero
         vis = vis[:, :, ::2, ::2]
-    return x, vis
+        outs.append((x, vis))
+    return outs
 
 
 class Decoder(nn.Module):
     """Coarsest features (masked positions filled with the mask token) -> one stage per encoder block
-    (2x nearest upsampling, 3x3 conv, ReLU) -> 1x1 conv to pixels."""
+    (2x nearest upsampling, [+ 1x1-conv projection of the encoder's output at that resolution,]
+    3x3 conv, ReLU) -> 1x1 conv to pixels."""
 
     def __init__(self, model: ModelSpec, decoder: DecoderSpec, in_channels: int):
         super().__init__()
@@ -62,18 +66,25 @@ class Decoder(nn.Module):
         self.has_token = decoder.mask_token
         if self.has_token:
             self.mask_token = nn.Parameter(torch.zeros(cin))
+        self.skips = decoder_skips(model, decoder)
         widths = decoder_channels(model, decoder)
         for i, cout in enumerate(widths):
+            if i in self.skips:
+                self.add_module(f"skip{i}", nn.Conv2d(model.channels[self.skips[i]], cin, 1))
             self.add_module(f"up{i}", nn.Conv2d(cin, cout, 3, padding=1))
             cin = cout
         self.n = len(widths)
         self.out = nn.Conv2d(cin, in_channels, 1)
 
-    def forward(self, feats: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+    def forward(self, encoded: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        feats, vis = encoded[-1]
         if self.has_token:
             feats = feats * vis + self.mask_token[None, :, None, None] * (1 - vis)
         for i in range(self.n):
-            feats = torch.relu(getattr(self, f"up{i}")(F.interpolate(feats, scale_factor=2, mode="nearest")))
+            feats = F.interpolate(feats, scale_factor=2, mode="nearest")
+            if i in self.skips:
+                feats = feats + getattr(self, f"skip{i}")(encoded[self.skips[i]][0])
+            feats = torch.relu(getattr(self, f"up{i}")(feats))
         return self.out(feats)
 
 
@@ -89,8 +100,7 @@ class MaskedNet(nn.Module):
     def forward(self, x_nhwc: torch.Tensor, vis_nhwc: torch.Tensor) -> torch.Tensor:
         vis = vis_nhwc.permute(0, 3, 1, 2)
         x = x_nhwc.permute(0, 3, 1, 2) * vis
-        feats, vis_coarse = masked_encode(self.encoder, x, vis, self.training)
-        return self.decoder(feats, vis_coarse).permute(0, 2, 3, 1)
+        return self.decoder(masked_encode(self.encoder, x, vis, self.training)).permute(0, 2, 3, 1)
 
     def features(self, x_nhwc: torch.Tensor) -> torch.Tensor:
         """The encoder on whole images (no mask), global-average-pooled: (N, C)."""

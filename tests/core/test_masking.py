@@ -187,6 +187,11 @@ def test_decoder_shapes_and_the_encoder_init_is_the_classifiers():
         "decoder.out.weight": (3, 4, 1, 1), "decoder.out.bias": (3,),
     }
     assert "decoder.mask_token" not in decoder_shapes(model, DecoderSpec(mask_token=False, channels=(5, 6)), 3)
+    # hierarchical: stage 0 (upsampled to the first block's output resolution) adds that output, projected
+    skips = decoder_shapes(ModelSpec(channels=(8, 16, 32)), DecoderSpec(skips=True), 3)
+    assert skips["decoder.skip0.weight"] == (32, 16, 1, 1) and skips["decoder.skip0.bias"] == (32,)
+    assert skips["decoder.skip1.weight"] == (16, 8, 1, 1)
+    assert "decoder.skip2.weight" not in skips  # the finest stage has no encoder output at full resolution
     w = init_masked(model, DecoderSpec(), 3, seed=7)
     assert list(w) == list(masked_shapes(model, DecoderSpec(), 3))
     clf = init_classifier(model, (8, 8, 3), seed=7)

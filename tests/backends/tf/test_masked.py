@@ -23,6 +23,7 @@ IMAGE = (8, 12, 3)
 GRID = (2, 3)
 MODEL = ModelSpec(channels=(4, 8), convs_per_block=2, batchnorm=True)
 DECODER = DecoderSpec(channels=(6, 5))
+SKIPS = DecoderSpec(channels=(6, 5), skips=True)  # the hierarchical decoder
 ADAM = OptimSpec(name="adam", lr=1e-2)
 
 
@@ -45,9 +46,10 @@ def running_stats(mae) -> dict[str, np.ndarray]:
     return {n: v for n, v in mae.get_weights().items() if is_buffer(n)}
 
 
-def test_names_and_shapes_are_canonical():
-    got = make().get_weights()
-    expected = masked_shapes(MODEL, DECODER, IMAGE[2])
+@pytest.mark.parametrize("decoder", [DECODER, SKIPS], ids=["plain", "skips"])
+def test_names_and_shapes_are_canonical(decoder):
+    got = make(decoder=decoder).get_weights()
+    expected = masked_shapes(MODEL, decoder, IMAGE[2])
     assert list(got) == list(expected)
     assert {n: v.shape for n, v in got.items()} == expected
     assert "decoder.mask_token" in got
@@ -60,10 +62,11 @@ def test_weights_round_trip():
         np.testing.assert_array_equal(got[name], w[name], err_msg=name)
 
 
+@pytest.mark.parametrize("decoder", [DECODER, SKIPS], ids=["plain", "skips"])
 @pytest.mark.parametrize("training", [True, False])
-def test_masked_pixels_never_reach_the_reconstruction(training):
+def test_masked_pixels_never_reach_the_reconstruction(training, decoder):
     x, mask = batch()
-    mae = make()
+    mae = make(decoder=decoder)
     a = mae.forward(x, mask, training)
     b = mae.forward(scramble_masked(x, mask), mask, training)
     assert a.shape == x.shape
@@ -100,9 +103,10 @@ def test_first_running_mean_is_the_mean_over_visible_positions():
     np.testing.assert_allclose(mae.get_weights()["encoder.block0.bn0.running_mean"], 0.1 * mean, rtol=1e-10)
 
 
-def test_loss_is_the_reference_masked_loss_and_grads_change_nothing():
+@pytest.mark.parametrize("decoder", [DECODER, SKIPS], ids=["plain", "skips"])
+def test_loss_is_the_reference_masked_loss_and_grads_change_nothing(decoder):
     x, mask = batch()
-    mae = make()
+    mae = make(decoder=decoder)
     before = mae.get_weights()
     loss, grads = mae.loss_and_grads(x, mask)
     ref = masked_mse(mae.forward(x, mask, True), x, mask, 4, norm_pix=True)
