@@ -18,7 +18,7 @@ from backends.tf.optim import Optimizer
 from backends.tf.runtime import DTYPES, get_rng_state, set_rng_state, tf_device, to_numpy, to_tensor
 from core.masking import grid_shape, patch_size_for, visible
 from core.specs import DecoderSpec, ModelSpec, OptimSpec
-from core.weights import MASK_TOKEN, decoder_channels, decoder_skips, is_buffer
+from core.weights import MASK_TOKEN, decoder_channels, decoder_skips, feature_grid, is_buffer
 
 
 def masked_batchnorm(bn: BatchNorm, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tf.Tensor:
@@ -60,9 +60,8 @@ def build_decoder(model: ModelSpec, decoder: DecoderSpec, image_shape: tuple[int
     """Stages of 2x nearest upsampling, [+ 1x1-conv projection of the encoder's output at that resolution,]
     3x3 conv, ReLU (one per encoder block), then a 1x1 conv to pixels. Inputs: the coarsest features (the
     mask token is filled in before, by MaskedAutoencoder), then the encoder outputs the skips take, by stage."""
-    blocks = len(model.channels)
     skips = decoder_skips(model, decoder)
-    h, w = image_shape[0] // 2**blocks, image_shape[1] // 2**blocks
+    h, w = feature_grid(model, image_shape)
     feats = keras.Input(shape=(h, w, model.channels[-1]), dtype=dtype)
     skip_inputs = {i: keras.Input(shape=(h * 2 ** (i + 1), w * 2 ** (i + 1), model.channels[j]), dtype=dtype)
                    for i, j in skips.items()}
