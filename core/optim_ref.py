@@ -24,6 +24,11 @@ def _slots(spec: OptimSpec) -> tuple[str, ...]:
     return ("exp_avg", "exp_avg_sq")
 
 
+def decays(spec: OptimSpec, shape: tuple[int, ...]) -> bool:
+    """Whether weight decay applies to a parameter of this shape (OptimSpec.decay_1d)."""
+    return spec.weight_decay > 0 and (spec.decay_1d or len(shape) > 1)
+
+
 def state_names(spec: OptimSpec, param_names: list[str]) -> list[str]:
     """Canonical state names: "step", then each parameter's slots in the order of ``param_names``."""
     slots = _slots(spec)
@@ -77,9 +82,10 @@ def step(
     for name, p_in in params.items():
         p = np.array(p_in, dtype=np.float64)  # a copy: the caller's arrays are never written
         g = g64[name]
+        wd = spec.weight_decay if decays(spec, p.shape) else 0.0
         if spec.name == "sgd":
-            if spec.weight_decay:
-                g = g + spec.weight_decay * p
+            if wd:
+                g = g + wd * p
             if spec.momentum > 0:
                 # Zero-initialised buffer: mu*0 + g equals torch's first-step clone of g.
                 buf = spec.momentum * np.asarray(state[f"momentum.{name}"], dtype=np.float64) + g
@@ -88,9 +94,9 @@ def step(
             p = p - lr * g
         else:
             if spec.name == "adamw":
-                p = p * (1.0 - lr * spec.weight_decay)  # decoupled decay, applied before the moment update
-            elif spec.weight_decay:
-                g = g + spec.weight_decay * p  # adam: plain L2 folded into the gradient
+                p = p * (1.0 - lr * wd)  # decoupled decay, applied before the moment update
+            elif wd:
+                g = g + wd * p  # adam: plain L2 folded into the gradient
             b1, b2 = spec.beta1, spec.beta2
             m = b1 * np.asarray(state[f"exp_avg.{name}"], dtype=np.float64) + (1.0 - b1) * g
             v = b2 * np.asarray(state[f"exp_avg_sq.{name}"], dtype=np.float64) + (1.0 - b2) * g * g

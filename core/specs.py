@@ -48,6 +48,9 @@ class OptimSpec:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0  # L2 added to the gradient for sgd/adam; decoupled for adamw
+    # False: no weight decay on 1-D parameters (biases, BatchNorm scales and shifts, the mask token), as
+    # timm's filter_bias_and_bn and the MAE recipes do; decay then shrinks only conv and dense kernels.
+    decay_1d: bool = True
     clip_norm: float = 0.0  # global gradient-norm clipping (0 = off)
 
 

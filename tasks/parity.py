@@ -84,6 +84,9 @@ OPTIM_VARIANTS = {
     "adam-wd-clip": OptimSpec(name="adam", weight_decay=1e-2, clip_norm=0.5),
     "adamw": OptimSpec(name="adamw", weight_decay=0.05),
     "adamw-clip": OptimSpec(name="adamw", weight_decay=0.05, clip_norm=0.5),
+    # weight decay on the kernel only, not on the 1-D bias (torch: two param groups)
+    "sgd-nesterov-wd-kernels": OptimSpec(name="sgd", momentum=0.9, nesterov=True, weight_decay=5e-2, decay_1d=False),
+    "adamw-kernels": OptimSpec(name="adamw", weight_decay=0.05, decay_1d=False),
 }
 PROBE_SHAPE = (8, 8, 1)
 

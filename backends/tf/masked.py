@@ -40,6 +40,7 @@ def masked_encode(encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: 
     """NHWC images with masked pixels already zero -> every block's pooled output and its visibility
     (N, h, w, 1), fine to coarse (the last is the coarsest)."""
     outs = []
+    pooled = False  # the block's last ReLU comes after its pool (cnn.build_encoder): its output is the block's
     for layer in encoder.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
@@ -47,10 +48,15 @@ def masked_encode(encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: 
             x = masked_batchnorm(layer, x, vis, training)
         elif isinstance(layer, keras.layers.ReLU):
             x = tf.nn.relu(x) * vis  # re-zero: convs spread values into masked positions
+            if pooled:
+                outs.append((x, vis))
+                pooled = False
         elif isinstance(layer, keras.layers.MaxPooling2D):
-            x = layer(x)  # patches are aligned with every pooling window: masked stays zero
+            # Patches are aligned with every pooling window, so a window is all visible or all masked: the
+            # pool never mixes the two, and the ReLU's re-zeroing on the coarser grid clears the masked ones.
+            x = layer(x)
             vis = vis[:, ::2, ::2, :]
-            outs.append((x, vis))
+            pooled = True
         else:
             x = layer(x)
     return outs

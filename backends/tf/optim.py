@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from backends.tf.runtime import tf_device, to_numpy
+from core.optim_ref import decays
 from core.specs import OptimSpec
 
 
@@ -65,19 +66,20 @@ class Optimizer:
                 # tf.cast(python_float, float64) would round through float32 first
                 return tf.constant(x, dt) if isinstance(x, (int, float)) else tf.cast(x, dt)
 
+            wd = s.weight_decay if decays(s, tuple(var.shape)) else 0.0
             if s.name == "sgd":
-                if s.weight_decay:
-                    g = g + c(s.weight_decay) * var
+                if wd:
+                    g = g + c(wd) * var
                 if s.momentum > 0:
                     buf = self.slots[f"momentum.{name}"]
                     buf.assign(buf * c(s.momentum) + g)
                     g = g + c(s.momentum) * buf if s.nesterov else tf.identity(buf)
                 var.assign(var - c(lr) * g)
             else:
-                if s.name == "adamw" and s.weight_decay:
-                    var.assign(var * c(1.0 - lr * s.weight_decay))
-                elif s.weight_decay:
-                    g = g + c(s.weight_decay) * var
+                if s.name == "adamw" and wd:
+                    var.assign(var * c(1.0 - lr * wd))
+                elif wd:
+                    g = g + c(wd) * var
                 m, v = self.slots[f"exp_avg.{name}"], self.slots[f"exp_avg_sq.{name}"]
                 m.assign(m + (g - m) * c(1.0 - s.beta1))  # torch's lerp
                 v.assign(v * c(s.beta2) + g * g * c(1.0 - s.beta2))

@@ -48,9 +48,13 @@ def masked_encode(encoder: Encoder, x: torch.Tensor, vis: torch.Tensor, training
             x = getattr(block, f"conv{c}")(x)
             if block.batchnorm:
                 x = masked_batchnorm(getattr(block, f"bn{c}"), x, vis, training)
-            x = torch.relu(x) * vis  # re-zero: convs spread values into masked positions
-        x = block.pool(x)  # patches are aligned with every pooling window: masked stays zero
+            if c < block.n - 1:  # the block's last ReLU comes after the pool, as in cnn.ConvBlock
+                x = torch.relu(x) * vis  # re-zero: convs spread values into masked positions
+        # Patches are aligned with every pooling window, so a window is all visible or all masked: the
+        # pool never mixes the two, and the re-zeroing on the coarser grid clears the masked ones.
+        x = block.pool(x)
         vis = vis[:, :, ::2, ::2]
+        x = torch.relu(x) * vis
         outs.append((x, vis))
     return outs
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from backends.torch.runtime import to_numpy, to_tensor, torch_device
+from core.optim_ref import decays
 from core.specs import OptimSpec
 
 
@@ -17,18 +18,20 @@ class Optimizer:
     def __init__(self, spec: OptimSpec, params: dict[str, torch.nn.Parameter]):
         self.spec = spec
         self.params = params
-        plist = list(params.values())
+        self.plist = list(params.values())
+        # One param group per weight-decay value (OptimSpec.decay_1d), in the order of ``params``.
+        groups = [{"params": [p for p in self.plist if decays(spec, tuple(p.shape)) == d],
+                   "weight_decay": spec.weight_decay if d else 0.0} for d in (True, False)]
+        groups = [g for g in groups if g["params"]]
         if spec.name == "sgd":
-            self.opt = torch.optim.SGD(
-                plist, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
-            )
+            self.opt = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
         elif spec.name in ("adam", "adamw"):
             cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
-            kwargs = dict(lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps, weight_decay=spec.weight_decay)
+            kwargs = dict(lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
             try:  # the fused kernel: the same math in one call for all tensors (the per-tensor loop dominates small models)
-                self.opt = cls(plist, fused=True, **kwargs)
+                self.opt = cls(groups, fused=True, **kwargs)
             except (RuntimeError, ValueError):  # a device or dtype torch has no fused kernel for
-                self.opt = cls(plist, **kwargs)
+                self.opt = cls(groups, **kwargs)
         else:  # specs are validated; this guards against a new name added in one place only
             raise ValueError(f"unknown optimizer {spec.name!r}")
         self.steps = 0
@@ -39,8 +42,9 @@ class Optimizer:
     def step(self, lr: float) -> None:
         """Clip (global norm, as clip_grad_norm_) and apply one update with learning rate ``lr``."""
         if self.spec.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], self.spec.clip_norm)
-        self.opt.param_groups[0]["lr"] = lr
+            torch.nn.utils.clip_grad_norm_(self.plist, self.spec.clip_norm)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         self.opt.step()
         self.steps += 1
 

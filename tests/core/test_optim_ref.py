@@ -77,6 +77,21 @@ def test_adam_and_adamw_hand_first_step():
     assert p["w"][0] == pytest.approx(1.0 * (1 - 0.05) - 0.1 * 2.0 / (2.0 + 1e-8), rel=1e-15)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_decay_1d_false_leaves_biases_and_scales_undecayed(name):
+    # With zero gradients only the weight decay moves a parameter: kernels shrink, 1-D tensors stay.
+    spec = OptimSpec(name=name, weight_decay=0.5, decay_1d=False)
+    params = {"kernel": np.ones((2, 3, 3, 3)), "dense": np.ones((4, 2)), "bias": np.ones(4), "gamma": np.ones(2)}
+    zeros = {k: np.zeros_like(v) for k, v in params.items()}
+    new, _ = optim_ref.step(spec, params, zeros, optim_ref.init_state(spec, params), lr=0.1)
+    for k in ("bias", "gamma"):
+        np.testing.assert_array_equal(new[k], params[k])
+    for k in ("kernel", "dense"):
+        assert np.all(new[k] < params[k]), k
+    assert optim_ref.decays(spec, (4, 2)) and not optim_ref.decays(spec, (4,)) and not optim_ref.decays(spec, ())
+    assert optim_ref.decays(OptimSpec(weight_decay=0.5), (4,)) and not optim_ref.decays(OptimSpec(), (4, 2))
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_step_is_pure_and_keeps_dtypes(name):
     spec = OptimSpec(name=name, momentum=0.9 if name == "sgd" else 0.0, weight_decay=0.1, clip_norm=0.5)
@@ -114,15 +129,21 @@ CONFIGS = {
     "adam": dict(name="adam", beta1=0.8, beta2=0.95, eps=1e-6),
     "adam_wd": dict(name="adam", weight_decay=0.05),
     "adamw": dict(name="adamw", weight_decay=0.1),
+    "sgd_wd_kernels": dict(name="sgd", momentum=0.9, weight_decay=0.05, decay_1d=False),
+    "adamw_kernels": dict(name="adamw", weight_decay=0.1, decay_1d=False),
 }
 
 
 def _torch_optimizer(torch, spec, tparams):
+    # decay_1d=False is timm's filter_bias_and_bn: a second param group without weight decay
+    groups = [{"params": tparams, "weight_decay": spec.weight_decay}]
+    if not spec.decay_1d:
+        groups = [{"params": [t for t in tparams if t.dim() >= 2], "weight_decay": spec.weight_decay},
+                  {"params": [t for t in tparams if t.dim() < 2], "weight_decay": 0.0}]
     if spec.name == "sgd":
-        return torch.optim.SGD(tparams, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
-                               weight_decay=spec.weight_decay)
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
     cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
-    return cls(tparams, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps, weight_decay=spec.weight_decay)
+    return cls(groups, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
 
 
 def _max_rel(a, b):
@@ -149,7 +170,8 @@ def test_matches_torch_over_five_steps(config, clip):
             total = torch.nn.utils.clip_grad_norm_(list(tparams.values()), clip).item()
             clipped_any |= total > clip
             assert optim_ref.clip_by_global_norm(grads, clip)[1] == pytest.approx(total, rel=1e-12)
-        opt.param_groups[0]["lr"] = lr
+        for group in opt.param_groups:
+            group["lr"] = lr
         opt.step()
         params, state = optim_ref.step(spec, params, grads, state, lr)
     assert clipped_any or clip == 0  # the clipped configs do exercise the clipping
