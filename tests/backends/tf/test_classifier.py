@@ -267,3 +267,32 @@ def test_same_seed_same_numbers():
     np.testing.assert_array_equal(p1, p2)
     l3, _, _ = run_twice(1, model)
     assert l3 != l1  # another framework seed gives other dropout masks
+
+
+def test_block_pools_before_its_last_relu_with_the_same_values_and_gradients():
+    # build_encoder runs each block's last ReLU after the max-pool; the textbook order is the reference.
+    from backends.tf.cnn import build_encoder
+
+    spec = ModelSpec(channels=(5,), convs_per_block=2, batchnorm=True)
+    inputs = keras.Input(shape=(8, 6, 3), dtype="float64")
+    encoder = keras.Model(inputs, build_encoder(spec, inputs, "float64"))
+    conv0, bn0, conv1, bn1 = [layer for layer in encoder.layers if layer.name.startswith("encoder")]
+    pool = next(layer for layer in encoder.layers if isinstance(layer, keras.layers.MaxPooling2D))
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 8, 6, 3)))
+    w = tf.constant(np.random.default_rng(1).normal(size=(4, 4, 3, 5)))
+
+    def relu_then_pool(h):
+        h = tf.nn.relu(bn0(conv0(h), training=True))
+        return pool(tf.nn.relu(bn1(conv1(h), training=True)))
+
+    outs, grads = [], []
+    for fn in (lambda h: encoder(h, training=True), relu_then_pool):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = fn(x)
+            loss = tf.reduce_sum(out * w)
+        outs.append(out.numpy())
+        grads.append(tape.gradient(loss, x).numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert (outs[0] == 0).any() and (outs[0] > 0).any()  # the ReLU did clip something

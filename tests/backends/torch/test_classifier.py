@@ -250,3 +250,28 @@ def test_same_seed_same_numbers():
     np.testing.assert_array_equal(p1, p2)
     l3, _, _ = run_twice(1, model)
     assert l3 != l1  # another framework seed gives other dropout masks
+
+
+def test_block_pools_before_its_last_relu_with_the_same_values_and_gradients():
+    # ConvBlock runs its last ReLU after the max-pool; the textbook order (ReLU, then pool) is the reference.
+    from backends.torch.cnn import ConvBlock
+
+    torch.manual_seed(0)
+    block = ConvBlock(3, 5, ModelSpec(channels=(5,), convs_per_block=2, batchnorm=True)).double()
+    x = torch.randn(4, 3, 8, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, 4, 3, dtype=torch.float64)
+
+    def relu_then_pool(h):
+        for c in range(2):
+            h = torch.relu(getattr(block, f"bn{c}")(getattr(block, f"conv{c}")(h)))
+        return block.pool(h)
+
+    outs, grads = [], []
+    for fn in (block, relu_then_pool):
+        out = fn(x)
+        (out * w).sum().backward()
+        outs.append(out.detach())
+        grads.append(x.grad.clone())
+        x.grad = None
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    assert (outs[0] == 0).any() and (outs[0] > 0).any()  # the ReLU did clip something
