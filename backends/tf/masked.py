@@ -40,7 +40,7 @@ def masked_encode(encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: 
     """NHWC images with masked pixels already zero -> every block's pooled output and its visibility
     (N, h, w, 1), fine to coarse (the last is the coarsest)."""
     outs = []
-    pooled = False  # the block's last ReLU comes after its pool (cnn.build_encoder): its output is the block's
+    pooled = False  # each block ends with pool, then ReLU (cnn.build_encoder): that ReLU gives the block output
     for layer in encoder.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue

@@ -19,7 +19,7 @@ class Optimizer:
         self.spec = spec
         self.params = params
         self.plist = list(params.values())
-        # One param group per weight-decay value (OptimSpec.decay_1d), in the order of ``params``.
+        # One param group per weight-decay value (OptimSpec.decay_1d), each in the order of ``params``.
         groups = [{"params": [p for p in self.plist if decays(spec, tuple(p.shape)) == d],
                    "weight_decay": spec.weight_decay if d else 0.0} for d in (True, False)]
         groups = [g for g in groups if g["params"]]
