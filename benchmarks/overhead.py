@@ -12,10 +12,21 @@ from typing import Any, Callable
 
 import numpy as np
 
+from benchmarks.conv_floor import conv_floor
 from core import registry
 from core.flops import classifier_train_flops
 from core.specs import RunSpec
 from core.weights import init_classifier
+
+
+LOOP_FRAMEWORKS = {"toolkit torch": "torch", "bare torch loop": "torch", "toolkit tf": "tf",
+                   "bare tf.function loop": "tf", "keras fit": "tf"}
+# speed-up name -> (toolkit loop, the loop of the same framework it is measured against)
+SPEEDUPS = {
+    "torch toolkit / bare loop": ("toolkit torch", "bare torch loop"),
+    "tf toolkit / bare tf.function loop": ("toolkit tf", "bare tf.function loop"),
+    "tf toolkit / keras fit": ("toolkit tf", "keras fit"),
+}
 
 
 def _time_steps(step: Callable[[int], Any], warmup: int, steps: int, sync: Callable[[], None] = lambda: None) -> float:
@@ -177,17 +188,19 @@ def bare_tf_step_time(spec: RunSpec, image_shape, x, y, warmup: int, steps: int)
 def run_overhead(
     spec: RunSpec, image_shape: tuple[int, int, int], steps: int = 30, warmup: int = 5, rounds: int = 2
 ) -> dict[str, Any]:
-    """Time every loop on the same spec; returns per-loop seconds/step, images/s, ratios and FLOP/s.
+    """Time every loop on the same spec; returns per-loop seconds/step, images/s, ratios and FLOP/s, and
+    each framework's conv-kernel floor (benchmarks.conv_floor) with the speed-up ceilings it sets.
 
     Each loop is timed ``rounds`` times, the rounds in alternating order, and its best round counts: a
     single pass favoured whichever loop ran later (the first loop in a process paid for warming up the
     thread pool and allocator, and a shared machine drifts)."""
     x, y = synthetic_batches(spec, image_shape, n_batches=8)
     timers: dict[str, Any] = {}
-    if registry.is_installed("torch"):
+    backends = [b for b in ("torch", "tf") if registry.is_installed(b)]
+    if "torch" in backends:
         timers["toolkit torch"] = lambda: toolkit_step_time(spec, "torch", image_shape, x, y, warmup, steps)
         timers["bare torch loop"] = lambda: bare_torch_step_time(spec, image_shape, x, y, warmup, steps)
-    if registry.is_installed("tf"):
+    if "tf" in backends:
         timers["toolkit tf"] = lambda: toolkit_step_time(spec, "tf", image_shape, x, y, warmup, steps)
         timers["bare tf.function loop"] = lambda: bare_tf_step_time(spec, image_shape, x, y, warmup, steps)
         timers["keras fit"] = lambda: keras_fit_step_time(spec, image_shape, x, y, warmup, steps)
@@ -199,21 +212,23 @@ def run_overhead(
     bs = spec.train.batch_size
     flops_per_step = classifier_train_flops(spec.model, image_shape) * bs
     rate = matmul_rate()
+    floors = {b: conv_floor(b, spec.model, image_shape, bs, rounds=max(1, rounds)) for b in backends}
     rows = {
         name: {
             "s_per_step": s,
             "images_per_s": bs / s,
             "flops_per_s": flops_per_step / s,
             "fraction_of_matmul": flops_per_step / s / rate["flops_per_s"],
+            # the share of the step its framework's conv kernels need (1 = no cost beyond them)
+            "conv_floor_fraction": floors[LOOP_FRAMEWORKS[name]]["s_per_step"] / s,
         }
         for name, s in loops.items()
     }
-    ratios = {}
-    if "toolkit torch" in loops:
-        ratios["torch toolkit / bare loop"] = loops["bare torch loop"] / loops["toolkit torch"]
-    if "toolkit tf" in loops:
-        ratios["tf toolkit / bare tf.function loop"] = loops["bare tf.function loop"] / loops["toolkit tf"]
-        ratios["tf toolkit / keras fit"] = loops["keras fit"] / loops["toolkit tf"]
+    ratios, ceilings = {}, {}
+    for name, (toolkit, loop) in SPEEDUPS.items():
+        if toolkit in loops:
+            ratios[name] = loops[loop] / loops[toolkit]
+            ceilings[name] = loops[loop] / floors[LOOP_FRAMEWORKS[toolkit]]["s_per_step"]
     return {
         "batch_size": bs,
         "image_shape": list(image_shape),
@@ -223,4 +238,8 @@ def run_overhead(
         "matmul": rate,
         "loops": rows,
         "speedup": ratios,  # > 1 means the toolkit is faster
+        "conv_floor": floors,
+        # the loop's time over its framework's conv-kernel floor: the speed-up a step with no cost beyond
+        # its conv kernels would reach (benchmarks.conv_floor)
+        "speedup_ceiling": ceilings,
     }

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.conv_floor import KERNELS
 from benchmarks.suite import SCHEMA_VERSION
-from core.report import markdown_table
+from core.report import ABSENT, markdown_table
 from core.runs import atomic_write_text, write_json
 from tasks.dqn_parity import L5_MIN_RETURN as DQN_SOLVED_RETURN
 
@@ -72,7 +73,7 @@ def _mean_of(values: list[Any], count: bool = False) -> float | int | str:
     ``count`` rounds it to a whole number (environment steps)."""
     present = [v for v in values if v is not None and np.isfinite(v)]
     if not present:
-        return "-"
+        return ABSENT
     return int(round(np.mean(present))) if count else float(np.mean(present))
 
 
@@ -145,21 +146,44 @@ def markdown_report(results: dict[str, Any], plots: dict[str, str] | None = None
     ov = results.get("overhead")
     if ov:
         rate = ov["matmul"]["flops_per_s"]
+        floors = ov.get("conv_floor", {})  # absent in results written before the floor was measured
+        ceilings = ov.get("speedup_ceiling", {})
+        loop_cols = ["loop", "ms/step", "images/s", "GFLOP/s", "fraction of matmul"] + (["in conv kernels"] if floors else [])
         rows = [[name, r["s_per_step"] * 1e3, r["images_per_s"], r["flops_per_s"] / 1e9, r["fraction_of_matmul"]]
-                for name, r in ov["loops"].items()]
+                + ([r["conv_floor_fraction"]] if floors else []) for name, r in ov["loops"].items()]
+        speed_cols = ["speed-up (toolkit vs loop)", "measured"] + (["ceiling"] if ceilings else []) + ["target", "met"]
+        speed_rows = [[k, v] + ([ceilings[k]] if ceilings else []) + [TARGETS[k], v >= TARGETS[k]]
+                      for k, v in ov["speedup"].items()]
         lines += ["", f"## Overhead: {ov['preset']} architecture, batch {ov['batch_size']}, synthetic "
                   f"{'x'.join(map(str, ov['image_shape']))} images, {ov['steps']} timed steps"
                   + (f" per round, best of {ov['rounds']} rounds" if ov.get("rounds", 1) > 1 else ""), "",
                   f"Measured fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s ({ov['matmul']['n']}x{ov['matmul']['n']}).", "",
-                  markdown_table(["loop", "ms/step", "images/s", "GFLOP/s", "fraction of matmul"], rows), "",
-                  markdown_table(["speed-up (toolkit vs loop)", "measured", "target", "met"],
-                                 [[k, v, TARGETS[k], v >= TARGETS[k]] for k, v in ov["speedup"].items()])]
+                  markdown_table(loop_cols, rows), "", markdown_table(speed_cols, speed_rows)]
+        if floors:
+            lines += ["", "\"in conv kernels\": the share of the step that its framework's conv kernels take when each is "
+                      "timed alone on the step's shapes (the conv-kernel floor below). \"ceiling\": the loop's time over "
+                      "that floor, the speed-up of a step that cost nothing beyond its conv kernels.", "",
+                      markdown_table(["backend", "conv", "input", "out channels", "forward ms", "input-grad ms",
+                                      "filter-grad ms"], conv_floor_rows(floors)), "",
+                      "Conv-kernel floor per step: " + ", ".join(f"{b} {f['s_per_step'] * 1e3:.1f} ms"
+                                                                  for b, f in floors.items()) + "."]
         best = max((r["fraction_of_matmul"] for n, r in ov["loops"].items() if n.startswith("toolkit")), default=0.0)
         lines += ["", f"Best toolkit backend reaches {best:.0%} of the matmul rate "
                   f"(target {MATMUL_FRACTION_TARGET:.0%}: {'met' if best >= MATMUL_FRACTION_TARGET else 'not met'})."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def conv_floor_rows(floors: dict[str, Any]) -> list[list[Any]]:
+    """A row per framework and conv: its kernels' ms ("-" for the input gradient that no step computes)."""
+    rows: list[list[Any]] = []
+    for backend, floor in floors.items():
+        for layer in floor["layers"]:
+            ms = [layer["s"][k] * 1e3 if k in layer["s"] else ABSENT for k in KERNELS]
+            rows.append([backend, layer["name"].removesuffix(".weight"), "x".join(map(str, layer["input"])),
+                         layer["out_channels"], *ms])
+    return rows
 
 
 def _panels(n: int, width: float = 5.0, height: float = 3.6):

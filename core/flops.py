@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from core.specs import ModelSpec
 from core.weights import classifier_shapes, feature_grid
 
@@ -10,16 +12,34 @@ from core.weights import classifier_shapes, feature_grid
 TRAIN_FACTOR = 3
 
 
-def classifier_forward_flops(model: ModelSpec, image_shape: tuple[int, int, int]) -> int:
-    """Forward FLOPs per image of the CNN: 3x3 convs and dense layers (pooling/BN/ReLU are negligible)."""
+class ConvLayer(NamedTuple):
+    """One 3x3 'same' conv of the encoder: its canonical weight name, input grid and channels."""
+
+    name: str
+    height: int
+    width: int
+    in_channels: int
+    out_channels: int
+    kernel: int
+
+
+def conv_layers(model: ModelSpec, image_shape: tuple[int, int, int]) -> list[ConvLayer]:
+    """The encoder's convs in order; block ``b`` sees the image halved ``b`` times by the 2x2 max-pools."""
     h, w, _ = image_shape
-    flops = 0
+    out = []
     for name, shape in classifier_shapes(model, image_shape).items():
         if ".conv" in name and name.endswith(".weight"):
-            cout, cin, kh, kw = shape
+            cout, cin, kh, _ = shape
             block = int(name.split(".block")[1].split(".")[0])
-            flops += 2 * (h >> block) * (w >> block) * cout * cin * kh * kw
-        elif name.startswith("head.") and name.endswith(".weight"):
+            out.append(ConvLayer(name, h >> block, w >> block, cin, cout, kh))
+    return out
+
+
+def classifier_forward_flops(model: ModelSpec, image_shape: tuple[int, int, int]) -> int:
+    """Forward FLOPs per image of the CNN: 3x3 convs and dense layers (pooling/BN/ReLU are negligible)."""
+    flops = sum(2 * c.height * c.width * c.out_channels * c.in_channels * c.kernel**2 for c in conv_layers(model, image_shape))
+    for name, shape in classifier_shapes(model, image_shape).items():
+        if name.startswith("head.") and name.endswith(".weight"):
             flops += 2 * shape[0] * shape[1]
     feature_grid(model, image_shape)  # raises for images too small for the encoder
     return flops

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
+ABSENT = "-"  # the cell of a value that does not exist (a time never measured, a mean of nothing)
+
+
 def fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -21,7 +24,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     """A GitHub Markdown table whose columns are padded to the same width (readable as plain text too)."""
     cells = [[fmt(c) for c in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(headers)]
-    numeric = [all(_is_number(r[i]) for r in rows) and bool(rows) for i in range(len(headers))]
+    # a column of numbers stays right-aligned where some cells are "-" (absent)
+    numeric = [all(_is_number(r[i]) or r[i] == ABSENT for r in rows) and any(_is_number(r[i]) for r in rows)
+               for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
         padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]

@@ -1,4 +1,5 @@
-"""The overhead benchmark's timing protocol: every loop timed in rounds of alternating order, best round kept."""
+"""The overhead benchmark's timing protocol: every loop timed in rounds of alternating order, best round kept;
+ratios against the loops and against the conv-kernel floor."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def test_each_loop_keeps_its_best_round_and_rounds_alternate(monkeypatch):
     monkeypatch.setattr(overhead, "bare_tf_step_time", lambda *a: fake("bare tf.function loop")())
     monkeypatch.setattr(overhead, "keras_fit_step_time", lambda *a: fake("keras fit")())
     monkeypatch.setattr(overhead, "matmul_rate", lambda: {"n": 8, "flops_per_s": 1e9, "by_library": {}})
+    floors = {"torch": 0.24, "tf": 0.32}  # seconds per step in each framework's conv kernels
+    monkeypatch.setattr(overhead, "conv_floor", lambda backend, *a, **k: {"layers": [], "s_per_step": floors[backend]})
     res = overhead.run_overhead(presets.load("cnn-digits"), (8, 8, 1), steps=2, warmup=1, rounds=2)
     order = list(times)
     assert calls == order + order[::-1]
@@ -35,3 +38,9 @@ def test_each_loop_keeps_its_best_round_and_rounds_alternate(monkeypatch):
     assert list(res["loops"]) == order and res["rounds"] == 2
     assert res["speedup"]["torch toolkit / bare loop"] == pytest.approx(0.31 / 0.3)
     assert res["speedup"]["tf toolkit / keras fit"] == pytest.approx(0.5 / 0.4)
+    # each loop against its own framework's floor; the ceiling is the other loop over the toolkit's floor
+    assert res["loops"]["toolkit torch"]["conv_floor_fraction"] == pytest.approx(0.24 / 0.3)
+    assert res["loops"]["keras fit"]["conv_floor_fraction"] == pytest.approx(0.32 / 0.5)
+    assert res["speedup_ceiling"] == pytest.approx({"torch toolkit / bare loop": 0.31 / 0.24,
+                                                    "tf toolkit / bare tf.function loop": 0.42 / 0.32,
+                                                    "tf toolkit / keras fit": 0.5 / 0.32})

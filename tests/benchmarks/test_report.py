@@ -28,10 +28,18 @@ def fake_results(accuracy_shift: float = 0.0, throughput: float = 1000.0, l4_pas
                "value": 1e-5 if l4_passed else 2e-3, "bound": 1e-3, "passed": l4_passed, "detail": ""}]
     overhead = {"preset": "cnn-cifar10", "batch_size": 128, "image_shape": [32, 32, 3], "steps": 20,
                 "train_flops_per_step": 3e10, "matmul": {"n": 2048, "flops_per_s": 7e10, "by_library": {"numpy": 7e10}},
-                "loops": {name: {"s_per_step": 0.5, "images_per_s": 256.0, "flops_per_s": 6e10, "fraction_of_matmul": 0.85}
+                "loops": {name: {"s_per_step": 0.5, "images_per_s": 256.0, "flops_per_s": 6e10, "fraction_of_matmul": 0.85,
+                                 "conv_floor_fraction": 0.8}
                           for name in ("toolkit torch", "bare torch loop", "toolkit tf", "bare tf.function loop", "keras fit")},
                 "speedup": {"torch toolkit / bare loop": 1.02, "tf toolkit / bare tf.function loop": 1.01,
-                            "tf toolkit / keras fit": 1.2}}
+                            "tf toolkit / keras fit": 1.2},
+                "conv_floor": {b: {"s_per_step": 0.4, "layers": [
+                    {"name": "encoder.block0.conv0.weight", "input": [128, 32, 32, 3], "out_channels": 32,
+                     "s": {"forward": 0.01, "filter_grad": 0.02}},
+                    {"name": "encoder.block0.conv1.weight", "input": [128, 32, 32, 32], "out_channels": 32,
+                     "s": {"forward": 0.1, "input_grad": 0.12, "filter_grad": 0.15}}]} for b in ("torch", "tf")},
+                "speedup_ceiling": {"torch toolkit / bare loop": 1.25, "tf toolkit / bare tf.function loop": 1.26,
+                                    "tf toolkit / keras fit": 1.41}}
     return {"schema_version": SCHEMA_VERSION, "created": "2026-11-25T12:00:00+0000", "config": {},
             "environment": {"python": "3.11", "machine": "x86_64", "processor": "x86_64", "cpu_count": 2, "threads": 2,
                             "versions": {"torch": "2.13.0"}},
@@ -89,6 +97,25 @@ def test_markdown_report_tables_line_up_and_state_mean_std():
     assert "## Classifier runs" in text and "throughput (images/s)" in text
     assert "| total               | 100.0000 | 85.0000 |" in text  # time by part, summed
     assert "| tf toolkit / keras fit" in text and "| no " in text  # 1.2 < 1.5 target: not met
+
+
+def test_overhead_section_shows_the_conv_floor_and_the_ceilings_it_sets():
+    text = report.markdown_report(fake_results())
+    assert "| tf toolkit / keras fit             |   1.2000 |  1.4100 |" in text  # measured, then ceiling
+    assert "| toolkit tf            | 500.0000 | 256.0000 | 60.0000 |             0.8500 |          0.8000 |" in text
+    # a row per framework and conv; the first conv has no input gradient
+    assert "| tf      | encoder.block0.conv0 | 128x32x32x3  |           32 |    10.0000 |             - |" in text
+    assert "| torch   | encoder.block0.conv1 | 128x32x32x32 |           32 |   100.0000 |      120.0000 |" in text
+    assert "Conv-kernel floor per step: torch 400.0 ms, tf 400.0 ms." in text
+    for table in (block for block in text.split("\n\n") if block.startswith("|")):
+        assert len({len(line) for line in table.splitlines()}) == 1, table
+    older = fake_results()  # written before the floor was measured: the tables go without its columns
+    for key in ("conv_floor", "speedup_ceiling"):
+        del older["overhead"][key]
+    for row in older["overhead"]["loops"].values():
+        del row["conv_floor_fraction"]
+    text = report.markdown_report(older)
+    assert "| tf toolkit / keras fit" in text and "ceiling" not in text and "in conv kernels" not in text
 
 
 def test_write_report_creates_json_markdown_and_non_empty_plots(tmp_path):

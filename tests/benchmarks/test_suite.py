@@ -27,6 +27,8 @@ def test_bench_smoke_both_backends_writes_report(tmp_path, monkeypatch, capsys):
         assert len(r["curve_y"]) == 1
     assert set(results["overhead"]["loops"]) == {
         "toolkit torch", "bare torch loop", "toolkit tf", "bare tf.function loop", "keras fit"}
+    assert set(results["overhead"]["conv_floor"]) == {"torch", "tf"}
+    assert set(results["overhead"]["speedup_ceiling"]) == set(results["overhead"]["speedup"])
     assert set(results["parts"]) == {"runs cnn-digits cpu", "overhead"}
     assert (out / "curves.png").stat().st_size > 0 and (out / "throughput.png").stat().st_size > 0
     assert "# dualkit benchmark report" in capsys.readouterr().out

@@ -42,6 +42,15 @@ def test_mixed_column_is_text():
     assert not rule.endswith(":|")
 
 
+def test_absent_cells_keep_a_number_column_right_aligned():
+    table = markdown_table(["v"], [[1.5], ["-"], [12.0]])
+    _, rule, a, b, c = table.splitlines()
+    assert [cells(a), cells(b), cells(c)] == [[" 1.5000"], ["      -"], ["12.0000"]]
+    assert rule.endswith(":|")
+    _, rule, *_ = markdown_table(["v"], [["-"], ["-"]]).splitlines()  # nothing but absent cells: text
+    assert not rule.endswith(":|")
+
+
 def test_bools_are_not_numbers():
     table = markdown_table(["ok"], [[True], [False]])
     _, rule, a, b = table.splitlines()

@@ -1,0 +1,104 @@
+"""The conv-kernel floor: a classifier step's conv kernels, each timed alone in its framework.
+
+A training step of the CNN runs, per 3x3 conv, the forward kernel, the input-gradient kernel (not for
+the first conv: nothing needs the gradient of the images) and the filter-gradient kernel. Their sum,
+each kernel timed alone on the step's shapes, is the time a step spends in work no loop can skip; the
+rest of a step (BatchNorm, ReLU, pooling, the optimizer, the loop itself) is what a loop can make
+cheaper. So ``step / floor`` says how much of a step is overhead, and ``other loop / floor`` is the most
+any step in that framework can gain over the other loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from core.flops import ConvLayer, conv_layers
+from core.specs import ModelSpec
+
+KERNELS = ("forward", "input_grad", "filter_grad")
+
+
+def _arrays(layer: ConvLayer, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NHWC input, canonical (out, in, kh, kw) weight and NHWC output gradient, float32."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, layer.height, layer.width, layer.in_channels)).astype(np.float32)
+    w = rng.normal(size=(layer.out_channels, layer.in_channels, layer.kernel, layer.kernel)).astype(np.float32)
+    gy = rng.normal(size=(batch, layer.height, layer.width, layer.out_channels)).astype(np.float32)
+    return x, w, gy
+
+
+def torch_kernels(x: np.ndarray, w: np.ndarray, gy: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
+    """The three kernels of one conv in PyTorch, in the toolkit's channels_last layout. Each returns numpy
+    (activations NHWC, the filter gradient in the canonical layout) without a copy, so a test can check it."""
+    import torch
+
+    pad = w.shape[-1] // 2
+    cl = torch.channels_last
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2)  # NHWC memory = NCHW channels_last
+    gyt = torch.from_numpy(gy).permute(0, 3, 1, 2)
+    wt = torch.from_numpy(w).contiguous(memory_format=cl)
+    conv_args = ([1, 1], [pad, pad], [1, 1], False, [0, 0], 1)
+
+    def backward(mask: list[bool]) -> tuple[Any, ...]:
+        # the op autograd runs for a conv's backward, asked for one of the two gradients
+        return torch.ops.aten.convolution_backward(gyt, xt, wt, None, *conv_args, mask)
+
+    return {
+        "forward": lambda: torch.nn.functional.conv2d(xt, wt, padding=pad).permute(0, 2, 3, 1).numpy(),
+        "input_grad": lambda: backward([True, False, False])[0].permute(0, 2, 3, 1).numpy(),
+        "filter_grad": lambda: backward([False, True, False])[1].contiguous().numpy(),
+    }
+
+
+def tf_kernels(x: np.ndarray, w: np.ndarray, gy: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
+    """The three kernels of one conv in TensorFlow (NHWC, 'SAME'), each in its own tf.function, as a
+    GradientTape step runs them; the filter gradient comes back in the canonical layout."""
+    import tensorflow as tf
+
+    xt, gyt = tf.constant(x), tf.constant(gy)
+    wt = tf.constant(np.ascontiguousarray(w.transpose(2, 3, 1, 0)))  # canonical -> (kh, kw, in, out)
+    strides = [1, 1, 1, 1]
+    fwd = tf.function(lambda: tf.nn.conv2d(xt, wt, strides, "SAME"))
+    dx = tf.function(lambda: tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=tf.shape(xt), filter=wt, out_backprop=gyt, strides=strides, padding="SAME"))
+    dw = tf.function(lambda: tf.raw_ops.Conv2DBackpropFilter(
+        input=xt, filter_sizes=tf.shape(wt), out_backprop=gyt, strides=strides, padding="SAME"))
+    return {
+        "forward": lambda: fwd().numpy(),
+        "input_grad": lambda: dx().numpy(),
+        "filter_grad": lambda: dw().numpy().transpose(3, 2, 0, 1),
+    }
+
+
+KERNEL_BUILDERS = {"torch": torch_kernels, "tf": tf_kernels}
+
+
+def _best_time(fn: Callable[[], Any], warmup: int, reps: int, rounds: int) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+def conv_floor(
+    backend: str, model: ModelSpec, image_shape: tuple[int, int, int], batch: int,
+    warmup: int = 3, reps: int = 10, rounds: int = 3,
+) -> dict[str, Any]:
+    """Seconds of each conv kernel of a training step (best of ``rounds`` x ``reps``) and their sum."""
+    layers = []
+    for i, layer in enumerate(conv_layers(model, image_shape)):
+        kernels = KERNEL_BUILDERS[backend](*_arrays(layer, batch, seed=i))
+        if i == 0:
+            del kernels["input_grad"]  # the images need no gradient; no step computes it
+        times = {k: _best_time(fn, warmup, reps, rounds) for k, fn in kernels.items()}
+        layers.append({"name": layer.name, "input": [batch, layer.height, layer.width, layer.in_channels],
+                       "out_channels": layer.out_channels, "s": times})
+    return {"layers": layers, "s_per_step": sum(sum(layer["s"].values()) for layer in layers)}
