@@ -30,60 +30,88 @@ def _arrays(layer: ConvLayer, batch: int, seed: int) -> tuple[np.ndarray, np.nda
     return x, w, gy
 
 
-def torch_kernels(x: np.ndarray, w: np.ndarray, gy: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
-    """The three kernels of one conv in PyTorch, in the toolkit's channels_last layout. Each returns numpy
-    (activations NHWC, the filter gradient in the canonical layout) without a copy, so a test can check it."""
+Kernel = Callable[[int], np.ndarray]  # runs the kernel n times; returns the last result as numpy
+
+
+def torch_kernels(x: np.ndarray, w: np.ndarray, gy: np.ndarray) -> dict[str, Kernel]:
+    """The three kernels of one conv in PyTorch, in the toolkit's channels_last layout. Results come back
+    as numpy views (activations NHWC, the filter gradient in the canonical layout), so a test can check them."""
     import torch
 
     pad = w.shape[-1] // 2
-    cl = torch.channels_last
     xt = torch.from_numpy(x).permute(0, 3, 1, 2)  # NHWC memory = NCHW channels_last
     gyt = torch.from_numpy(gy).permute(0, 3, 1, 2)
-    wt = torch.from_numpy(w).contiguous(memory_format=cl)
+    wt = torch.from_numpy(w).contiguous(memory_format=torch.channels_last)
     conv_args = ([1, 1], [pad, pad], [1, 1], False, [0, 0], 1)
 
-    def backward(mask: list[bool]) -> tuple[Any, ...]:
-        # the op autograd runs for a conv's backward, asked for one of the two gradients
-        return torch.ops.aten.convolution_backward(gyt, xt, wt, None, *conv_args, mask)
+    def forward() -> Any:
+        return torch.nn.functional.conv2d(xt, wt, padding=pad).permute(0, 2, 3, 1)
+
+    def backward(which: int) -> Any:
+        # the op autograd runs for a conv's backward, asked for one of its two gradients
+        mask = [which == 0, which == 1, False]
+        return torch.ops.aten.convolution_backward(gyt, xt, wt, None, *conv_args, mask)[which]
+
+    def repeat(fn: Callable[[], Any]) -> Kernel:
+        def run(n: int) -> np.ndarray:
+            for _ in range(n - 1):
+                fn()  # dropped at once, as a step frees what it no longer needs
+            return fn().numpy()
+        return run
 
     return {
-        "forward": lambda: torch.nn.functional.conv2d(xt, wt, padding=pad).permute(0, 2, 3, 1).numpy(),
-        "input_grad": lambda: backward([True, False, False])[0].permute(0, 2, 3, 1).numpy(),
-        "filter_grad": lambda: backward([False, True, False])[1].contiguous().numpy(),
+        "forward": repeat(forward),
+        "input_grad": repeat(lambda: backward(0).permute(0, 2, 3, 1)),
+        "filter_grad": repeat(lambda: backward(1).contiguous()),
     }
 
 
-def tf_kernels(x: np.ndarray, w: np.ndarray, gy: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
-    """The three kernels of one conv in TensorFlow (NHWC, 'SAME'), each in its own tf.function, as a
-    GradientTape step runs them; the filter gradient comes back in the canonical layout."""
+def tf_kernels(x: np.ndarray, w: np.ndarray, gy: np.ndarray) -> dict[str, Kernel]:
+    """The three kernels of one conv in TensorFlow (NHWC, 'SAME'), the ops a GradientTape step runs. Each
+    runs n times in one graph (a sequential while loop), so a Python call per kernel is not counted; a
+    step makes one call for all its kernels. The filter gradient comes back in the canonical layout."""
     import tensorflow as tf
 
     xt, gyt = tf.constant(x), tf.constant(gy)
     wt = tf.constant(np.ascontiguousarray(w.transpose(2, 3, 1, 0)))  # canonical -> (kh, kw, in, out)
     strides = [1, 1, 1, 1]
-    fwd = tf.function(lambda: tf.nn.conv2d(xt, wt, strides, "SAME"))
-    dx = tf.function(lambda: tf.raw_ops.Conv2DBackpropInput(
-        input_sizes=tf.shape(xt), filter=wt, out_backprop=gyt, strides=strides, padding="SAME"))
-    dw = tf.function(lambda: tf.raw_ops.Conv2DBackpropFilter(
-        input=xt, filter_sizes=tf.shape(wt), out_backprop=gyt, strides=strides, padding="SAME"))
+
+    def forward() -> tf.Tensor:
+        return tf.nn.conv2d(xt, wt, strides, "SAME")
+
+    def input_grad() -> tf.Tensor:
+        return tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.shape(xt), filter=wt, out_backprop=gyt, strides=strides, padding="SAME")
+
+    def filter_grad() -> tf.Tensor:
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=xt, filter_sizes=tf.shape(wt), out_backprop=gyt, strides=strides, padding="SAME")
+
+    def repeat(fn: Callable[[], tf.Tensor], convert: Callable[[np.ndarray], np.ndarray] = lambda a: a) -> Kernel:
+        @tf.function(input_signature=[tf.TensorSpec((), tf.int32)])
+        def loop(n):
+            # one iteration at a time: parallel iterations would overlap the kernels being timed
+            return tf.while_loop(lambda i, _: i < n, lambda i, _: (i + 1, fn()), (tf.constant(0), fn()),
+                                 parallel_iterations=1)[1]
+
+        return lambda n: convert(loop(tf.constant(n - 1, tf.int32)).numpy())
+
     return {
-        "forward": lambda: fwd().numpy(),
-        "input_grad": lambda: dx().numpy(),
-        "filter_grad": lambda: dw().numpy().transpose(3, 2, 0, 1),
+        "forward": repeat(forward),
+        "input_grad": repeat(input_grad),
+        "filter_grad": repeat(filter_grad, lambda a: a.transpose(3, 2, 0, 1)),
     }
 
 
 KERNEL_BUILDERS = {"torch": torch_kernels, "tf": tf_kernels}
 
 
-def _best_time(fn: Callable[[], Any], warmup: int, reps: int, rounds: int) -> float:
-    for _ in range(warmup):
-        fn()
+def _best_time(kernel: Kernel, warmup: int, reps: int, rounds: int) -> float:
+    kernel(warmup)
     best = float("inf")
     for _ in range(rounds):
         t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
+        kernel(reps)
         best = min(best, (time.perf_counter() - t0) / reps)
     return best
 
