@@ -157,7 +157,8 @@ def markdown_report(results: dict[str, Any], plots: dict[str, str] | None = None
         lines += ["", f"## Overhead: {ov['preset']} architecture, batch {ov['batch_size']}, synthetic "
                   f"{'x'.join(map(str, ov['image_shape']))} images, {ov['steps']} timed steps"
                   + (f" per round, best of {ov['rounds']} rounds" if ov.get("rounds", 1) > 1 else ""), "",
-                  f"Measured fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s ({ov['matmul']['n']}x{ov['matmul']['n']}).", "",
+                  f"Measured fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s ({ov['matmul']['n']}x{ov['matmul']['n']}; the "
+                  "fastest of " + ", ".join(f"{lib} {r / 1e9:.1f}" for lib, r in ov["matmul"]["by_library"].items()) + ").", "",
                   markdown_table(loop_cols, rows), "", markdown_table(speed_cols, speed_rows)]
         if floors:
             lines += ["", "\"in conv kernels\": the share of the step that its framework's conv kernels take when each is "

@@ -44,3 +44,10 @@ def test_each_loop_keeps_its_best_round_and_rounds_alternate(monkeypatch):
     assert res["speedup_ceiling"] == pytest.approx({"torch toolkit / bare loop": 0.31 / 0.24,
                                                     "tf toolkit / bare tf.function loop": 0.42 / 0.32,
                                                     "tf toolkit / keras fit": 0.5 / 0.32})
+
+
+def test_matmul_rate_is_the_fastest_installed_library():
+    rate = overhead.matmul_rate(n=64, repeats=2)
+    expected = {"numpy"} | {lib for lib in ("torch", "tf") if registry.is_installed(lib)}
+    assert set(rate["by_library"]) == expected and rate["n"] == 64
+    assert rate["flops_per_s"] == max(rate["by_library"].values()) > 0

@@ -102,6 +102,7 @@ def test_markdown_report_tables_line_up_and_state_mean_std():
 def test_overhead_section_shows_the_conv_floor_and_the_ceilings_it_sets():
     text = report.markdown_report(fake_results())
     assert "| tf toolkit / keras fit             |   1.2000 |  1.4100 |" in text  # measured, then ceiling
+    assert "Measured fp32 matmul rate: 70.0 GFLOP/s (2048x2048; the fastest of numpy 70.0)." in text
     assert "| toolkit tf            | 500.0000 | 256.0000 | 60.0000 |             0.8500 |          0.8000 |" in text
     # a row per framework and conv; the first conv has no input gradient
     assert "| tf      | encoder.block0.conv0 | 128x32x32x3  |           32 |    10.0000 |             - |" in text
