@@ -29,11 +29,19 @@ def test_each_loop_keeps_its_best_round_and_rounds_alternate(monkeypatch):
     monkeypatch.setattr(overhead, "bare_tf_step_time", lambda *a: fake("bare tf.function loop")())
     monkeypatch.setattr(overhead, "keras_fit_step_time", lambda *a: fake("keras fit")())
     monkeypatch.setattr(overhead, "matmul_rate", lambda: {"n": 8, "flops_per_s": 1e9, "by_library": {}})
-    floors = {"torch": 0.24, "tf": 0.32}  # seconds per step in each framework's conv kernels
-    monkeypatch.setattr(overhead, "conv_floor", lambda backend, *a, **k: {"layers": [], "s_per_step": floors[backend]})
+    # seconds per step in each framework's conv kernels, measured once per round: the best round is kept
+    floors = {"torch": [0.3, 0.24], "tf": [0.32, 0.35]}
+    floor_calls: list[str] = []
+
+    def fake_floor(backend, *args, **kwargs):
+        floor_calls.append(backend)
+        return {"layers": [], "s_per_step": floors[backend][floor_calls.count(backend) - 1]}
+
+    monkeypatch.setattr(overhead, "conv_floor", fake_floor)
     res = overhead.run_overhead(presets.load("cnn-digits"), (8, 8, 1), steps=2, warmup=1, rounds=2)
     order = list(times)
-    assert calls == order + order[::-1]
+    assert calls == order + order[::-1] and floor_calls == ["torch", "tf"] * 2
+    assert {b: f["s_per_step"] for b, f in res["conv_floor"].items()} == {"torch": 0.24, "tf": 0.32}
     assert {k: v["s_per_step"] for k, v in res["loops"].items()} == {k: min(v) for k, v in times.items()}
     assert list(res["loops"]) == order and res["rounds"] == 2
     assert res["speedup"]["torch toolkit / bare loop"] == pytest.approx(0.31 / 0.3)
