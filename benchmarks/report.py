@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.conv_floor import KERNELS
+from benchmarks.overhead import LOOP_FRAMEWORKS
 from benchmarks.suite import SCHEMA_VERSION
 from core.report import ABSENT, markdown_table
 from core.runs import atomic_write_text, write_json
@@ -248,6 +249,14 @@ def plot_throughput(results: dict[str, Any], path: Path) -> Path:
         for i, r in enumerate(rows):
             ax.text(i, r[1], f"{r[1]:.0f}", ha="center", va="bottom", fontsize=7)
         ax.grid(axis="y", alpha=0.3)
+    if ov and ov.get("conv_floor"):
+        # over each loop's bar, the images/s its framework's conv kernels alone would allow (the floor)
+        ax = axes[len(presets)]
+        for i, name in enumerate(ov["loops"]):
+            floor_s = ov["conv_floor"][LOOP_FRAMEWORKS[name]]["s_per_step"]
+            ax.hlines(ov["batch_size"] / floor_s, i - 0.4, i + 0.4, colors="black", linestyles="--",
+                      label="conv kernels alone" if i == 0 else None)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -99,7 +99,7 @@ def test_markdown_report_tables_line_up_and_state_mean_std():
     assert "| tf toolkit / keras fit" in text and "| no " in text  # 1.2 < 1.5 target: not met
 
 
-def test_overhead_section_shows_the_conv_floor_and_the_ceilings_it_sets():
+def test_overhead_section_shows_the_conv_floor_and_the_ceilings_it_sets(tmp_path):
     text = report.markdown_report(fake_results())
     assert "| tf toolkit / keras fit             |   1.2000 |  1.4100 |" in text  # measured, then ceiling
     assert "Measured fp32 matmul rate: 70.0 GFLOP/s (2048x2048; the fastest of numpy 70.0)." in text
@@ -117,6 +117,10 @@ def test_overhead_section_shows_the_conv_floor_and_the_ceilings_it_sets():
         del row["conv_floor_fraction"]
     text = report.markdown_report(older)
     assert "| tf toolkit / keras fit" in text and "ceiling" not in text and "in conv kernels" not in text
+    # the throughput plot marks each loop's floor where there is one, and goes without where there is none
+    with_floor = report.plot_throughput(fake_results(), tmp_path / "with.png").read_bytes()
+    without = report.plot_throughput(older, tmp_path / "without.png").read_bytes()
+    assert with_floor.startswith(b"\x89PNG") and without.startswith(b"\x89PNG") and with_floor != without
 
 
 def test_write_report_creates_json_markdown_and_non_empty_plots(tmp_path):
