@@ -2,10 +2,11 @@
 
 A training step of the CNN runs, per 3x3 conv, the forward kernel, the input-gradient kernel (not for
 the first conv: nothing needs the gradient of the images) and the filter-gradient kernel. Their sum,
-each kernel timed alone on the step's shapes, is the time a step spends in work no loop can skip; the
+each kernel timed alone on the step's shapes, is the time a step spends in work every loop does; the
 rest of a step (BatchNorm, ReLU, pooling, the optimizer, the loop itself) is what a loop can make
-cheaper. So ``step / floor`` says how much of a step is overhead, and ``other loop / floor`` is the most
-any step in that framework can gain over the other loop.
+cheaper. So ``floor / step`` is the share of a step in conv kernels, and ``other loop / floor`` is what a
+step that cost nothing beyond its conv kernels would gain over the other loop. (It is not a strict bound:
+a step that overlaps kernels on the thread pool can come in a little under the sum.)
 """
 
 from __future__ import annotations
