@@ -58,7 +58,8 @@ class BenchConfig:
 
 def fast_config() -> BenchConfig:
     """The default: data that ships with the install (digits, CartPole), under 10 minutes on 2 CPU cores
-    (a cnn-cifar10 step takes 0.14-0.22 s there on a quiet machine, so the five overhead loops cost ~1.5 min)."""
+    (a cnn-cifar10 step takes 0.08-0.22 s there on a quiet machine, so the five overhead loops and the
+    conv-kernel floors cost 1-2 min)."""
     return BenchConfig()
 
 
