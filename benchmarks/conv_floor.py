@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core.flops import ConvLayer, conv_layers
-from core.specs import ModelSpec
+from dualkit.core.flops import ConvLayer, conv_layers
+from dualkit.core.specs import ModelSpec
 
 KERNELS = ("forward", "input_grad", "filter_grad")
 

@@ -17,11 +17,11 @@ import platform
 import time
 from pathlib import Path
 
-from core import registry
-from core.report import markdown_table
-from core.runs import write_json
-from tasks import presets
-from tasks.dqn import train, with_budget
+from dualkit.core import registry
+from dualkit.core.report import markdown_table
+from dualkit.core.runs import write_json
+from dualkit.tasks import presets
+from dualkit.tasks.dqn import train, with_budget
 
 
 HEADERS = ["backend", "seed", "env steps", "updates", "wall s", "steps/s", "steps/s w/o eval", "steps/cpu-s",

@@ -12,11 +12,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.conv_floor import conv_floor
-from core import registry
-from core.flops import classifier_train_flops
-from core.specs import RunSpec
-from core.weights import init_classifier
+from dualkit.benchmarks.conv_floor import conv_floor
+from dualkit.core import registry
+from dualkit.core.flops import classifier_train_flops
+from dualkit.core.specs import RunSpec
+from dualkit.core.weights import init_classifier
 
 
 LOOP_FRAMEWORKS = {"toolkit torch": "torch", "bare torch loop": "torch", "toolkit tf": "tf",

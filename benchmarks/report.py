@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.conv_floor import KERNELS
-from benchmarks.overhead import LOOP_FRAMEWORKS
-from benchmarks.suite import SCHEMA_VERSION
-from core.report import ABSENT, markdown_table
-from core.runs import atomic_write_text, write_json
-from tasks.dqn_parity import L5_MIN_RETURN as DQN_SOLVED_RETURN
+from dualkit.benchmarks.conv_floor import KERNELS
+from dualkit.benchmarks.overhead import LOOP_FRAMEWORKS
+from dualkit.benchmarks.suite import SCHEMA_VERSION
+from dualkit.core.report import ABSENT, markdown_table
+from dualkit.core.runs import atomic_write_text, write_json
+from dualkit.tasks.dqn_parity import L5_MIN_RETURN as DQN_SOLVED_RETURN
 
 REQUIRED_KEYS = ("schema_version", "created", "config", "environment", "runs", "parity", "overhead", "wall_s")
 RUN_KEYS = ("preset", "task", "backend", "seed", "device", "metric", "value", "curve_x", "curve_y", "throughput",

@@ -22,10 +22,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from core import registry
-from core.datasets import load_dataset
-from tasks import parity, presets
-from tasks.progress import progress_bar
+from dualkit.core import registry
+from dualkit.core.datasets import load_dataset
+from dualkit.tasks import parity, presets
+from dualkit.tasks.progress import progress_bar
 
 # 2: runs carry their task (and the task's extras: time to solve, margin over random init, ...)
 SCHEMA_VERSION = 2
@@ -95,7 +95,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         job_path.write_text(json.dumps(job))
         env = {**os.environ, "DUALKIT_SINGLE_BACKEND": "1"}
         proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.worker", str(job_path), str(out_path)],
+            [sys.executable, "-m", "dualkit.benchmarks.worker", str(job_path), str(out_path)],
             capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
         )
         if proc.returncode != 0:
@@ -121,7 +121,7 @@ def level_checks(spec, device: str) -> list[parity.Check]:
             checks += parity.level4(spec, dtype, device)
         checks += parity.port_checks(spec, device)
     elif spec.task == "masked":
-        from tasks import masked_parity
+        from dualkit.tasks import masked_parity
 
         for dtype in ("float32", "float64"):
             checks += masked_parity.level0(dtype, device) + masked_parity.level1(dtype, device)
@@ -130,7 +130,7 @@ def level_checks(spec, device: str) -> list[parity.Check]:
             checks += masked_parity.level4(spec, dtype, device, min_steps=MASKED_L4_STEPS)
         checks += masked_parity.port_checks(spec, device, epochs=1)
     elif spec.task == "dqn":
-        from tasks import dqn_parity
+        from dualkit.tasks import dqn_parity
 
         for dtype in ("float32", "float64"):
             checks += dqn_parity.level0(dtype, device) + dqn_parity.level1(dtype, device) + dqn_parity.level2_3(dtype, device)
@@ -167,7 +167,7 @@ def _l5_classify(spec, acc: dict[str, list[float]]) -> list[parity.Check]:
 def _l5_masked(runs: list[dict[str, Any]], acc: dict[str, list[float]]) -> list[parity.Check]:
     """As masked_parity.level5: the mean probe accuracies within L5_MAX_GAP_POINTS; each backend's mean and
     its margin over the random-init encoder are reported without a bound."""
-    from tasks import masked_parity
+    from dualkit.tasks import masked_parity
 
     out = []
     for b, v in acc.items():
@@ -184,7 +184,7 @@ def _l5_masked(runs: list[dict[str, Any]], acc: dict[str, list[float]]) -> list[
 def _l5_dqn(spec, runs: list[dict[str, Any]], returns: dict[str, list[float]]) -> list[parity.Check]:
     """As dqn_parity.level5: per backend, the seeds whose greedy test return reaches L5_MIN_RETURN, at least
     L5_MIN_SEEDS of them (all seeds when the bench runs fewer)."""
-    from tasks import dqn_parity
+    from dualkit.tasks import dqn_parity
 
     out = []
     for b, v in returns.items():
@@ -244,7 +244,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         if spec.task in ("classify", "masked"):
             load_dataset(spec.data)
         elif spec.task == "dqn":
-            from core.envs import env_info
+            from dualkit.core.envs import env_info
 
             env_info(spec.env)
     jobs = [
@@ -269,7 +269,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
                     checks += parity_for(preset, _preset_overrides(preset, config), device, mine)
     overhead = None
     if config.overhead:
-        from benchmarks.overhead import run_overhead
+        from dualkit.benchmarks.overhead import run_overhead
 
         with parts("overhead"):
             spec = presets.load(config.overhead_preset)

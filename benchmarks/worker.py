@@ -93,24 +93,24 @@ def summarize_dqn(result) -> dict[str, Any]:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    from core import registry
-    from tasks import presets
+    from dualkit.core import registry
+    from dualkit.tasks import presets
 
     overrides = job.get("overrides", [])
     spec = presets.load(job["preset"], overrides + [seed_override(presets.load(job["preset"], overrides), job["seed"])])
     backend = registry.get_backend(job["backend"], job["device"])
     t0 = time.perf_counter()
     if spec.task == "classify":
-        from tasks.classify import train
+        from dualkit.tasks.classify import train
 
         summary = summarize_classify(train(spec, job["backend"], device=job["device"], progress=False))
     elif spec.task == "masked":
-        from tasks.pretrain import pretrain
+        from dualkit.tasks.pretrain import pretrain
 
         result = pretrain(spec, job["backend"], device=job["device"], progress=False, evaluate=True)
         summary = summarize_masked(result, time.perf_counter() - t0)
     elif spec.task == "dqn":
-        from tasks.dqn import train as train_dqn
+        from dualkit.tasks.dqn import train as train_dqn
 
         summary = summarize_dqn(train_dqn(spec, job["backend"], device=job["device"], progress=False))
     else:

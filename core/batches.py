@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import DataError
+from dualkit.core.errors import DataError
 
 _STD_FLOOR = 1e-8  # a constant channel (e.g. a blank border) must not divide by zero
 

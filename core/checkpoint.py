@@ -11,8 +11,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from core.errors import CheckpointError
-from core.runs import atomic_write_bytes
+from dualkit.core.errors import CheckpointError
+from dualkit.core.runs import atomic_write_bytes
 
 FORMAT_VERSION = 1
 _META_KEY = "dualkit"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.batches import make_rng
-from core.errors import DataError
-from core.specs import DataSpec
+from dualkit.core.batches import make_rng
+from dualkit.core.errors import DataError
+from dualkit.core.specs import DataSpec
 
 # The test and validation splits use this seed, never the training seed: every run of every seed
 # is evaluated on the same images.

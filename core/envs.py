@@ -16,9 +16,9 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from core.batches import make_rng
-from core.errors import EnvError
-from core.specs import EnvSpec
+from dualkit.core.batches import make_rng
+from dualkit.core.errors import EnvError
+from dualkit.core.specs import EnvSpec
 
 SUPPORTED = (
     "dualkit's DQN supports environments with a flat Box observation space of shape (n,) "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.batches import make_rng
+from dualkit.core.batches import make_rng
 
 
 def epsilon_at(start: float, end: float, fraction: float, total_steps: int, step: int) -> float:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from core.specs import ModelSpec
-from core.weights import classifier_shapes, feature_grid
+from dualkit.core.specs import ModelSpec
+from dualkit.core.weights import classifier_shapes, feature_grid
 
 # A training step costs the forward pass plus about twice that for the backward pass
 # (gradients w.r.t. activations and w.r.t. weights).

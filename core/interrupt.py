@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import Any
 
-from core.errors import Interrupted
+from dualkit.core.errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -109,7 +109,7 @@ def masked_mse(
     that over masked patches. With ``norm_pix`` the targets are each patch's pixels normalised by the
     patch's own mean and unbiased variance, (x - mean) / sqrt(var + eps).
     """
-    from core.masking import normalized_targets, patchify
+    from dualkit.core.masking import normalized_targets, patchify
 
     x = np.asarray(images, dtype=np.float64)
     p = np.asarray(pred, dtype=np.float64)

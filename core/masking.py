@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.errors import SpecError
-from core.specs import ModelSpec
+from dualkit.core.errors import SpecError
+from dualkit.core.specs import ModelSpec
 
 
 def patch_size_for(model: ModelSpec, image_shape: tuple[int, int, int], requested: int = 0) -> int:

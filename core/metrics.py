@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.losses import softmax_cross_entropy
+from dualkit.core.losses import softmax_cross_entropy
 
 
 def _labels(labels: np.ndarray, n: int) -> np.ndarray:

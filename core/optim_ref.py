@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from core.errors import SpecError
-from core.specs import OptimSpec
+from dualkit.core.errors import SpecError
+from dualkit.core.specs import OptimSpec
 
 _KINDS = ("sgd", "adam", "adamw")
 

@@ -14,7 +14,7 @@ import os
 import sys
 from types import ModuleType
 
-from core.errors import BackendError
+from dualkit.core.errors import BackendError
 
 ENV_VAR = "DUALKIT_BACKEND"
 DEFAULT = "torch"
@@ -23,8 +23,8 @@ DEFAULT_THREADS = 2
 
 # name -> (backend package, framework module, how to install it)
 BACKENDS: dict[str, tuple[str, str, str]] = {
-    "torch": ("backends.torch", "torch", "pip install 'dualkit[torch]'  (CPU: pip install torch==2.13.0)"),
-    "tf": ("backends.tf", "tensorflow", "pip install 'dualkit[tf]'  (CPU: pip install tensorflow-cpu==2.21.0)"),
+    "torch": ("dualkit.backends.torch", "torch", "pip install 'dualkit[torch]'  (CPU: pip install torch==2.13.0)"),
+    "tf": ("dualkit.backends.tf", "tensorflow", "pip install 'dualkit[tf]'  (CPU: pip install tensorflow-cpu==2.21.0)"),
 }
 ALIASES = {"pytorch": "torch", "tensorflow": "tf", "keras": "tf"}
 

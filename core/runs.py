@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.errors import RunError
+from dualkit.core.errors import RunError
 
 SPEC_FILE = "spec.json"
 METRICS_FILE = "metrics.jsonl"

@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from core import checkpoint, optim_ref
-from core.errors import CheckpointError, RunError, SpecError
-from core.runs import CHECKPOINT_DIR, METRICS_FILE, RESULT_FILE, SPEC_FILE, atomic_write_text, read_json, require_run_dir
-from core.specs import apply_overrides, from_dict, save_json, to_dict
+from dualkit.core import checkpoint, optim_ref
+from dualkit.core.errors import CheckpointError, RunError, SpecError
+from dualkit.core.runs import CHECKPOINT_DIR, METRICS_FILE, RESULT_FILE, SPEC_FILE, atomic_write_text, read_json, require_run_dir
+from dualkit.core.specs import apply_overrides, from_dict, save_json, to_dict
 
 RUNSTATE_VERSION = 1
 KIND = "run-checkpoint"

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from core.errors import SpecError
-from core.specs import ScheduleSpec
+from dualkit.core.errors import SpecError
+from dualkit.core.specs import ScheduleSpec
 
 _NAMES = ("constant", "step", "cosine")
 

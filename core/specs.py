@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import SpecError
+from dualkit.core.errors import SpecError
 
 
 @dataclass(frozen=True)
@@ -471,7 +471,7 @@ def apply_overrides(spec: Any, overrides: list[str]) -> Any:
 
 
 def save_json(spec: Any, path: Path) -> None:
-    from core.runs import atomic_write_text
+    from dualkit.core.runs import atomic_write_text
 
     atomic_write_text(path, json.dumps(to_dict(spec), indent=2) + "\n")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.batches import make_rng
-from core.specs import ModelSpec
+from dualkit.core.batches import make_rng
+from dualkit.core.specs import ModelSpec
 
 BUFFER_SUFFIXES = (".running_mean", ".running_var")
 

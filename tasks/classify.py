@@ -12,21 +12,21 @@ from typing import Any
 
 import numpy as np
 
-from core import checkpoint, registry, runstate
-from core.batches import Normalizer, epoch_batches, eval_batches, make_rng, num_batches
-from core.datasets import Dataset, load_dataset
-from core.errors import CheckpointError, DataError, RunError, SpecError, TrainingError
-from core.interrupt import StopSignal
-from core.metrics import classification_metrics
-from core.runs import (
+from dualkit.core import checkpoint, registry, runstate
+from dualkit.core.batches import Normalizer, epoch_batches, eval_batches, make_rng, num_batches
+from dualkit.core.datasets import Dataset, load_dataset
+from dualkit.core.errors import CheckpointError, DataError, RunError, SpecError, TrainingError
+from dualkit.core.interrupt import StopSignal
+from dualkit.core.metrics import classification_metrics
+from dualkit.core.runs import (
     METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, prepare_run_dir,
     require_run_dir, write_json,
 )
-from core.runstate import RunState
-from core.schedules import lr_table
-from core.specs import RunSpec, load_json, save_json, to_dict
-from core.weights import classifier_shapes, init_classifier, is_buffer
-from tasks.progress import progress_bar
+from dualkit.core.runstate import RunState
+from dualkit.core.schedules import lr_table
+from dualkit.core.specs import RunSpec, load_json, save_json, to_dict
+from dualkit.core.weights import classifier_shapes, init_classifier, is_buffer
+from dualkit.tasks.progress import progress_bar
 
 
 @dataclass

@@ -19,22 +19,22 @@ from typing import Any
 
 import numpy as np
 
-from core import checkpoint, registry, runstate
-from core.batches import make_rng
-from core.envs import EnvInfo, Evaluator, VectorRollout, env_info, episode_seeds
-from core.errors import CheckpointError, RunError, SpecError, TrainingError
-from core.exploration import EpsilonGreedy, epsilon_at, greedy
-from core.replay import ReplayBuffer
-from core.interrupt import StopSignal
-from core.runs import (
+from dualkit.core import checkpoint, registry, runstate
+from dualkit.core.batches import make_rng
+from dualkit.core.envs import EnvInfo, Evaluator, VectorRollout, env_info, episode_seeds
+from dualkit.core.errors import CheckpointError, RunError, SpecError, TrainingError
+from dualkit.core.exploration import EpsilonGreedy, epsilon_at, greedy
+from dualkit.core.replay import ReplayBuffer
+from dualkit.core.interrupt import StopSignal
+from dualkit.core.runs import (
     METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, prepare_run_dir, require_run_dir,
     write_json,
 )
-from core.runstate import RunState
-from core.schedules import lr_at
-from core.specs import DQNRunSpec, load_json, save_json, to_dict
-from core.weights import QNET_PREFIX, TARGET_PREFIX, init_qnet, qnet_shapes
-from tasks.progress import progress_bar
+from dualkit.core.runstate import RunState
+from dualkit.core.schedules import lr_at
+from dualkit.core.specs import DQNRunSpec, load_json, save_json, to_dict
+from dualkit.core.weights import QNET_PREFIX, TARGET_PREFIX, init_qnet, qnet_shapes
+from dualkit.tasks.progress import progress_bar
 
 CURVE_FILE = "learning_curve.png"
 
@@ -478,7 +478,7 @@ def plot_learning_curve(result: DQNResult, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from core.runs import atomic_write_bytes
+    from dualkit.core.runs import atomic_write_bytes
     import io
 
     fig, ax = plt.subplots(figsize=(7, 4))

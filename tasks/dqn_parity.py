@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from core import losses as ref_losses
-from core import optim_ref, registry
-from core.batches import make_rng
-from core.exploration import q_margin
-from core.replay import Batch
-from core.specs import DQNRunSpec, OptimSpec, QNetSpec
-from core.weights import QNET_PREFIX, init_qnet, target_names
-from tasks.parity import BACKENDS, Check, bound, check, max_rel_diff, rel_diff
+from dualkit.core import losses as ref_losses
+from dualkit.core import optim_ref, registry
+from dualkit.core.batches import make_rng
+from dualkit.core.exploration import q_margin
+from dualkit.core.replay import Batch
+from dualkit.core.specs import DQNRunSpec, OptimSpec, QNetSpec
+from dualkit.core.weights import QNET_PREFIX, init_qnet, target_names
+from dualkit.tasks.parity import BACKENDS, Check, bound, check, max_rel_diff, rel_diff
 
 L5_MIN_RETURN = 475.0  # CartPole-v1's "solved" threshold, on the mean of 20 greedy episodes
 L5_MIN_SEEDS = 2  # of 3 seeds per backend
@@ -227,7 +227,7 @@ def level4(
     """The same seeded CartPole run in both backends: the TD loss of each of the first ``min_updates``
     updates, and the actions taken, step by step, until the first near-tie of two Q-values.
     ``train_freq=None`` keeps the preset's own (see L4_TRAIN_FREQ)."""
-    from tasks.dqn import train
+    from dualkit.tasks.dqn import train
 
     spec = l4_spec(base, dtype, train_freq)
     runs = {name: train(spec, name, device=device, progress=False, record=True, max_updates=min_updates, test=False)
@@ -246,7 +246,7 @@ def level4(
 # -- L5: the outcome -------------------------------------------------------------------------------------
 def level5(base: DQNRunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2)) -> tuple[list[Check], dict[str, list[dict[str, Any]]]]:
     """Each backend trained per seed within the preset's budget: greedy return on 20 held-out episodes."""
-    from tasks.dqn import train
+    from dualkit.tasks.dqn import train
 
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in BACKENDS}
     for name in BACKENDS:
@@ -274,7 +274,7 @@ def port_spec(base: DQNRunSpec, total_steps: int = 5000) -> DQNRunSpec:
 
 def port_checks(base: DQNRunSpec, device: str = "cpu", total_steps: int = 5000) -> list[Check]:
     """Train in A, write the run, play the same seeded episodes in B from the checkpoint, both ways."""
-    from tasks.dqn import NATIVE_SUFFIX, port_run, train
+    from dualkit.tasks.dqn import NATIVE_SUFFIX, port_run, train
 
     out = []
     spec = port_spec(base, total_steps)

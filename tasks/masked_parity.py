@@ -16,17 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from core import losses as ref_losses
-from core import registry
-from core.batches import make_rng, num_batches
-from core.datasets import load_dataset
-from core.masking import random_masks
-from core.specs import DecoderSpec, MaskedRunSpec, ModelSpec, OptimSpec, ScheduleSpec
-from core.weights import init_masked
-from tasks.classify import prepare_data
-from tasks.parity import BACKENDS, Check, check, level3, max_rel_diff, rel_diff
-from tasks.pretrain import pretrain
-from tasks.probe import extract_features, linear_probe, load_encoder
+from dualkit.core import losses as ref_losses
+from dualkit.core import registry
+from dualkit.core.batches import make_rng, num_batches
+from dualkit.core.datasets import load_dataset
+from dualkit.core.masking import random_masks
+from dualkit.core.specs import DecoderSpec, MaskedRunSpec, ModelSpec, OptimSpec, ScheduleSpec
+from dualkit.core.weights import init_masked
+from dualkit.tasks.classify import prepare_data
+from dualkit.tasks.parity import BACKENDS, Check, check, level3, max_rel_diff, rel_diff
+from dualkit.tasks.pretrain import pretrain
+from dualkit.tasks.probe import extract_features, linear_probe, load_encoder
 
 L5_MAX_GAP_POINTS = 1.0
 PROBE_SHAPE = (8, 12, 3)  # non-square, 3 channels: any H/W/C mix-up in patches or masks shows

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from core import losses as ref_losses
-from core import optim_ref, registry
-from core.batches import make_rng, num_batches
-from core.datasets import load_dataset
-from core.specs import ModelSpec, OptimSpec, RunSpec, ScheduleSpec
-from core.weights import init_classifier
-from tasks.classify import port_run, train
+from dualkit.core import losses as ref_losses
+from dualkit.core import optim_ref, registry
+from dualkit.core.batches import make_rng, num_batches
+from dualkit.core.datasets import load_dataset
+from dualkit.core.specs import ModelSpec, OptimSpec, RunSpec, ScheduleSpec
+from dualkit.core.weights import init_classifier
+from dualkit.tasks.classify import port_run, train
 
 BACKENDS = ("torch", "tf")
 # CPU bounds (DESIGN.md); float64 bounds show that any float32 gap is rounding, not semantics.

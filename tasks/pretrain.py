@@ -21,25 +21,25 @@ from typing import Any
 
 import numpy as np
 
-from core import checkpoint, registry, runstate
-from core.batches import Normalizer, epoch_batches, make_rng, num_batches
-from core.datasets import Dataset, load_dataset
-from core.errors import CheckpointError, DataError, RunError, SpecError, TrainingError
-from core.interrupt import StopSignal
-from core.losses import masked_mse
-from core.masking import denormalize, grid_shape, patch_size_for, random_masks, upsample_mask
-from core.runs import (
+from dualkit.core import checkpoint, registry, runstate
+from dualkit.core.batches import Normalizer, epoch_batches, make_rng, num_batches
+from dualkit.core.datasets import Dataset, load_dataset
+from dualkit.core.errors import CheckpointError, DataError, RunError, SpecError, TrainingError
+from dualkit.core.interrupt import StopSignal
+from dualkit.core.losses import masked_mse
+from dualkit.core.masking import denormalize, grid_shape, patch_size_for, random_masks, upsample_mask
+from dualkit.core.runs import (
     METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, atomic_write_bytes, prepare_run_dir,
     require_run_dir, write_json,
 )
-from core.runstate import RunState
-from core.schedules import lr_table
-from core.specs import MaskedRunSpec, load_json, save_json, to_dict
-from core.weights import init_masked, is_buffer, masked_shapes
-from tasks import classify
-from tasks.classify import prepare_data
-from tasks.probe import ENCODER_FILE, evaluate_encoder
-from tasks.progress import progress_bar
+from dualkit.core.runstate import RunState
+from dualkit.core.schedules import lr_table
+from dualkit.core.specs import MaskedRunSpec, load_json, save_json, to_dict
+from dualkit.core.weights import init_masked, is_buffer, masked_shapes
+from dualkit.tasks import classify
+from dualkit.tasks.classify import prepare_data
+from dualkit.tasks.probe import ENCODER_FILE, evaluate_encoder
+from dualkit.tasks.progress import progress_bar
 
 GRID_FILE = "reconstructions.png"
 GRID_IMAGES = 8

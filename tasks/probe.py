@@ -19,13 +19,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core import checkpoint, registry
-from core.batches import Normalizer, eval_batches
-from core.datasets import Dataset
-from core.errors import CheckpointError
-from core.runs import MODEL_FILE
-from core.specs import MaskedRunSpec, RunSpec
-from core.weights import encoder_shapes, init_weights
+from dualkit.core import checkpoint, registry
+from dualkit.core.batches import Normalizer, eval_batches
+from dualkit.core.datasets import Dataset
+from dualkit.core.errors import CheckpointError
+from dualkit.core.runs import MODEL_FILE
+from dualkit.core.specs import MaskedRunSpec, RunSpec
+from dualkit.core.weights import encoder_shapes, init_weights
 
 ENCODER_FILE = "encoder.safetensors"
 
@@ -59,7 +59,7 @@ def load_encoder(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 def encoder_for_classifier(path: Path, spec: RunSpec) -> dict[str, np.ndarray]:
     """``--init-from``: the encoder of ``path`` (a run folder or .safetensors), checked to fit the
     encoder of ``spec``'s classifier on its data, naming every missing, unexpected and mis-shaped tensor."""
-    from core.datasets import load_dataset
+    from dualkit.core.datasets import load_dataset
 
     encoder, meta = load_encoder(path)
     in_channels = load_dataset(spec.data).image_shape[2]
@@ -185,7 +185,7 @@ def finetune(
     device: str = "cpu", progress: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune the whole classifier from ``encoder`` (fresh head) on a label fraction; test accuracy."""
-    from tasks.classify import train
+    from dualkit.tasks.classify import train
 
     cspec = finetune_spec(spec, fraction, n_train)
     res = train(cspec, backend_name, device=device, progress=progress, init_weights=encoder)

@@ -16,8 +16,8 @@ def torch_run(tmp_path_factory):
     Returns (run folder, spec, TrainResult).
     """
     pytest.importorskip("torch")
-    from tasks import presets
-    from tasks.classify import train
+    from dualkit.tasks import presets
+    from dualkit.tasks.classify import train
 
     spec = presets.load("cnn-digits", ["train.epochs=2"])
     run_dir = tmp_path_factory.mktemp("shared") / "torch-run"

@@ -6,12 +6,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from backends.tf.cnn import build_cnn, canonical_variables
-from backends.tf.losses import softmax_cross_entropy
-from backends.tf.optim import Optimizer
-from backends.tf.runtime import DTYPES, get_rng_state, save_keras, set_rng_state, tf_device, to_numpy, to_tensor
-from core.specs import ModelSpec, OptimSpec
-from core.weights import is_buffer
+from dualkit.backends.tf.cnn import build_cnn, canonical_variables
+from dualkit.backends.tf.losses import softmax_cross_entropy
+from dualkit.backends.tf.optim import Optimizer
+from dualkit.backends.tf.runtime import DTYPES, get_rng_state, save_keras, set_rng_state, tf_device, to_numpy, to_tensor
+from dualkit.core.specs import ModelSpec, OptimSpec
+from dualkit.core.weights import is_buffer
 
 
 class Classifier:

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.specs import ModelSpec
+from dualkit.core.specs import ModelSpec
 
 
 @keras.saving.register_keras_serializable(package="dualkit")

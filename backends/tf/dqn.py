@@ -7,13 +7,13 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from backends.tf.losses import td_loss
-from backends.tf.optim import Optimizer
-from backends.tf.qnet import build_qnet, canonical_variables
-from backends.tf.runtime import DTYPES, save_keras, tf_device, to_numpy, to_tensor
-from core.replay import Batch
-from core.specs import OptimSpec, QNetSpec
-from core.weights import QNET_PREFIX, TARGET_PREFIX, target_names
+from dualkit.backends.tf.losses import td_loss
+from dualkit.backends.tf.optim import Optimizer
+from dualkit.backends.tf.qnet import build_qnet, canonical_variables
+from dualkit.backends.tf.runtime import DTYPES, save_keras, tf_device, to_numpy, to_tensor
+from dualkit.core.replay import Batch
+from dualkit.core.specs import OptimSpec, QNetSpec
+from dualkit.core.weights import QNET_PREFIX, TARGET_PREFIX, target_names
 
 
 class DQNAgent:

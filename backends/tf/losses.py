@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from backends.tf.runtime import tf_device, to_tensor
+from dualkit.backends.tf.runtime import tf_device, to_tensor
 
 
 def softmax_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:

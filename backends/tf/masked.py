@@ -12,13 +12,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from backends.tf.cnn import BatchNorm, _layer_name, build_encoder, canonical_variables
-from backends.tf.losses import masked_mse
-from backends.tf.optim import Optimizer
-from backends.tf.runtime import DTYPES, get_rng_state, set_rng_state, tf_device, to_numpy, to_tensor
-from core.masking import grid_shape, patch_size_for, visible
-from core.specs import DecoderSpec, ModelSpec, OptimSpec
-from core.weights import MASK_TOKEN, decoder_channels, decoder_skips, feature_grid, is_buffer
+from dualkit.backends.tf.cnn import BatchNorm, _layer_name, build_encoder, canonical_variables
+from dualkit.backends.tf.losses import masked_mse
+from dualkit.backends.tf.optim import Optimizer
+from dualkit.backends.tf.runtime import DTYPES, get_rng_state, set_rng_state, tf_device, to_numpy, to_tensor
+from dualkit.core.masking import grid_shape, patch_size_for, visible
+from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec
+from dualkit.core.weights import MASK_TOKEN, decoder_channels, decoder_skips, feature_grid, is_buffer
 
 
 def masked_batchnorm(bn: BatchNorm, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tf.Tensor:

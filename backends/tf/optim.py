@@ -12,9 +12,9 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from backends.tf.runtime import tf_device, to_numpy
-from core.optim_ref import decays
-from core.specs import OptimSpec
+from dualkit.backends.tf.runtime import tf_device, to_numpy
+from dualkit.core.optim_ref import decays
+from dualkit.core.specs import OptimSpec
 
 
 Convert = Callable[[np.ndarray], np.ndarray]

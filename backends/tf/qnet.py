@@ -8,7 +8,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from core.specs import QNetSpec
+from dualkit.core.specs import QNetSpec
 
 ACTIVATIONS = {"relu": "relu", "tanh": "tanh"}
 

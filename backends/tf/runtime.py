@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.errors import BackendError
+from dualkit.core.errors import BackendError
 
 NAME = "tf"
 DTYPES = {"float32": tf.float32, "float64": tf.float64}

@@ -1,10 +1,10 @@
 """PyTorch backend. Imported only when chosen (core.registry); mirrors backends/tf module by module."""
 
-from backends.torch.classifier import Classifier
-from backends.torch.dqn import DQNAgent
-from backends.torch.losses import numpy_loss
-from backends.torch.masked import MaskedAutoencoder
-from backends.torch.optim import Optimizer, apply_updates
-from backends.torch.runtime import NAME, check_device, devices, gpu_available, seed, setup, versions
+from dualkit.backends.torch.classifier import Classifier
+from dualkit.backends.torch.dqn import DQNAgent
+from dualkit.backends.torch.losses import numpy_loss
+from dualkit.backends.torch.masked import MaskedAutoencoder
+from dualkit.backends.torch.optim import Optimizer, apply_updates
+from dualkit.backends.torch.runtime import NAME, check_device, devices, gpu_available, seed, setup, versions
 
 __all__ = ["NAME", "Classifier", "DQNAgent", "MaskedAutoencoder", "Optimizer", "apply_updates", "numpy_loss", "check_device", "devices", "gpu_available", "seed", "setup", "versions"]

@@ -7,13 +7,13 @@ import io
 import numpy as np
 import torch
 
-from backends.torch.cnn import CNN
-from backends.torch.losses import softmax_cross_entropy
-from backends.torch.optim import Optimizer
-from backends.torch.runtime import DTYPES, get_rng_state, set_rng_state, to_numpy, to_tensor, torch_device
-from core.runs import atomic_write_bytes
-from core.specs import ModelSpec, OptimSpec
-from core.weights import is_buffer
+from dualkit.backends.torch.cnn import CNN
+from dualkit.backends.torch.losses import softmax_cross_entropy
+from dualkit.backends.torch.optim import Optimizer
+from dualkit.backends.torch.runtime import DTYPES, get_rng_state, set_rng_state, to_numpy, to_tensor, torch_device
+from dualkit.core.runs import atomic_write_bytes
+from dualkit.core.specs import ModelSpec, OptimSpec
+from dualkit.core.weights import is_buffer
 
 
 class Classifier:

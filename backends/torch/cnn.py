@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.specs import ModelSpec
-from core.weights import feature_grid
+from dualkit.core.specs import ModelSpec
+from dualkit.core.weights import feature_grid
 
 
 class ConvBlock(nn.Module):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backends.torch.losses import td_loss
-from backends.torch.optim import Optimizer
-from backends.torch.qnet import build_qnet, canonical_variables
-from backends.torch.runtime import DTYPES, to_numpy, to_tensor, torch_device
-from core.replay import Batch
-from core.specs import OptimSpec, QNetSpec
-from core.weights import QNET_PREFIX, TARGET_PREFIX, target_names
+from dualkit.backends.torch.losses import td_loss
+from dualkit.backends.torch.optim import Optimizer
+from dualkit.backends.torch.qnet import build_qnet, canonical_variables
+from dualkit.backends.torch.runtime import DTYPES, to_numpy, to_tensor, torch_device
+from dualkit.core.replay import Batch
+from dualkit.core.specs import OptimSpec, QNetSpec
+from dualkit.core.weights import QNET_PREFIX, TARGET_PREFIX, target_names
 
 
 class DQNAgent:
@@ -114,7 +114,7 @@ class DQNAgent:
         """A plain PyTorch state dict (``.pt``) of the online network; keys are the canonical names."""
         import io
 
-        from core.runs import atomic_write_bytes
+        from dualkit.core.runs import atomic_write_bytes
 
         buf = io.BytesIO()
         torch.save({n: t.detach().cpu() for n, t in canonical_variables(self.online, QNET_PREFIX).items()}, buf)

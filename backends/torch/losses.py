@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backends.torch.runtime import to_tensor, torch_device
+from dualkit.backends.torch.runtime import to_tensor, torch_device
 
 
 def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

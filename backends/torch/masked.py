@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backends.torch.cnn import Encoder
-from backends.torch.losses import masked_mse
-from backends.torch.optim import Optimizer
-from backends.torch.runtime import DTYPES, get_rng_state, set_rng_state, to_numpy, to_tensor, torch_device
-from core.masking import patch_size_for, visible
-from core.specs import DecoderSpec, ModelSpec, OptimSpec
-from core.weights import decoder_channels, decoder_skips, is_buffer
+from dualkit.backends.torch.cnn import Encoder
+from dualkit.backends.torch.losses import masked_mse
+from dualkit.backends.torch.optim import Optimizer
+from dualkit.backends.torch.runtime import DTYPES, get_rng_state, set_rng_state, to_numpy, to_tensor, torch_device
+from dualkit.core.masking import patch_size_for, visible
+from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec
+from dualkit.core.weights import decoder_channels, decoder_skips, is_buffer
 
 
 def masked_batchnorm(bn: nn.BatchNorm2d, x: torch.Tensor, vis: torch.Tensor, training: bool) -> torch.Tensor:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backends.torch.runtime import to_numpy, to_tensor, torch_device
-from core.optim_ref import decays
-from core.specs import OptimSpec
+from dualkit.backends.torch.runtime import to_numpy, to_tensor, torch_device
+from dualkit.core.optim_ref import decays
+from dualkit.core.specs import OptimSpec
 
 
 class Optimizer:

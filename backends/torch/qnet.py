@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.specs import QNetSpec
+from dualkit.core.specs import QNetSpec
 
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.errors import BackendError
+from dualkit.core.errors import BackendError
 
 NAME = "torch"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

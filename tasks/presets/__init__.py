@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.errors import SpecError
-from core.specs import RunSpec, apply_overrides, load_toml
+from dualkit.core.errors import SpecError
+from dualkit.core.specs import RunSpec, apply_overrides, load_toml
 
 PRESET_DIR = Path(__file__).resolve().parent
 

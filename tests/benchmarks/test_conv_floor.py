@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import conv_floor
-from core import registry
-from core.flops import ConvLayer, conv_layers
-from tasks import presets
+from dualkit.benchmarks import conv_floor
+from dualkit.core import registry
+from dualkit.core.flops import ConvLayer, conv_layers
+from dualkit.tasks import presets
 
 BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(not registry.is_installed(b), reason=f"{b} is not installed"))
             for b in ("torch", "tf")]

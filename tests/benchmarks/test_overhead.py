@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import overhead
-from core import registry
-from tasks import presets
+from dualkit.benchmarks import overhead
+from dualkit.core import registry
+from dualkit.tasks import presets
 
 
 def test_each_loop_keeps_its_best_round_and_rounds_alternate(monkeypatch):

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from benchmarks import report
-from benchmarks.suite import SCHEMA_VERSION
+from dualkit.benchmarks import report
+from dualkit.benchmarks.suite import SCHEMA_VERSION
 
 
 def fake_results(accuracy_shift: float = 0.0, throughput: float = 1000.0, l4_passed: bool = True,

@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("tensorflow")
 
-from benchmarks import suite  # noqa: E402
-from tasks.cli import main  # noqa: E402
+from dualkit.benchmarks import suite  # noqa: E402
+from dualkit.cli import main  # noqa: E402
 
 
 def test_bench_smoke_both_backends_writes_report(tmp_path, monkeypatch, capsys):
@@ -39,7 +39,7 @@ def test_bench_smoke_both_backends_writes_report(tmp_path, monkeypatch, capsys):
 
 
 def test_l5_from_runs_applies_floor_and_gap():
-    from tasks import presets
+    from dualkit.tasks import presets
 
     spec = presets.load("cnn-digits")
     runs = [{"backend": "torch", "value": v} for v in (0.99, 0.985)] + [{"backend": "tf", "value": v} for v in (0.97, 0.975)]

@@ -9,9 +9,9 @@ import math
 
 import pytest
 
-from benchmarks import report, suite, worker
-from core import registry
-from tasks import presets
+from dualkit.benchmarks import report, suite, worker
+from dualkit.core import registry
+from dualkit.tasks import presets
 
 BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(not registry.is_installed(b), reason=f"{b} is not installed"))
             for b in ("torch", "tf")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.batches import Normalizer, augment, epoch_batches, eval_batches, make_rng, num_batches
-from core.errors import DataError
+from dualkit.core.batches import Normalizer, augment, epoch_batches, eval_batches, make_rng, num_batches
+from dualkit.core.errors import DataError
 
 
 def images(n: int = 10, h: int = 6, w: int = 5, c: int = 3, seed: int = 0) -> np.ndarray:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import core.runs
-from core import checkpoint
-from core.errors import CheckpointError
+import dualkit.core.runs
+from dualkit.core import checkpoint
+from dualkit.core.errors import CheckpointError
 
 
 def tensors() -> dict[str, np.ndarray]:
@@ -63,7 +63,7 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(core.runs.os, "replace", broken_replace)
+    monkeypatch.setattr(dualkit.core.runs.os, "replace", broken_replace)
     bigger = {**tensors(), "extra": np.zeros((100, 100), np.float32)}
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save(path, bigger, {**META, "epoch": 9})
@@ -81,7 +81,7 @@ def test_failed_write_while_writing_data(tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError("I/O error")
 
-    monkeypatch.setattr(core.runs.os, "fsync", broken_fsync)
+    monkeypatch.setattr(dualkit.core.runs.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="I/O error"):
         checkpoint.save(path, tensors(), {**META, "epoch": 9})
     monkeypatch.undo()

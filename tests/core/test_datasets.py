@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import datasets
-from core.datasets import (
+from dualkit.core import datasets
+from dualkit.core.datasets import (
     SPLIT_SEED,
     Dataset,
     find_cifar10,
@@ -20,8 +20,8 @@ from core.datasets import (
     load_digits_arrays,
     load_idx,
 )
-from core.errors import DataError
-from core.specs import DataSpec
+from dualkit.core.errors import DataError
+from dualkit.core.specs import DataSpec
 
 RECORDS = 5  # per CIFAR file in these tests, instead of the official 10000
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from core.envs import Evaluator, VectorRollout, check_spaces, env_info, episode_seeds, make_env, train_seeds
-from core.errors import EnvError
-from core.specs import EnvSpec
+from dualkit.core.envs import Evaluator, VectorRollout, check_spaces, env_info, episode_seeds, make_env, train_seeds
+from dualkit.core.errors import EnvError
+from dualkit.core.specs import EnvSpec
 
 
 class _ImageEnv(gym.Env):
@@ -120,7 +120,7 @@ def test_evaluator_is_deterministic_per_seed():
 
 def test_env_batch_steps_exactly_like_gymnasium_sync_vector_env():
     """VectorRollout's lean EnvBatch gives SyncVectorEnv's (next-step autoreset) results, step for step."""
-    from core.envs import EnvBatch, make_vector_env
+    from dualkit.core.envs import EnvBatch, make_vector_env
 
     spec = EnvSpec(id="CartPole-v1", num_envs=5, max_episode_steps=30)
     actions = np.random.default_rng(0).integers(0, 2, (300, 5))
@@ -136,7 +136,7 @@ def test_env_batch_steps_exactly_like_gymnasium_sync_vector_env():
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "MountainCar-v0"])
 def test_rollout_state_restored_in_fresh_envs_continues_step_for_step(env_id):
     """A run checkpoint's env snapshot (mid-episode, across resets and time limits) continues exactly."""
-    from core.envs import VectorRollout
+    from dualkit.core.envs import VectorRollout
 
     spec = EnvSpec(id=env_id, num_envs=3, max_episode_steps=40)
     actions = np.random.default_rng(0).integers(0, 2, (300, 3))
@@ -157,7 +157,7 @@ def test_rollout_state_restored_in_fresh_envs_continues_step_for_step(env_id):
 
 
 def test_an_env_without_a_state_attribute_has_no_snapshot():
-    from core.envs import snapshot_env
+    from dualkit.core.envs import snapshot_env
 
     class Opaque(gym.Env):
         observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from core.exploration import EpsilonGreedy, epsilon_at, greedy, q_margin
+from dualkit.core.exploration import EpsilonGreedy, epsilon_at, greedy, q_margin
 
 
 def test_epsilon_linear_then_flat():

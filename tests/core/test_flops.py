@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.flops import ConvLayer, classifier_forward_flops, classifier_train_flops, conv_layers
-from tasks import presets
+from dualkit.core.flops import ConvLayer, classifier_forward_flops, classifier_train_flops, conv_layers
+from dualkit.tasks import presets
 
 
 def test_conv_layers_follow_the_blocks_and_their_pools():

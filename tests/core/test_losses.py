@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from core.losses import log_softmax, softmax_cross_entropy
+from dualkit.core.losses import log_softmax, softmax_cross_entropy
 
 
 def test_log_softmax_hand_values():

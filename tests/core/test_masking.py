@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.batches import make_rng
-from core.errors import SpecError
-from core.losses import masked_mse
-from core.masking import (
+from dualkit.core.batches import make_rng
+from dualkit.core.errors import SpecError
+from dualkit.core.losses import masked_mse
+from dualkit.core.masking import (
     denormalize, grid_shape, normalized_targets, num_masked, patch_size_for, patchify, random_masks, unpatchify,
     upsample_mask, visible,
 )
-from core.specs import DecoderSpec, MaskedRunSpec, ModelSpec, apply_overrides, validate
-from core.weights import decoder_shapes, encoder_shapes, init_classifier, init_masked, masked_shapes
+from dualkit.core.specs import DecoderSpec, MaskedRunSpec, ModelSpec, apply_overrides, validate
+from dualkit.core.weights import decoder_shapes, encoder_shapes, init_classifier, init_masked, masked_shapes
 
 
 # --------------------------------------------------------------------------- masks

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from core.losses import softmax_cross_entropy
-from core.metrics import accuracy, classification_metrics, confusion_matrix, macro_f1, top_k_accuracy
+from dualkit.core.losses import softmax_cross_entropy
+from dualkit.core.metrics import accuracy, classification_metrics, confusion_matrix, macro_f1, top_k_accuracy
 
 
 def test_accuracy_accepts_logits_and_predictions():

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from core import optim_ref
-from core.errors import SpecError
-from core.specs import OptimSpec
+from dualkit.core import optim_ref
+from dualkit.core.errors import SpecError
+from dualkit.core.specs import OptimSpec
 
 
 def _one(x):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core import registry
-from core.errors import BackendError
+from dualkit.core import registry
+from dualkit.core.errors import BackendError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,7 @@ def test_framework_not_installed_via_find_spec(monkeypatch):
 
 def test_framework_not_installed_via_fake_entry(monkeypatch):
     monkeypatch.setitem(
-        registry.BACKENDS, "fakefw", ("backends.fakefw", "dualkit_no_such_framework", "pip install dualkit-fakefw")
+        registry.BACKENDS, "fakefw", ("dualkit.backends.fakefw", "dualkit_no_such_framework", "pip install dualkit-fakefw")
     )
     assert not registry.is_installed("fakefw")
     assert "fakefw" not in registry.available()
@@ -137,8 +137,8 @@ def test_core_imports_no_framework():
     assert set(listed) <= set(found)
     code = (
         "import importlib, sys\n"
-        f"for name in {found!r}: importlib.import_module('core.' + name)\n"
-        "import core.registry; core.registry.resolve_name('tf'); core.registry.available()\n"
+        f"for name in {found!r}: importlib.import_module('dualkit.core.' + name)\n"
+        "import dualkit.core.registry as r; r.resolve_name('tf'); r.available()\n"
         "loaded = {'torch', 'tensorflow', 'keras'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"
     )
@@ -149,7 +149,7 @@ def test_core_imports_no_framework():
 
 def test_cli_and_presets_import_no_framework():
     code = (
-        "import tasks.cli, tasks.presets, sys; tasks.presets.load('cnn-digits'); "
+        "import dualkit.cli, dualkit.tasks.presets as p, sys; p.load('cnn-digits'); "
         "loaded = {'torch', 'tensorflow', 'keras'} & set(sys.modules); assert not loaded, loaded"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

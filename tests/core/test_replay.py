@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from core.batches import make_rng
-from core.replay import Batch, ReplayBuffer
+from dualkit.core.batches import make_rng
+from dualkit.core.replay import Batch, ReplayBuffer
 
 
 def _rows(start: int, n: int, dim: int = 3):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.report import fmt, markdown_table
+from dualkit.core.report import fmt, markdown_table
 
 
 def cells(line: str) -> list[str]:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import core.runs
-from core.errors import RunError
-from core.runs import (
+import dualkit.core.runs
+from dualkit.core.errors import RunError
+from dualkit.core.runs import (
     METRICS_FILE,
     MODEL_FILE,
     RESULT_FILE,
@@ -135,7 +135,7 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("boom")
 
-    monkeypatch.setattr(core.runs.os, "replace", broken_replace)
+    monkeypatch.setattr(dualkit.core.runs.os, "replace", broken_replace)
     with pytest.raises(OSError, match="boom"):
         atomic_write_bytes(path, b"new")
     monkeypatch.undo()

@@ -9,13 +9,13 @@ import signal
 import numpy as np
 import pytest
 
-from core import checkpoint, runstate
-from core.batches import epoch_batches, make_rng, Normalizer
-from core.errors import CheckpointError, Interrupted, RunError, SpecError
-from core.interrupt import StopSignal
-from core.runs import prepare_run_dir
-from core.runstate import RunState
-from core.specs import RunSpec, apply_overrides, to_dict
+from dualkit.core import checkpoint, runstate
+from dualkit.core.batches import epoch_batches, make_rng, Normalizer
+from dualkit.core.errors import CheckpointError, Interrupted, RunError, SpecError
+from dualkit.core.interrupt import StopSignal
+from dualkit.core.runs import prepare_run_dir
+from dualkit.core.runstate import RunState
+from dualkit.core.specs import RunSpec, apply_overrides, to_dict
 
 WEIGHTS = {"head.out.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "head.out.bias": np.ones(2, np.float32)}
 OPTIM = {"step": np.array(3.0), "exp_avg.head.out.weight": np.full((2, 3), 0.5, np.float32),

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from core.errors import SpecError
-from core.schedules import lr_at, lr_table
-from core.specs import ScheduleSpec
+from dualkit.core.errors import SpecError
+from dualkit.core.schedules import lr_at, lr_table
+from dualkit.core.specs import ScheduleSpec
 
 
 def test_warmup_is_linear_and_reaches_base():

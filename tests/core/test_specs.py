@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from core.errors import SpecError
-from core.specs import (
+from dualkit.core.errors import SpecError
+from dualkit.core.specs import (
     RunSpec,
     apply_overrides,
     from_dict,
@@ -17,7 +17,7 @@ from core.specs import (
     save_json,
     to_dict,
 )
-from tasks import presets
+from dualkit.tasks import presets
 
 
 # --------------------------------------------------------------------------- round trip

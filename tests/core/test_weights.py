@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.specs import ModelSpec
-from core.weights import classifier_shapes, feature_grid, init_classifier, init_weights, is_buffer
+from dualkit.core.specs import ModelSpec
+from dualkit.core.weights import classifier_shapes, feature_grid, init_classifier, init_weights, is_buffer
 
 
 def test_gap_shapes():

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("tensorflow")
 
-from tasks import parity, presets  # noqa: E402
+from dualkit.tasks import parity, presets  # noqa: E402
 from tests.devices import DEVICES  # noqa: E402
 
 pytestmark = pytest.mark.parity

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("tensorflow")
 
-from tasks import dqn_parity, presets  # noqa: E402
+from dualkit.tasks import dqn_parity, presets  # noqa: E402
 from tests.devices import DEVICES  # noqa: E402
 
 pytestmark = pytest.mark.parity

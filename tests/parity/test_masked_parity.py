@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("tensorflow")
 
-from tasks import masked_parity, presets  # noqa: E402
+from dualkit.tasks import masked_parity, presets  # noqa: E402
 from tests.devices import DEVICES  # noqa: E402
 
 pytestmark = pytest.mark.parity

@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("torch")
 
-from core import checkpoint, registry  # noqa: E402
-from core.errors import CheckpointError, DataError, RunError, TrainingError  # noqa: E402
-from core.runs import read_json  # noqa: E402
-from core.specs import apply_overrides, load_json, save_json  # noqa: E402
-from core.weights import classifier_shapes  # noqa: E402
-from tasks import presets  # noqa: E402
-from tasks.classify import evaluate_run, load_run, port_run, train  # noqa: E402
+from dualkit.core import checkpoint, registry  # noqa: E402
+from dualkit.core.errors import CheckpointError, DataError, RunError, TrainingError  # noqa: E402
+from dualkit.core.runs import read_json  # noqa: E402
+from dualkit.core.specs import apply_overrides, load_json, save_json  # noqa: E402
+from dualkit.core.weights import classifier_shapes  # noqa: E402
+from dualkit.tasks import presets  # noqa: E402
+from dualkit.tasks.classify import evaluate_run, load_run, port_run, train  # noqa: E402
 
 HAS_TF = registry.is_installed("tf")
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="TensorFlow is not installed")

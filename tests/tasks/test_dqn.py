@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from core import checkpoint, registry
-from core.runs import MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, read_json
-from tasks import presets
-from tasks.cli import main
-from tasks.dqn import CURVE_FILE, evaluate_run, train
+from dualkit.core import checkpoint, registry
+from dualkit.core.runs import MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, read_json
+from dualkit.tasks import presets
+from dualkit.cli import main
+from dualkit.tasks.dqn import CURVE_FILE, evaluate_run, train
 
 HAS_BOTH = registry.is_installed("torch") and registry.is_installed("tf")
 needs_both = pytest.mark.skipif(not HAS_BOTH, reason="needs PyTorch and TensorFlow")

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import checkpoint, registry, runstate
-from core.errors import CheckpointError, Interrupted, RunError, SpecError
-from tasks import presets
-from tasks.cli import main
-from tasks.dqn import resume, train
-from tasks.dqn_parity import l4_spec
-from tasks.parity import bound
+from dualkit.core import checkpoint, registry, runstate
+from dualkit.core.errors import CheckpointError, Interrupted, RunError, SpecError
+from dualkit.tasks import presets
+from dualkit.cli import main
+from dualkit.tasks.dqn import resume, train
+from dualkit.tasks.dqn_parity import l4_spec
+from dualkit.tasks.parity import bound
 from tests.runfolders import sigint_after, snapshot
 
 HAS_TF = registry.is_installed("tf")
@@ -226,7 +226,7 @@ def test_refuses_a_complete_run_and_says_how_to_train_on(straight, tmp_path):
 
 def test_refuses_a_run_of_another_task(tmp_path):
     spec = presets.load("cnn-digits", ["data.limit_train=64", "train.epochs=1"])
-    from tasks.classify import train as train_classifier
+    from dualkit.tasks.classify import train as train_classifier
 
     train_classifier(spec, "torch", run_dir=tmp_path / "clf", progress=False)
     refused(tmp_path / "clf", RunError, r"'classify' run, not a DQN run")

@@ -12,18 +12,18 @@ import pytest
 
 pytest.importorskip("torch")
 
-from core import checkpoint, registry, runstate  # noqa: E402
-from core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError  # noqa: E402
-from core.runs import read_json  # noqa: E402
-from core.specs import DQNRunSpec, RunSpec, apply_overrides, load_json, save_json  # noqa: E402
-from core.weights import encoder_shapes, masked_shapes  # noqa: E402
-from tasks import parity, presets  # noqa: E402
-from tasks.classify import train  # noqa: E402
-from tasks.cli import main  # noqa: E402
-from tasks import pretrain as pretrain_module  # noqa: E402
-from tasks.pretrain import pretrain, resume  # noqa: E402
+from dualkit.core import checkpoint, registry, runstate  # noqa: E402
+from dualkit.core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError  # noqa: E402
+from dualkit.core.runs import read_json  # noqa: E402
+from dualkit.core.specs import DQNRunSpec, RunSpec, apply_overrides, load_json, save_json  # noqa: E402
+from dualkit.core.weights import encoder_shapes, masked_shapes  # noqa: E402
+from dualkit.tasks import parity, presets  # noqa: E402
+from dualkit.tasks.classify import train  # noqa: E402
+from dualkit.cli import main  # noqa: E402
+from dualkit.tasks import pretrain as pretrain_module  # noqa: E402
+from dualkit.tasks.pretrain import pretrain, resume  # noqa: E402
 from tests.runfolders import sigint_after, snapshot  # noqa: E402
-from tasks.probe import encoder_for_classifier, load_encoder  # noqa: E402
+from dualkit.tasks.probe import encoder_for_classifier, load_encoder  # noqa: E402
 
 needs_tf = pytest.mark.skipif(not registry.is_installed("tf"), reason="TensorFlow is not installed")
 QUICK = ["--set", "train.epochs=2", "--set", "probe.c_grid=[1.0]", "--set", "finetune.fractions=[0.1]",
@@ -348,10 +348,10 @@ def test_hand_over_to_the_other_framework(src, dst, straight, no_grid, tmp_path)
 def test_optimizer_state_is_canonical_in_both_backends():
     """One identical step in each backend: the same optimizer state under the same names and layout (what a
     hand-over carries), within the L3 bound; and each backend takes the other's state back."""
-    from core.batches import Normalizer, make_rng
-    from core.masking import grid_shape, random_masks
-    from core.weights import init_masked
-    from tasks.pretrain import build_autoencoder
+    from dualkit.core.batches import Normalizer, make_rng
+    from dualkit.core.masking import grid_shape, random_masks
+    from dualkit.core.weights import init_masked
+    from dualkit.tasks.pretrain import build_autoencoder
 
     spec = presets.load("masked-digits", ["optim.eps=1e-4"])
     weights = init_masked(spec.model, spec.decoder, 1, 0, "float32")

@@ -19,12 +19,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from core import checkpoint, registry, runstate  # noqa: E402
-from core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError  # noqa: E402
-from core.specs import DQNRunSpec, apply_overrides, load_json, save_json  # noqa: E402
-from tasks import parity, presets  # noqa: E402
-from tasks.classify import resume, train  # noqa: E402
-from tasks.cli import main  # noqa: E402
+from dualkit.core import checkpoint, registry, runstate  # noqa: E402
+from dualkit.core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError  # noqa: E402
+from dualkit.core.specs import DQNRunSpec, apply_overrides, load_json, save_json  # noqa: E402
+from dualkit.tasks import parity, presets  # noqa: E402
+from dualkit.tasks.classify import resume, train  # noqa: E402
+from dualkit.cli import main  # noqa: E402
 from tests.runfolders import sigint_after, snapshot  # noqa: E402
 
 HAS_TF = registry.is_installed("tf")
@@ -329,7 +329,7 @@ def test_cli_resume_completes_a_run(run_copy, capsys):
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tasks.cli", *args]
+    return [sys.executable, "-m", "dualkit", *args]
 
 
 def env() -> dict[str, str]:

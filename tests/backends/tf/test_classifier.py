@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from core import registry  # noqa: E402
+from dualkit.core import registry  # noqa: E402
 
 if not registry.is_installed("tf"):
     pytest.skip("TensorFlow is not installed", allow_module_level=True)
@@ -17,8 +17,8 @@ backend = registry.get_backend("tf")
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from core.specs import ModelSpec, OptimSpec  # noqa: E402
-from core.weights import classifier_shapes, init_classifier, is_buffer  # noqa: E402
+from dualkit.core.specs import ModelSpec, OptimSpec  # noqa: E402
+from dualkit.core.weights import classifier_shapes, init_classifier, is_buffer  # noqa: E402
 
 Classifier = backend.Classifier
 
@@ -271,7 +271,7 @@ def test_same_seed_same_numbers():
 
 def test_block_pools_before_its_last_relu_with_the_same_values_and_gradients():
     # build_encoder runs each block's last ReLU after the max-pool; the textbook order is the reference.
-    from backends.tf.cnn import build_encoder
+    from dualkit.backends.tf.cnn import build_encoder
 
     spec = ModelSpec(channels=(5,), convs_per_block=2, batchnorm=True)
     inputs = keras.Input(shape=(8, 6, 3), dtype="float64")

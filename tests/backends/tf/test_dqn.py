@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from core import losses as ref_losses  # noqa: E402
-from core import optim_ref, registry  # noqa: E402
-from core.batches import make_rng  # noqa: E402
-from core.replay import Batch  # noqa: E402
-from core.specs import OptimSpec, QNetSpec  # noqa: E402
-from core.weights import init_qnet, qnet_shapes, target_names  # noqa: E402
+from dualkit.core import losses as ref_losses  # noqa: E402
+from dualkit.core import optim_ref, registry  # noqa: E402
+from dualkit.core.batches import make_rng  # noqa: E402
+from dualkit.core.replay import Batch  # noqa: E402
+from dualkit.core.specs import OptimSpec, QNetSpec  # noqa: E402
+from dualkit.core.weights import init_qnet, qnet_shapes, target_names  # noqa: E402
 
 BACKEND = "tf"
 NATIVE = ".keras"

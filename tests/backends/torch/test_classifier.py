@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from core import registry  # noqa: E402
-from core.specs import ModelSpec, OptimSpec  # noqa: E402
-from core.weights import classifier_shapes, init_classifier, is_buffer  # noqa: E402
+from dualkit.core import registry  # noqa: E402
+from dualkit.core.specs import ModelSpec, OptimSpec  # noqa: E402
+from dualkit.core.weights import classifier_shapes, init_classifier, is_buffer  # noqa: E402
 
 backend = registry.get_backend("torch")
 Classifier = backend.Classifier
@@ -208,7 +208,7 @@ def test_optimizer_state_is_in_the_canonical_layout(optim):
 
 
 def test_save_native_is_a_loadable_state_dict(tmp_path):
-    from backends.torch.cnn import CNN
+    from dualkit.backends.torch.cnn import CNN
 
     clf = make()
     x, y = batch()
@@ -254,7 +254,7 @@ def test_same_seed_same_numbers():
 
 def test_block_pools_before_its_last_relu_with_the_same_values_and_gradients():
     # ConvBlock runs its last ReLU after the max-pool; the textbook order (ReLU, then pool) is the reference.
-    from backends.torch.cnn import ConvBlock
+    from dualkit.backends.torch.cnn import ConvBlock
 
     torch.manual_seed(0)
     block = ConvBlock(3, 5, ModelSpec(channels=(5,), convs_per_block=2, batchnorm=True)).double()

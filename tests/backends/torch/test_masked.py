@@ -8,12 +8,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from core import registry  # noqa: E402
-from core.batches import make_rng  # noqa: E402
-from core.losses import masked_mse  # noqa: E402
-from core.masking import random_masks, upsample_mask  # noqa: E402
-from core.specs import DecoderSpec, ModelSpec, OptimSpec  # noqa: E402
-from core.weights import init_masked, is_buffer, masked_shapes  # noqa: E402
+from dualkit.core import registry  # noqa: E402
+from dualkit.core.batches import make_rng  # noqa: E402
+from dualkit.core.losses import masked_mse  # noqa: E402
+from dualkit.core.masking import random_masks, upsample_mask  # noqa: E402
+from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec  # noqa: E402
+from dualkit.core.weights import init_masked, is_buffer, masked_shapes  # noqa: E402
 
 backend = registry.get_backend("torch")
 MaskedAutoencoder = backend.MaskedAutoencoder

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from core import registry
-from core.errors import DualkitError
-from core.report import markdown_table
-from core.runs import default_run_dir, write_json
-from tasks import presets
+from dualkit.core import registry
+from dualkit.core.errors import DualkitError
+from dualkit.core.report import markdown_table
+from dualkit.core.runs import default_run_dir, write_json
+from dualkit.tasks import presets
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
@@ -32,15 +32,15 @@ def _spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
 # -- DQN: the same commands, dispatched on the spec's task -----------------------------------------
 def _run_task(run: str) -> str:
     """The task of a run folder, from its spec.json (a folder without one is left to the classifier's checks)."""
-    from core.runs import SPEC_FILE
-    from core.specs import load_json
+    from dualkit.core.runs import SPEC_FILE
+    from dualkit.core.specs import load_json
 
     path = Path(run) / SPEC_FILE
     return load_json(path).task if path.is_file() else "classify"
 
 
 def _train_dqn(args: argparse.Namespace, spec, backend: str, run_dir: Path) -> int:
-    from tasks.dqn import train
+    from dualkit.tasks.dqn import train
 
     result = train(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
     _print_dqn(result)
@@ -58,7 +58,7 @@ def _print_dqn(result) -> None:
 
 
 def _eval_dqn(args: argparse.Namespace) -> int:
-    from tasks.dqn import evaluate_run
+    from dualkit.tasks.dqn import evaluate_run
 
     res = evaluate_run(Path(args.run), args.backend, args.device, args.episodes, args.seed)
     print(markdown_table(["run", "trained in", "evaluated in", "env", "episodes", "first seed", "mean return", "std", "min"],
@@ -68,7 +68,7 @@ def _eval_dqn(args: argparse.Namespace) -> int:
 
 
 def _port_dqn(args: argparse.Namespace) -> int:
-    from tasks.dqn import NATIVE_SUFFIX, port_run
+    from dualkit.tasks.dqn import NATIVE_SUFFIX, port_run
 
     to = registry.resolve_name(args.to)
     out = Path(args.out) if args.out else Path(args.run) / f"model{NATIVE_SUFFIX[to]}"
@@ -85,7 +85,7 @@ def _port_dqn(args: argparse.Namespace) -> int:
 
 # -- masked pretraining: `pretrain`, and `train` / `eval` / `parity` dispatched on the spec's task ----
 def _train_masked(args: argparse.Namespace, spec, backend: str, run_dir: Path) -> int:
-    from tasks.pretrain import pretrain
+    from dualkit.tasks.pretrain import pretrain
 
     result = pretrain(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
     rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h["images_per_s"]] for h in result.history]
@@ -108,7 +108,7 @@ def _print_masked_eval(ev: dict) -> None:
 
 
 def _eval_masked(args: argparse.Namespace) -> int:
-    from tasks.pretrain import evaluate_run
+    from dualkit.tasks.pretrain import evaluate_run
 
     res = evaluate_run(Path(args.run), args.backend, args.device, progress=not args.quiet, finetune=not args.no_finetune)
     print(f"encoder pretrained in {res['trained_in']}, evaluated in {res['backend']}")
@@ -128,7 +128,7 @@ def _init_from(args: argparse.Namespace, spec):
     """--init-from RUN: the encoder of a pretraining (or classifier) run, checked to fit this classifier."""
     if spec.task != "classify":
         raise DualkitError(f"--init-from starts a classifier from a pretrained encoder; {args.preset} is a {spec.task!r} task")
-    from tasks.probe import encoder_for_classifier
+    from dualkit.tasks.probe import encoder_for_classifier
 
     return encoder_for_classifier(Path(args.init_from), spec)
 
@@ -149,7 +149,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- resume: `dualkit train [PRESET] --resume RUN [--backend B] [--set train.epochs=N]` ----------------
-RESUMERS = {"classify": "tasks.classify", "masked": "tasks.pretrain", "dqn": "tasks.dqn"}  # task -> module with resume(run_dir, backend, overrides=, device=, progress=)
+RESUMERS = {"classify": "dualkit.tasks.classify", "masked": "dualkit.tasks.pretrain", "dqn": "dualkit.tasks.dqn"}  # task -> module with resume(run_dir, backend, overrides=, device=, progress=)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -189,7 +189,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tasks.classify import train
+    from dualkit.tasks.classify import train
 
     if getattr(args, "resume", None):
         return _resume(args)
@@ -214,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tasks.classify import evaluate_run
+    from dualkit.tasks.classify import evaluate_run
 
     if _run_task(args.run) == "dqn":
         return _eval_dqn(args)
@@ -227,7 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_port(args: argparse.Namespace) -> int:
-    from tasks.classify import NATIVE_SUFFIX, port_run
+    from dualkit.tasks.classify import NATIVE_SUFFIX, port_run
 
     task = _run_task(args.run)
     if task == "dqn":
@@ -252,7 +252,7 @@ def cmd_port(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from tasks import parity
+    from dualkit.tasks import parity
 
     spec = presets.load(args.preset, args.overrides)
     for name in parity.BACKENDS:
@@ -261,11 +261,11 @@ def cmd_parity(args: argparse.Namespace) -> int:
     levels = [lvl.strip() for lvl in args.levels.split(",")]
     checks, t0 = [], time.perf_counter()
     if spec.task == "dqn":  # DQN has its own levels; the classifier's below then find nothing to do
-        from tasks import dqn_parity
+        from dualkit.tasks import dqn_parity
 
         checks, levels = dqn_parity.run_levels(spec, levels, dtypes, args.device, args.seeds), []
     if spec.task == "masked":  # masked pretraining has its own levels too
-        from tasks import masked_parity
+        from dualkit.tasks import masked_parity
 
         checks, levels = masked_parity.run_levels(spec, levels, dtypes, args.device, args.seeds), []
     for dtype in dtypes:
@@ -289,7 +289,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks import report, suite
+    from dualkit.benchmarks import report, suite
 
     if args.compare:
         old, new = (report.load_results(Path(p)) for p in args.compare)

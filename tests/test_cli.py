@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from core import registry
-from core.runs import read_json
-from tasks.cli import main
+from dualkit.core import registry
+from dualkit.core.runs import read_json
+from dualkit.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 HAS_TORCH = registry.is_installed("torch")
 HAS_TF = registry.is_installed("tf")
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
@@ -68,7 +68,7 @@ def test_info_lists_both_backends(capsys):
 
 
 def test_info_shows_how_to_install_a_missing_framework(capsys, monkeypatch):
-    monkeypatch.setitem(registry.BACKENDS, "fakefw", ("backends.fakefw", "dualkit_no_such_framework", "pip install dualkit-fakefw"))
+    monkeypatch.setitem(registry.BACKENDS, "fakefw", ("dualkit.backends.fakefw", "dualkit_no_such_framework", "pip install dualkit-fakefw"))
     assert main(["info"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fakefw ")]
     assert len(row) == 1 and "not installed" in row[0] and "pip install dualkit-fakefw" in row[0]
@@ -235,7 +235,7 @@ def test_module_entry_point_reports_errors_on_stderr():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(registry.ENV_VAR, None)
     proc = subprocess.run(
-        [sys.executable, "-m", "tasks.cli", "train", "nope"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "dualkit", "train", "nope"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2
     assert "unknown task preset 'nope'" in proc.stderr
@@ -249,4 +249,4 @@ def test_console_script_target_is_main():
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     scripts = cfg["options.entry_points"]["console_scripts"]
-    assert "dualkit = tasks.cli:main" in scripts
+    assert "dualkit = dualkit.cli:main" in scripts
