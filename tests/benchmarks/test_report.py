@@ -95,18 +95,18 @@ def test_markdown_report_tables_line_up_and_state_mean_std():
         assert len(widths) == 1, table
     assert "0.9820 ± 0.0016" in text  # mean ± std of 0.980, 0.982, 0.984
     assert "## Classifier runs" in text and "throughput (images/s)" in text
-    assert "| total               | 100.0000 | 85.0000 |" in text  # time by part, summed
+    assert "| total               |  100.0 | 85.00 |" in text  # time by part, summed (4 significant digits)
     assert "| tf toolkit / keras fit" in text and "| no " in text  # 1.2 < 1.5 target: not met
 
 
 def test_overhead_section_shows_the_conv_floor_and_the_ceilings_it_sets(tmp_path):
     text = report.markdown_report(fake_results())
-    assert "| tf toolkit / keras fit             |   1.2000 |  1.4100 |" in text  # measured, then ceiling
+    assert "| tf toolkit / keras fit             |    1.200 |   1.410 |" in text  # measured, then ceiling
     assert "Measured fp32 matmul rate: 70.0 GFLOP/s (2048x2048; the fastest of numpy 70.0)." in text
-    assert "| toolkit tf            | 500.0000 | 256.0000 | 60.0000 |             0.8500 |          0.8000 |" in text
+    assert "| toolkit tf            |   500.0 |    256.0 |   60.00 |             0.8500 |          0.8000 |" in text
     # a row per framework and conv; the first conv has no input gradient
-    assert "| tf      | encoder.block0.conv0 | 128x32x32x3  |           32 |    10.0000 |             - |" in text
-    assert "| torch   | encoder.block0.conv1 | 128x32x32x32 |           32 |   100.0000 |      120.0000 |" in text
+    assert "| tf      | encoder.block0.conv0 | 128x32x32x3  |           32 |       10.0 |             - |" in text
+    assert "| torch   | encoder.block0.conv1 | 128x32x32x32 |           32 |      100.0 |         120.0 |" in text
     assert "Conv-kernel floor per step: torch 400.0 ms, tf 400.0 ms." in text
     for table in (block for block in text.split("\n\n") if block.startswith("|")):
         assert len({len(line) for line in table.splitlines()}) == 1, table
@@ -161,10 +161,40 @@ def test_markdown_report_has_a_table_per_task_with_its_metric_and_unit():
     dqn = sections["DQN runs (mean ± std over seeds)"]
     assert "greedy test return" in dqn and "throughput (env steps/s)" in dqn and "images/s" not in dqn
     assert "450.0 ± 70.7" in dqn and "| 2/3 " in dqn  # mean ± std of 500, 500, 350; seeds reaching 475
-    assert "7500" in dqn and "18.0000" in dqn  # solved at and time to solve, over the seeds that solved
+    assert "7500" in dqn and "18.00" in dqn  # solved at and time to solve, over the seeds that solved
     for table in (block for block in text.split("\n\n") if block.startswith("|")):
         assert len({len(line) for line in table.splitlines()}) == 1, table
 
+
+
+def test_every_number_column_prints_at_one_precision():
+    """No column mixes 9873.8956 with 1.03e+04 or prints ms as 141.6746; tiny parity values are scientific."""
+    import re
+
+    results = fake_results(tasks=("classify", "masked", "dqn"))
+    results["overhead"]["loops"]["toolkit tf"]["s_per_step"] = 0.1416746
+    results["parity"] += [{"preset": "cnn-digits", "device": "cpu", "level": level, "dtype": "float64", "name": name,
+                           "value": value, "bound": bound, "passed": True, "detail": ""}
+                          for level, name, value, bound in [("L0", "ce", 0.0, 1e-6), ("L4", "sgd", 3.1e-13, 1e-10)]]
+    text = report.markdown_report(results) + report.compare(fake_results(), fake_results(throughput=9873.8956))
+    assert "141.7" in text and "141.6746" not in text
+    assert "| adam-cosine | 1.00e-05 | 1.00e-03 |" in text and "| sgd         | 3.10e-13 | 1.00e-10 |" in text
+    checked = 0
+    for table in (block for block in text.split("\n\n") if block.startswith("|")):
+        header, rule, *rows = table.splitlines()
+        right = [part.endswith(":") for part in rule.strip("|").split("|")]
+        for i, is_number in enumerate(right):
+            col = [r[2:-2].split(" | ")[i].strip() for r in rows]
+            col = [c for c in col if c not in ("-", "0", "nan")]
+            if not is_number or not col:
+                continue
+            if any("e" in c for c in col):
+                assert all(re.fullmatch(r"-?\d\.\d\de[-+]\d\d", c) for c in col), (header, col)
+            else:
+                assert len({len(c.partition(".")[2]) for c in col}) == 1, (header, col)
+                assert all(len(c.partition(".")[2]) <= 4 for c in col), (header, col)
+            checked += 1
+    assert checked > 30
 
 def test_parity_verdict_table_per_preset_and_level():
     results = fake_results(l4_passed=False)
