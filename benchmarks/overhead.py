@@ -15,7 +15,7 @@ import numpy as np
 from dualkit.benchmarks.conv_floor import conv_floor
 from dualkit.core import registry
 from dualkit.core.flops import classifier_train_flops
-from dualkit.core.specs import RunSpec
+from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.core.weights import init_classifier
 
 
@@ -73,7 +73,7 @@ def _time_once(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def synthetic_batches(spec: RunSpec, image_shape: tuple[int, int, int], n_batches: int, seed: int = 0):
+def synthetic_batches(spec: ClassifyRunSpec, image_shape: tuple[int, int, int], n_batches: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     bs = spec.train.batch_size
     x = (rng.integers(0, 256, size=(n_batches, bs, *image_shape)).astype(np.float32) / 255.0 - 0.5) / 0.25
@@ -81,14 +81,14 @@ def synthetic_batches(spec: RunSpec, image_shape: tuple[int, int, int], n_batche
     return x, y
 
 
-def toolkit_step_time(spec: RunSpec, backend: str, image_shape, x, y, warmup: int, steps: int) -> float:
+def toolkit_step_time(spec: ClassifyRunSpec, backend: str, image_shape, x, y, warmup: int, steps: int) -> float:
     b = registry.get_backend(backend)
     weights = init_classifier(spec.model, image_shape, 0)
     clf = b.Classifier(spec.model, image_shape, weights, spec.optim, spec.train.label_smoothing, "float32", "cpu")
     return _time_steps(lambda i: clf.train_step(x[i % len(x)], y[i % len(y)], spec.optim.lr), warmup, steps)
 
 
-def bare_torch_step_time(spec: RunSpec, image_shape, x, y, warmup: int, steps: int) -> float:
+def bare_torch_step_time(spec: ClassifyRunSpec, image_shape, x, y, warmup: int, steps: int) -> float:
     """A plain PyTorch loop as its tutorials write it: nn.Sequential, NCHW tensors, torch.optim."""
     import torch
     from torch import nn
@@ -131,7 +131,7 @@ def bare_torch_step_time(spec: RunSpec, image_shape, x, y, warmup: int, steps: i
     return _time_steps(step, warmup, steps)
 
 
-def _keras_model(spec: RunSpec, image_shape):
+def _keras_model(spec: ClassifyRunSpec, image_shape):
     import keras
 
     m = spec.model
@@ -149,7 +149,7 @@ def _keras_model(spec: RunSpec, image_shape):
     return keras.Sequential(layers)
 
 
-def _keras_optimizer(spec: RunSpec):
+def _keras_optimizer(spec: ClassifyRunSpec):
     import keras
 
     o = spec.optim
@@ -158,7 +158,7 @@ def _keras_optimizer(spec: RunSpec):
     return keras.optimizers.Adam(o.lr)
 
 
-def keras_fit_step_time(spec: RunSpec, image_shape, x, y, warmup: int, steps: int) -> float:
+def keras_fit_step_time(spec: ClassifyRunSpec, image_shape, x, y, warmup: int, steps: int) -> float:
     """Keras ``model.fit`` on the same data, as its guides write it (compiled, default settings)."""
     import keras
 
@@ -174,7 +174,7 @@ def keras_fit_step_time(spec: RunSpec, image_shape, x, y, warmup: int, steps: in
     return (time.perf_counter() - t0) / steps
 
 
-def bare_tf_step_time(spec: RunSpec, image_shape, x, y, warmup: int, steps: int) -> float:
+def bare_tf_step_time(spec: ClassifyRunSpec, image_shape, x, y, warmup: int, steps: int) -> float:
     """A custom TensorFlow loop as the TF guides write it: tf.function, GradientTape, a Keras optimizer."""
     import keras
     import tensorflow as tf
@@ -196,7 +196,7 @@ def bare_tf_step_time(spec: RunSpec, image_shape, x, y, warmup: int, steps: int)
 
 
 def run_overhead(
-    spec: RunSpec, image_shape: tuple[int, int, int], steps: int = 30, warmup: int = 5, rounds: int = 2
+    spec: ClassifyRunSpec, image_shape: tuple[int, int, int], steps: int = 30, warmup: int = 5, rounds: int = 2
 ) -> dict[str, Any]:
     """Time every loop on the same spec; returns per-loop seconds/step, images/s, ratios and FLOP/s, and
     each framework's conv-kernel floor (benchmarks.conv_floor) with the speed-up ceilings it sets.

@@ -14,15 +14,11 @@ from dualkit.benchmarks.overhead import LOOP_FRAMEWORKS
 from dualkit.benchmarks.suite import SCHEMA_VERSION
 from dualkit.core.report import ABSENT, markdown_table
 from dualkit.core.runs import atomic_write_text, write_json
-from dualkit.tasks.dqn_parity import L5_MIN_RETURN as DQN_SOLVED_RETURN
+from dualkit.tasks import registry as task_registry
 
 REQUIRED_KEYS = ("schema_version", "created", "config", "environment", "runs", "parity", "overhead", "wall_s")
 RUN_KEYS = ("preset", "task", "backend", "seed", "device", "metric", "value", "curve_x", "curve_y", "throughput",
             "throughput_unit", "wall_s", "peak_rss_mb")
-# Section titles and how each task's metric is printed (accuracies as fractions, returns in points).
-TASK_TITLES = {"classify": "Classifier", "masked": "Masked pretraining", "dqn": "DQN"}
-METRIC_NAMES = {"test_accuracy": "test accuracy", "probe_accuracy": "linear-probe accuracy", "test_return": "greedy test return"}
-METRIC_DECIMALS = {"test_return": 1}
 # Targets from the benchmark issue: toolkit step vs bare loops, and CNN FLOP/s vs the matmul rate.
 TARGETS = {"torch toolkit / bare loop": 1.0, "tf toolkit / bare tf.function loop": 1.0, "tf toolkit / keras fit": 1.5}
 MATMUL_FRACTION_TARGET = 0.5
@@ -69,7 +65,7 @@ def _tasks(runs: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["task"] for r in runs))
 
 
-def _mean_of(values: list[Any], count: bool = False) -> float | int | str:
+def mean_or_absent(values: list[Any], count: bool = False) -> float | int | str:
     """Mean of the values that are present (a seed that never solved has no time to solve), "-" if none;
     ``count`` rounds it to a whole number (environment steps)."""
     present = [v for v in values if v is not None and np.isfinite(v)]
@@ -78,36 +74,20 @@ def _mean_of(values: list[Any], count: bool = False) -> float | int | str:
     return int(round(np.mean(present))) if count else float(np.mean(present))
 
 
-def task_table(results: dict[str, Any], task: str) -> str:
-    """One aligned table for ``task``: a row per preset, backend and device (mean ± std over seeds), with
-    the task's own metric and throughput unit and its extra columns."""
-    groups = {k: v for k, v in _groups(results["runs"]).items() if v[0]["task"] == task}
+def task_table(results: dict[str, Any], task_name: str) -> str:
+    """One aligned table for a task: a row per preset, backend and device (mean ± std over seeds), with
+    the task's own metric and throughput unit and its extra columns (tasks/base.py)."""
+    task = task_registry.get(task_name)
+    groups = {k: v for k, v in _groups(results["runs"]).items() if v[0]["task"] == task_name}
     first = next(iter(groups.values()))[0]
-    metric, unit = first["metric"], first["throughput_unit"]
-    decimals = METRIC_DECIMALS.get(metric, 4)
-    headers = ["preset", "backend", "device", "seeds", METRIC_NAMES.get(metric, metric)]
-    if task == "masked":
-        fractions = sorted({f for rs in groups.values() for r in rs for f in r.get("finetune", {})}, key=float)
-        headers += ["random-init probe", "margin (points)", "final masked loss"]
-        headers += [f"fine-tune {f} of labels" for f in fractions]
-    elif task == "dqn":
-        headers += [f"seeds >= {DQN_SOLVED_RETURN:g}", "solved at (env steps)", "time to solve s", "env steps"]
-    headers += ["wall s", f"throughput ({unit})", "peak RSS MB"]
+    extra = task.report_columns([r for rs in groups.values() for r in rs])
+    headers = ["preset", "backend", "device", "seeds", task.metric_label or first["metric"], *extra,
+               "wall s", f"throughput ({first['throughput_unit']})", "peak RSS MB"]
     rows = []
     for (preset, backend, device), runs in groups.items():
-        row: list[Any] = [preset, backend, device, len(runs), mean_std([r["value"] for r in runs], decimals)]
-        if task == "masked":
-            row += [mean_std([r["random_accuracy"] for r in runs]), f"{np.mean([r['margin_points'] for r in runs]):+.2f}",
-                    _mean_of([r.get("final_loss") for r in runs])]
-            row += [mean_std([r["finetune"][f]["accuracy"] for r in runs if f in r.get("finetune", {})] or [np.nan])
-                    for f in fractions]
-        elif task == "dqn":
-            row += [f"{sum(r['value'] >= DQN_SOLVED_RETURN for r in runs)}/{len(runs)}",
-                    _mean_of([r.get("solved_at") for r in runs], count=True),
-                    _mean_of([r.get("time_to_solve_s") for r in runs]), _mean_of([r.get("env_steps") for r in runs], count=True)]
-        row += [float(np.mean([r["wall_s"] for r in runs])), mean_std([r["throughput"] for r in runs], 0),
-                int(round(max(r["peak_rss_mb"] for r in runs)))]
-        rows.append(row)
+        rows.append([preset, backend, device, len(runs), mean_std([r["value"] for r in runs], task.metric_decimals),
+                     *task.report_cells(runs, extra), float(np.mean([r["wall_s"] for r in runs])),
+                     mean_std([r["throughput"] for r in runs], 0), int(round(max(r["peak_rss_mb"] for r in runs)))])
     return markdown_table(headers, rows)
 
 
@@ -135,7 +115,7 @@ def markdown_report(results: dict[str, Any], plots: dict[str, str] | None = None
                   "machine it is close to what each part takes alone.", "",
                   markdown_table(["part", "wall s", "CPU s"], rows)]
     for task in _tasks(results["runs"]):
-        lines += ["", f"## {TASK_TITLES.get(task, task)} runs (mean ± std over seeds)", "", task_table(results, task)]
+        lines += ["", f"## {task_registry.get(task).title} runs (mean ± std over seeds)", "", task_table(results, task)]
     if results["parity"]:
         rows = [[c["preset"], c["device"], c["level"], c["dtype"], c["name"], c["value"], c["bound"],
                  "PASS" if c["passed"] else "FAIL"] for c in results["parity"]]

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 
 from dualkit.core import registry
-from dualkit.core.datasets import load_dataset
-from dualkit.tasks import parity, presets
+from dualkit.tasks import presets
+from dualkit.tasks import registry as task_registry
+from dualkit.tasks.parity import BACKENDS, Check
 from dualkit.tasks.progress import progress_bar
 
 # 2: runs carry their task (and the task's extras: time to solve, margin over random init, ...)
@@ -33,16 +33,12 @@ FAST_PRESETS = ["cnn-digits", "masked-digits", "dqn-cartpole"]
 # Per-preset overrides of the fast default, so that it fits its 10 minutes on 2 CPU cores: the masked
 # runs report the linear probe (the L5 metric) and skip the fine-tunes, which make a run 1.6-1.9x longer.
 FAST_OVERRIDES = {"masked-digits": ["finetune.fractions=[]"]}
-# The DQN L4 trajectory: 1000 updates in float32 (the parity suite's own length); float64 stays near 1e-13
-# over 3000 updates (tasks/dqn_parity.py), so 300 show that the float32 gap is rounding at a third of the cost.
-DQN_L4_UPDATES = {"float32": 1000, "float64": 300}
-MASKED_L4_STEPS = 200  # as tests/parity/test_masked_parity.py
 
 
 @dataclass
 class BenchConfig:
     presets: list[str] = field(default_factory=lambda: list(FAST_PRESETS))
-    backends: list[str] = field(default_factory=lambda: list(parity.BACKENDS))
+    backends: list[str] = field(default_factory=lambda: list(BACKENDS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     overrides: list[str] = field(default_factory=list)  # applied to every preset (e.g. data.root=...)
@@ -74,8 +70,8 @@ def full_config(data_root: str) -> BenchConfig:
 
 def available_devices() -> list[str]:
     devices = ["cpu"]
-    if all(registry.is_installed(b) for b in parity.BACKENDS):
-        if all(registry.get_backend(b).gpu_available() for b in parity.BACKENDS):
+    if all(registry.is_installed(b) for b in BACKENDS):
+        if all(registry.get_backend(b).gpu_available() for b in BACKENDS):
             devices.append("gpu")
     return devices
 
@@ -105,97 +101,23 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def parity_for(preset: str, overrides: list[str], device: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """L0-L4 (float32 and float64) and port from the preset's task's parity module; L5 from the
+    """The preset's task's levels below L5 and its port (both dtypes, sized for the bench); L5 from the
     benchmark's own runs of that preset on that device."""
     spec = presets.load(preset, overrides)
     checks = level_checks(spec, device) + l5_from_runs(spec, runs)
     return [{**c.to_dict(), "preset": preset, "device": device} for c in checks]
 
 
-def level_checks(spec, device: str) -> list[parity.Check]:
+def level_checks(spec: Any, device: str) -> list[Check]:
     """The task's levels below L5 and the port, both dtypes (what ``dualkit parity`` runs, sized for the bench)."""
-    checks: list[parity.Check] = []
-    if spec.task == "classify":
-        for dtype in ("float32", "float64"):
-            checks += parity.level1(dtype, device) + parity.level2(dtype, device) + parity.level3(dtype, device)
-            checks += parity.level4(spec, dtype, device)
-        checks += parity.port_checks(spec, device)
-    elif spec.task == "masked":
-        from dualkit.tasks import masked_parity
-
-        for dtype in ("float32", "float64"):
-            checks += masked_parity.level0(dtype, device) + masked_parity.level1(dtype, device)
-            checks += masked_parity.level2(dtype, device)
-            checks += parity.level3(dtype, device)  # pretraining steps with the classifier's Optimizer
-            checks += masked_parity.level4(spec, dtype, device, min_steps=MASKED_L4_STEPS)
-        checks += masked_parity.port_checks(spec, device, epochs=1)
-    elif spec.task == "dqn":
-        from dualkit.tasks import dqn_parity
-
-        for dtype in ("float32", "float64"):
-            checks += dqn_parity.level0(dtype, device) + dqn_parity.level1(dtype, device) + dqn_parity.level2_3(dtype, device)
-            checks += dqn_parity.level4(spec, dtype, device, min_updates=DQN_L4_UPDATES[dtype])[0]
-        checks += dqn_parity.port_checks(spec, device)
-    return checks
+    return task_registry.for_spec(spec).bench_parity(spec, device)
 
 
-def l5_from_runs(spec, runs: list[dict[str, Any]]) -> list[parity.Check]:
+def l5_from_runs(spec: Any, runs: list[dict[str, Any]]) -> list[Check]:
     """L5 of the task from the benchmark's runs (one per backend and seed): no extra training."""
-    values = {b: [r["value"] for r in runs if r["backend"] == b] for b in parity.BACKENDS}
-    if not all(values.values()):
+    if not all(any(r["backend"] == b for r in runs) for b in BACKENDS):
         return []
-    if spec.task == "dqn":
-        return _l5_dqn(spec, runs, values)
-    if spec.task == "masked":
-        return _l5_masked(runs, values)
-    return _l5_classify(spec, values)
-
-
-def _l5_classify(spec, acc: dict[str, list[float]]) -> list[parity.Check]:
-    floor = parity.L5_MIN_ACCURACY if spec.data.name == "digits" else -np.inf
-    out = [
-        parity.Check("L5", f"{b} mean test accuracy", float(np.mean(v)), float(floor), bool(np.mean(v) >= floor),
-                     f"{len(v)} seeds (bound is a floor)")
-        for b, v in acc.items()
-    ]
-    gap = abs(np.mean(acc["torch"]) - np.mean(acc["tf"])) * 100
-    out.append(parity.Check("L5", "mean accuracy gap (points)", float(gap), parity.L5_MAX_GAP_POINTS,
-                            bool(gap <= parity.L5_MAX_GAP_POINTS)))
-    return out
-
-
-def _l5_masked(runs: list[dict[str, Any]], acc: dict[str, list[float]]) -> list[parity.Check]:
-    """As masked_parity.level5: the mean probe accuracies within L5_MAX_GAP_POINTS; each backend's mean and
-    its margin over the random-init encoder are reported without a bound."""
-    from dualkit.tasks import masked_parity
-
-    out = []
-    for b, v in acc.items():
-        margin = np.mean([r.get("margin_points", np.nan) for r in runs if r["backend"] == b])
-        out.append(parity.Check("L5", f"{b} mean probe accuracy", float(np.mean(v)), float("-inf"), True,
-                                "per seed: " + ", ".join(f"{a:.4f}" for a in v)
-                                + f"; margin over random init {margin:+.2f} points (reported, no bound)"))
-    gap = abs(np.mean(acc["torch"]) - np.mean(acc["tf"])) * 100
-    out.append(parity.Check("L5", "mean probe accuracy gap (points)", float(gap), masked_parity.L5_MAX_GAP_POINTS,
-                            bool(gap <= masked_parity.L5_MAX_GAP_POINTS)))
-    return out
-
-
-def _l5_dqn(spec, runs: list[dict[str, Any]], returns: dict[str, list[float]]) -> list[parity.Check]:
-    """As dqn_parity.level5: per backend, the seeds whose greedy test return reaches L5_MIN_RETURN, at least
-    L5_MIN_SEEDS of them (all seeds when the bench runs fewer)."""
-    from dualkit.tasks import dqn_parity
-
-    out = []
-    for b, v in returns.items():
-        need = min(dqn_parity.L5_MIN_SEEDS, len(v))
-        solved = sum(x >= dqn_parity.L5_MIN_RETURN for x in v)
-        detail = "; ".join(f"seed {r['seed']}: {r['value']:.1f} after {r.get('env_steps', '?')} steps"
-                           for r in runs if r["backend"] == b)
-        out.append(parity.Check("L5", f"{b} seeds with greedy return >= {dqn_parity.L5_MIN_RETURN:g}", float(solved),
-                                float(need), solved >= need,
-                                detail + f" (bound is a floor; budget {spec.dqn.total_steps} env steps)"))
-    return out
+    return task_registry.for_spec(spec).bench_l5(spec, runs)
 
 
 def environment() -> dict[str, Any]:
@@ -241,12 +163,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     for preset in config.presets:  # fail before any work if a dataset or environment is missing
         spec = presets.load(preset, _preset_overrides(preset, config))
-        if spec.task in ("classify", "masked"):
-            load_dataset(spec.data)
-        elif spec.task == "dqn":
-            from dualkit.core.envs import env_info
-
-            env_info(spec.env)
+        task_registry.for_spec(spec).check_inputs(spec)
     jobs = [
         {"preset": p, "overrides": _preset_overrides(p, config), "backend": b, "seed": s, "device": d}
         for p in config.presets for d in config.devices for b in config.backends for s in config.seeds
@@ -261,7 +178,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         bar.update(1)
     bar.close()
     checks: list[dict[str, Any]] = []
-    if config.parity and set(parity.BACKENDS) <= set(config.backends):
+    if config.parity and set(BACKENDS) <= set(config.backends):
         for preset in config.presets:
             for device in config.devices:
                 with parts(f"parity {preset} {device}"):

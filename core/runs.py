@@ -19,6 +19,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 RUN_FILES = (SPEC_FILE, METRICS_FILE, RESULT_FILE, MODEL_FILE)
 CHECKPOINT_DIR = "checkpoints"  # run checkpoints for resuming (core.runstate)
+TB_DIR = "tensorboard"  # TensorBoard event files (core.tensorboard)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -82,6 +83,9 @@ def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
         ckpt_dir = path / CHECKPOINT_DIR
         if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
             present.append(CHECKPOINT_DIR + "/")
+        events = sorted((path / TB_DIR).glob("events.out.tfevents.*"))
+        if events:
+            present.append(TB_DIR + "/")
         if present and not overwrite:
             raise RunError(
                 f"{path} already holds a run ({', '.join(present)}); "
@@ -94,6 +98,8 @@ def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
             for p in ckpt_dir.iterdir():
                 if p.is_file() and p.name.startswith(("ckpt-", ".ckpt-")):
                     p.unlink()
+        for p in events:  # an old run's curves would be drawn beside the new run's
+            p.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
 
-TB_DIR = "tensorboard"  # the folder inside a run folder that holds its event files
+from dualkit.core.runs import TB_DIR
+
 
 _import_lock = threading.Lock()
 _file_numbers = itertools.count()  # makes event file names unique within a process (see EventLog.__init__)

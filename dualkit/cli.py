@@ -15,6 +15,9 @@ from dualkit.core.errors import DualkitError
 from dualkit.core.report import markdown_table
 from dualkit.core.runs import default_run_dir, write_json
 from dualkit.tasks import presets
+from dualkit.tasks import registry as task_registry
+from dualkit.tasks.base import EvalOptions
+from dualkit.tasks.parity import BACKENDS
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
@@ -29,108 +32,9 @@ def _spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
                    help="override a spec field, e.g. --set optim.lr=0.01 (repeatable)")
 
 
-# -- DQN: the same commands, dispatched on the spec's task -----------------------------------------
-def _run_task(run: str) -> str:
-    """The task of a run folder, from its spec.json (a folder without one is left to the classifier's checks)."""
-    from dualkit.core.runs import SPEC_FILE
-    from dualkit.core.specs import load_json
-
-    path = Path(run) / SPEC_FILE
-    return load_json(path).task if path.is_file() else "classify"
-
-
-def _train_dqn(args: argparse.Namespace, spec, backend: str, run_dir: Path) -> int:
-    from dualkit.tasks.dqn import train
-
-    result = train(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
-    _print_dqn(result)
-    print(f"run folder: {run_dir}  ({result.wall_s:.1f} s, {result.steps_per_s:.0f} env steps/s)")
-    return 0
-
-
-def _print_dqn(result) -> None:
-    rows = [[e["env_steps"], e["updates"], e["epsilon"], e["loss"], e["train_return"], e["eval_return"], e["steps_per_s"]]
-            for e in result.evals]
-    print(markdown_table(["env steps", "updates", "epsilon", "loss", "train return", "eval return", "steps/s"], rows))
-    t = result.test
-    print(f"test: greedy return {t['return_mean']:.1f} +- {t['return_std']:.1f} (min {t['return_min']:.0f}) over "
-          f"{len(t['returns'])} held-out episodes" + (f"; solved at {result.solved_at} env steps" if result.solved_at else ""))
-
-
-def _eval_dqn(args: argparse.Namespace) -> int:
-    from dualkit.tasks.dqn import evaluate_run
-
-    res = evaluate_run(Path(args.run), args.backend, args.device, args.episodes, args.seed)
-    print(markdown_table(["run", "trained in", "evaluated in", "env", "episodes", "first seed", "mean return", "std", "min"],
-                         [[args.run, res["trained_in"], res["backend"], res["env_id"], res["episodes"], res["seed"],
-                           res["return_mean"], res["return_std"], res["return_min"]]]))
-    return 0
-
-
-def _port_dqn(args: argparse.Namespace) -> int:
-    from dualkit.tasks.dqn import NATIVE_SUFFIX, port_run
-
-    to = registry.resolve_name(args.to)
-    out = Path(args.out) if args.out else Path(args.run) / f"model{NATIVE_SUFFIX[to]}"
-    if out.exists() and not args.overwrite:
-        raise DualkitError(f"{out} already exists; choose another --out or pass --overwrite")
-    rep = port_run(Path(args.run), to, out, args.device)
-    print(markdown_table(
-        ["from", "to", "episodes", "identical returns", "max rel |Q diff|", "return (from)", "return (to)"],
-        [[rep["from"], rep["to"], rep["episodes"], rep["identical_returns"], rep["max_rel_q_diff"], rep["return_from"], rep["return_to"]]],
-    ))
-    print(f"wrote {rep['artifact']}")
-    return 0 if rep["identical_returns"] else 1
-
-
-# -- masked pretraining: `pretrain`, and `train` / `eval` / `parity` dispatched on the spec's task ----
-def _train_masked(args: argparse.Namespace, spec, backend: str, run_dir: Path) -> int:
-    from dualkit.tasks.pretrain import pretrain
-
-    result = pretrain(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
-    rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h["images_per_s"]] for h in result.history]
-    print(markdown_table(["epoch", "masked loss", "val masked loss", "images/s"], rows))
-    _print_masked_eval(result.evaluation)
-    print(f"reconstructions: {result.grid}")
-    print(f"run folder: {run_dir}  ({result.wall_s:.1f} s of pretraining, {result.images_per_s:.0f} images/s)")
-    return 0
-
-
-def _print_masked_eval(ev: dict) -> None:
-    rows = []
-    if "probe" in ev:
-        p = ev["probe"]
-        rows.append(["linear probe", p["pretrained"]["train_images"], p["pretrained"]["accuracy"], p["random"]["accuracy"], p["margin_points"]])
-    for frac, f in ev.get("finetune", {}).items():
-        rows.append([f"fine-tune {frac} of labels", f["pretrained"]["train_images"], f["pretrained"]["accuracy"], f["random"]["accuracy"], f["margin_points"]])
-    if rows:
-        print(markdown_table(["protocol", "train images", "pretrained acc", "random-init acc", "margin (points)"], rows))
-
-
-def _eval_masked(args: argparse.Namespace) -> int:
-    from dualkit.tasks.pretrain import evaluate_run
-
-    res = evaluate_run(Path(args.run), args.backend, args.device, progress=not args.quiet, finetune=not args.no_finetune)
-    print(f"encoder pretrained in {res['trained_in']}, evaluated in {res['backend']}")
-    _print_masked_eval(res)
-    return 0
-
-
-def cmd_pretrain(args: argparse.Namespace) -> int:
+def _task_of_preset(args: argparse.Namespace):
     spec = presets.load(args.preset, args.overrides)
-    if spec.task != "masked":
-        raise DualkitError(f"`dualkit pretrain` runs masked-pretraining presets (task = \"masked\"); {args.preset} is a "
-                           f"{spec.task!r} task: use `dualkit train {args.preset}`")
-    return cmd_train(args)
-
-
-def _init_from(args: argparse.Namespace, spec):
-    """--init-from RUN: the encoder of a pretraining (or classifier) run, checked to fit this classifier."""
-    if spec.task != "classify":
-        raise DualkitError(f"--init-from starts a classifier from a pretrained encoder; {args.preset} is a {spec.task!r} task")
-    from dualkit.tasks.probe import encoder_for_classifier
-
-    return encoder_for_classifier(Path(args.init_from), spec)
+    return spec, task_registry.for_spec(spec)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -148,137 +52,76 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- resume: `dualkit train [PRESET] --resume RUN [--backend B] [--set train.epochs=N]` ----------------
-RESUMERS = {"classify": "dualkit.tasks.classify", "masked": "dualkit.tasks.pretrain", "dqn": "dualkit.tasks.dqn"}  # task -> module with resume(run_dir, backend, overrides=, device=, progress=)
-
-
 def _resume(args: argparse.Namespace) -> int:
-    import importlib
-
+    """``dualkit train [PRESET] --resume RUN [--backend B] [--set train.epochs=N]``."""
     if args.out or args.overwrite or getattr(args, "init_from", None):
-        raise DualkitError("--resume continues a run in its own folder from its own checkpoint; drop --out, --overwrite and --init-from")
-    try:
-        task = json.loads((Path(args.resume) / "spec.json").read_text()).get("task", "classify")
-    except (OSError, ValueError, AttributeError):
-        task = "classify"  # not a run folder, or a damaged one: the task's resume says which
+        raise DualkitError("--resume continues a run in its own folder from its own checkpoint; "
+                           "drop --out, --overwrite and --init-from")
+    run_dir = Path(args.resume)
+    task = task_registry.for_run(run_dir)
     if args.preset:
         preset_task = presets.load(args.preset).task
-        if preset_task != task:
-            raise DualkitError(f"{args.resume} is a {task!r} run, but preset {args.preset!r} is a {preset_task!r} task; "
-                               "drop the preset (--resume takes the spec from the run) or name the run's own")
-    if task not in RESUMERS:
-        raise DualkitError(f"resuming a {task!r} run is not supported yet (supported: {', '.join(RESUMERS)})")
-    resume = importlib.import_module(RESUMERS[task]).resume
-    run_dir = Path(args.resume)
-    result = resume(run_dir, args.backend, overrides=args.overrides, device=args.device, progress=not args.quiet)
-    if task == "classify":
-        rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h.get("val_accuracy", float("nan")), h["images_per_s"]]
-                for h in result.history]
-        print(markdown_table(["epoch", "train loss", "val loss", "val acc", "images/s"], rows))
-        print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
-    elif task == "dqn":
-        _print_dqn(result)
-    elif task == "masked":
-        rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h["images_per_s"]] for h in result.history]
-        print(markdown_table(["epoch", "masked loss", "val masked loss", "images/s"], rows))
-        _print_masked_eval(result.evaluation)
-        print(f"reconstructions: {result.grid}")
+        if preset_task != task.name:
+            raise DualkitError(f"{args.resume} is a {task.name!r} run, but preset {args.preset!r} is a "
+                               f"{preset_task!r} task; drop the preset (--resume takes the spec from the run) or "
+                               "name the run's own")
+    result = task.resume(run_dir, args.backend, overrides=args.overrides, device=args.device, progress=not args.quiet)
+    task.show(result)
     backends = " -> ".join(seg["backend"] for seg in result.extra.get("segments", []))
-    print(f"run folder: {run_dir}  (resumed from step {result.extra.get('resumed_step')}; backends: {backends}; {result.wall_s:.1f} s in all)")
+    print(f"run folder: {run_dir}  (resumed from step {result.extra.get('resumed_step')}; backends: {backends}; "
+          f"{result.wall_s:.1f} s in all)")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dualkit.tasks.classify import train
-
     if getattr(args, "resume", None):
         return _resume(args)
     if args.preset is None:
         raise DualkitError("name a preset to train (e.g. dualkit train cnn-digits), or --resume RUN to continue a run")
-    spec = presets.load(args.preset, args.overrides)
+    spec, task = _task_of_preset(args)
+    if args.command == "pretrain" and not task.pretraining:
+        raise DualkitError(f"`dualkit pretrain` runs pretraining presets; {args.preset} is a {task.name!r} task: "
+                           f"use `dualkit train {args.preset}`")
     backend = registry.resolve_name(args.backend)
     run_dir = Path(args.out) if args.out else default_run_dir(Path(args.preset).stem, backend)
-    init = _init_from(args, spec) if getattr(args, "init_from", None) else None
-    if spec.task == "dqn":
-        return _train_dqn(args, spec, backend, run_dir)
-    if spec.task == "masked":
-        return _train_masked(args, spec, backend, run_dir)
-    result = train(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet, overwrite=args.overwrite,
-                   init_weights=init)
-    rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h.get("val_accuracy", float("nan")), h["images_per_s"]]
-            for h in result.history]
-    print(markdown_table(["epoch", "train loss", "val loss", "val acc", "images/s"], rows))
-    print(f"test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
+    init_from = getattr(args, "init_from", None)
+    result = task.train(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet,
+                        overwrite=args.overwrite, init_from=Path(init_from) if init_from else None)
+    task.show(result)
     print(f"run folder: {run_dir}  ({result.wall_s:.1f} s)")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dualkit.tasks.classify import evaluate_run
-
-    if _run_task(args.run) == "dqn":
-        return _eval_dqn(args)
-    if _run_task(args.run) == "masked":
-        return _eval_masked(args)
-    res = evaluate_run(Path(args.run), args.backend, args.device, args.split)
-    print(markdown_table(["run", "trained in", "evaluated in", "split", "loss", "accuracy", "top5", "macro F1"],
-                         [[args.run, res["trained_in"], res["backend"], res["split"], res["loss"], res["accuracy"], res["top5"], res["macro_f1"]]]))
+    options = EvalOptions(split=args.split, episodes=args.episodes, seed=args.seed, finetune=not args.no_finetune,
+                          progress=not args.quiet)
+    task_registry.for_run(Path(args.run)).evaluate(Path(args.run), args.backend, args.device, options)
     return 0
 
 
 def cmd_port(args: argparse.Namespace) -> int:
-    from dualkit.tasks.classify import NATIVE_SUFFIX, port_run
-
-    task = _run_task(args.run)
-    if task == "dqn":
-        return _port_dqn(args)
-    if task == "masked":
-        raise DualkitError(
-            f"{args.run} is a masked-pretraining run: its product is the encoder ({args.run}/encoder.safetensors), "
-            f"which either backend loads directly; probe it with `dualkit eval {args.run} --backend torch|tf` or "
-            f"start a classifier from it with `dualkit train cnn-cifar10 --init-from {args.run}`"
-        )
+    task = task_registry.for_run(Path(args.run))
     to = registry.resolve_name(args.to)
-    out = Path(args.out) if args.out else Path(args.run) / f"model{NATIVE_SUFFIX[to]}"
+    suffix = task.native_suffix[to]
+    out = Path(args.out) if args.out else Path(args.run) / f"model{suffix}"
     if out.exists() and not args.overwrite:
         raise DualkitError(f"{out} already exists; choose another --out or pass --overwrite")
-    rep = port_run(Path(args.run), to, out, args.device)
-    print(markdown_table(
-        ["from", "to", "test images", "identical classes", "max |logit diff|", "acc (from)", "acc (to)"],
-        [[rep["from"], rep["to"], rep["test_images"], rep["identical_classes"], rep["max_abs_logit_diff"], rep["accuracy_from"], rep["accuracy_to"]]],
-    ))
-    print(f"wrote {rep['artifact']}")
-    return 0 if rep["identical_classes"] else 1
+    if out.suffix != suffix:
+        raise DualkitError(f"--out for backend {to!r} must end in {suffix}, got {out.name!r}")
+    rep = task.port(Path(args.run), to, out, args.device)
+    print(markdown_table(list(rep.row), [list(rep.row.values())]))
+    print(f"wrote {rep.artifact}")
+    return 0 if rep.ok else 1
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from dualkit.tasks import parity
-
-    spec = presets.load(args.preset, args.overrides)
-    for name in parity.BACKENDS:
+    spec, task = _task_of_preset(args)
+    for name in BACKENDS:
         registry.get_backend(name, args.device)  # fail early, with the install hint, if one is missing
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     levels = [lvl.strip() for lvl in args.levels.split(",")]
-    checks, t0 = [], time.perf_counter()
-    if spec.task == "dqn":  # DQN has its own levels; the classifier's below then find nothing to do
-        from dualkit.tasks import dqn_parity
-
-        checks, levels = dqn_parity.run_levels(spec, levels, dtypes, args.device, args.seeds), []
-    if spec.task == "masked":  # masked pretraining has its own levels too
-        from dualkit.tasks import masked_parity
-
-        checks, levels = masked_parity.run_levels(spec, levels, dtypes, args.device, args.seeds), []
-    for dtype in dtypes:
-        for level, fn in (("L0", parity.level0), ("L1", parity.level1), ("L2", parity.level2), ("L3", parity.level3)):
-            if level in levels:
-                checks += fn(dtype, args.device)
-        if "L4" in levels:
-            checks += parity.level4(spec, dtype, args.device)
-    if "L5" in levels and args.seeds > 0:
-        floor = parity.L5_MIN_ACCURACY if spec.data.name == "digits" else None
-        checks += parity.level5(spec, args.device, tuple(range(args.seeds)), min_accuracy=floor)[0]
-    if "port" in levels:
-        checks += parity.port_checks(spec, args.device)
+    t0 = time.perf_counter()
+    checks = task.parity(spec, levels, dtypes, args.device, args.seeds)
     rows = [[c.level, c.dtype, c.name, c.value, c.bound, "PASS" if c.passed else "FAIL", c.detail] for c in checks]
     print(markdown_table(["level", "dtype", "check", "measured", "bound", "verdict", "detail"], rows))
     failed = [c for c in checks if not c.passed]
@@ -346,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/<preset>-<backend>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(fn=cmd_pretrain)
+    p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run folder's model in either backend")
     p.add_argument("run", help="a run folder written by `dualkit train`")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -13,20 +10,19 @@ from typing import Any
 import numpy as np
 
 from dualkit.core import checkpoint, registry, runstate
-from dualkit.core.batches import Normalizer, epoch_batches, eval_batches, make_rng, num_batches
+from dualkit.core.batches import Normalizer, eval_batches, num_batches
 from dualkit.core.datasets import Dataset, load_dataset
 from dualkit.core.errors import CheckpointError, DataError, RunError, SpecError, TrainingError
-from dualkit.core.interrupt import StopSignal
 from dualkit.core.metrics import classification_metrics
 from dualkit.core.runs import (
-    METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, prepare_run_dir,
-    require_run_dir, write_json,
+    MODEL_FILE, RESULT_FILE, SPEC_FILE, prepare_run_dir,
+    require_run_dir,
 )
 from dualkit.core.runstate import RunState
-from dualkit.core.schedules import lr_table
-from dualkit.core.specs import RunSpec, load_json, save_json, to_dict
+from dualkit.core.specs import load_json, save_json, to_dict
 from dualkit.core.weights import classifier_shapes, init_classifier, is_buffer
-from dualkit.tasks.progress import progress_bar
+from dualkit.tasks.classify_spec import ClassifyRunSpec
+from dualkit.tasks.loop import EpochTask, RunLog, new_state, run_epochs
 
 
 @dataclass
@@ -41,7 +37,7 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare_data(spec: RunSpec) -> tuple[Dataset, Normalizer]:
+def prepare_data(spec: ClassifyRunSpec) -> tuple[Dataset, Normalizer]:
     data = load_dataset(spec.data)
     channels = data.image_shape[2]
     normalizer = Normalizer.fit(data.x_train) if spec.data.normalize else Normalizer.identity(channels)
@@ -49,30 +45,30 @@ def prepare_data(spec: RunSpec) -> tuple[Dataset, Normalizer]:
 
 
 def build_classifier(
-    backend: ModuleType, spec: RunSpec, image_shape: tuple[int, int, int], weights: dict[str, np.ndarray], device: str
+    backend: ModuleType, spec: ClassifyRunSpec, image_shape: tuple[int, int, int], weights: dict[str, np.ndarray], device: str
 ):
     return backend.Classifier(
-        spec.model, image_shape, weights, spec.optim, spec.train.label_smoothing, spec.train.dtype, device
+        spec.model, image_shape, weights, spec.optim, spec.train.label_smoothing, spec.dtype, device
     )
 
 
-def predict_logits(clf, x_uint8: np.ndarray, normalizer: Normalizer, spec: RunSpec) -> np.ndarray:
+def predict_logits(clf, x_uint8: np.ndarray, normalizer: Normalizer, spec: ClassifyRunSpec) -> np.ndarray:
     """Eval-mode logits for a whole split, in order, batch by batch."""
     dummy = np.zeros(len(x_uint8), dtype=np.int64)
-    parts = [clf.predict(xb) for xb, _ in eval_batches(x_uint8, dummy, spec.train.eval_batch_size, normalizer, spec.train.dtype)]
+    parts = [clf.predict(xb) for xb, _ in eval_batches(x_uint8, dummy, spec.train.eval_batch_size, normalizer, spec.dtype)]
     if not parts:
         return np.zeros((0, spec.model.num_classes))
     return np.concatenate(parts)
 
 
-def evaluate_split(clf, x_uint8: np.ndarray, y: np.ndarray, normalizer: Normalizer, spec: RunSpec) -> dict[str, float]:
+def evaluate_split(clf, x_uint8: np.ndarray, y: np.ndarray, normalizer: Normalizer, spec: ClassifyRunSpec) -> dict[str, float]:
     if len(y) == 0:
         return {}
     logits = predict_logits(clf, x_uint8, normalizer, spec)
     return classification_metrics(logits, y, spec.model.num_classes, spec.train.label_smoothing)
 
 
-def checkpoint_meta(spec: RunSpec, backend: ModuleType, normalizer: Normalizer, data: Dataset, **extra: Any) -> dict[str, Any]:
+def checkpoint_meta(spec: ClassifyRunSpec, backend: ModuleType, normalizer: Normalizer, data: Dataset, **extra: Any) -> dict[str, Any]:
     return {
         "kind": "classifier",
         "spec": to_dict(spec),
@@ -86,7 +82,7 @@ def checkpoint_meta(spec: RunSpec, backend: ModuleType, normalizer: Normalizer, 
 
 
 def train(
-    spec: RunSpec,
+    spec: ClassifyRunSpec,
     backend_name: str | None = None,
     *,
     run_dir: Path | None = None,
@@ -98,20 +94,17 @@ def train(
     """Train ``spec`` on one backend. With ``run_dir`` it writes spec.json, metrics.jsonl, checkpoints and result.json."""
     backend = registry.get_backend(backend_name, device)
     device = registry.resolve_device(backend, device)
-    backend.seed(spec.train.seed)
+    backend.seed(spec.seed)
     data, normalizer = prepare_data(spec)
-    weights = init_classifier(spec.model, data.image_shape, spec.train.seed, spec.train.dtype)
+    weights = init_classifier(spec.model, data.image_shape, spec.seed, spec.dtype)
     if init_weights:
-        weights.update({k: v.astype(spec.train.dtype) for k, v in init_weights.items()})
+        weights.update({k: v.astype(spec.dtype) for k, v in init_weights.items()})
     clf = build_classifier(backend, spec, data.image_shape, weights, device)
 
-    log = None
     if run_dir is not None:
         run_dir = prepare_run_dir(Path(run_dir), overwrite)
         save_json(spec, run_dir / SPEC_FILE)
-        log = MetricLog(run_dir / METRICS_FILE)
-    state = RunState(task=spec.task, rngs={"batches": runstate.capture_rng(make_rng(spec.train.seed, "batches"))})
-    return _fit(spec, backend, device, clf, data, normalizer, state, run_dir, log, progress)
+    return _fit(spec, backend, device, clf, data, normalizer, new_state(spec.task, spec.seed), run_dir, progress)
 
 
 # Fields a resumed run may change: the number of epochs (more, or fewer down to those already trained;
@@ -128,7 +121,7 @@ def data_fingerprint(data: Dataset) -> str:
 
 
 def _fit(
-    spec: RunSpec,
+    spec: ClassifyRunSpec,
     backend: ModuleType,
     device: str,
     clf: Any,
@@ -136,146 +129,50 @@ def _fit(
     normalizer: Normalizer,
     state: RunState,
     run_dir: Path | None,
-    log: MetricLog | None,
     progress: bool,
 ) -> TrainResult:
-    """The training loop from ``state`` on: a fresh state, or one restored from a run checkpoint.
-
-    Run checkpoints (core.runstate) are written every ``train.checkpoint_every`` epochs, every
-    ``checkpoint_every_steps`` steps, every ``checkpoint_every_minutes`` minutes, at the end, and on
-    SIGINT/SIGTERM (after the current step; then training stops with core.errors.Interrupted).
-    Batch order: ``state.rngs["batches"]`` is the batch generator at the start of epoch ``state.epoch + 1``;
-    the ``state.batch`` batches of that epoch trained before are drawn again and skipped, which leaves
-    the generator exactly where the uninterrupted run had it.
-    """
-    tr = spec.train
-    steps_per_epoch = num_batches(len(data.y_train), tr.batch_size, drop_last=False)
-    total_steps = steps_per_epoch * tr.epochs
-    lrs = lr_table(spec.schedule, spec.optim.lr, total_steps)
-    rng = runstate.restore_rng(make_rng(tr.seed, "batches"), state.rngs["batches"])
-    c = state.counters
-    for key in ("train_s", "epoch_s", "wall_s"):
-        c.setdefault(key, 0.0)
-    c.setdefault("images", 0)
-    c.setdefault("segments", []).append({"backend": backend.NAME, "device": device, "from_step": state.step})
+    """Train from ``state`` on (fresh, or restored from a run checkpoint) through the run loop
+    (tasks/loop.py), then evaluate on the test split and write result.json."""
+    log = RunLog(run_dir)
     meta = checkpoint_meta(spec, backend, normalizer, data, data_fingerprint=data_fingerprint(data)) if run_dir else {}
-    last_good = run_dir / MODEL_FILE if run_dir is not None and (run_dir / MODEL_FILE).is_file() else None
-    t_start = last_save = time.perf_counter()
-    wall_before = c["wall_s"]
 
-    def save_run(epoch_start: dict[str, Any]) -> Path:
-        nonlocal last_save
-        c["wall_s"] = wall_before + time.perf_counter() - t_start
-        state.rngs["batches"] = epoch_start
-        path = runstate.save(
-            run_dir, state, clf.get_weights(), clf.get_optimizer_state(), meta=meta,
-            framework_rng=clf.get_rng_state(), keep=tr.keep_checkpoints,
+    def record(rec: dict[str, Any]) -> None:
+        rec.update({f"val_{k}": v for k, v in evaluate_split(clf, data.x_val, data.y_val, normalizer, spec).items()})
+
+    def save_model(epoch: int, step: int) -> None:
+        checkpoint.save(run_dir / MODEL_FILE, clf.get_weights(),
+                        checkpoint_meta(spec, backend, normalizer, data, epoch=epoch, step=step))
+
+    task = EpochTask(model=clf, step=clf.train_step, record=record, save_model=save_model, desc="epoch")
+    try:
+        out = run_epochs(spec, backend.NAME, device, task, data, normalizer, state, log, meta, progress)
+        test = evaluate_split(clf, data.x_test, data.y_test, normalizer, spec)
+        result = TrainResult(
+            step_losses=list(state.step_losses),
+            history=state.history,
+            test=test,
+            weights=clf.get_weights(),
+            images_per_s=out.images_per_s,
+            wall_s=out.wall_s,
+            run_dir=run_dir,
+            extra={"segments": out.segments},
         )
-        last_save = time.perf_counter()
-        return path
-
-    def due() -> bool:
-        by_steps = tr.checkpoint_every_steps > 0 and state.step % tr.checkpoint_every_steps == 0
-        by_time = tr.checkpoint_every_minutes > 0 and time.perf_counter() - last_save >= 60.0 * tr.checkpoint_every_minutes
-        return by_steps or by_time
-
-    def stopped(path: Path, epoch: int) -> Exception:
-        other = "tf" if backend.NAME == "torch" else "torch"
-        return stop.interrupted(
-            f"checkpoint {path} (step {state.step}, epoch {epoch}, batch {state.batch}/{steps_per_epoch}). "
-            f"Continue with: dualkit train --resume {run_dir}  (add --backend {other} to continue in the other framework)"
-        )
-
-    with StopSignal(enabled=run_dir is not None) as stop:
-        if run_dir is not None and not runstate.list_checkpoints(run_dir):
-            save_run(runstate.capture_rng(rng))  # step 0: from the first moment on, the run folder is resumable
-        for epoch in range(state.epoch + 1, tr.epochs + 1):
-            epoch_start = runstate.capture_rng(rng)
-            batches = epoch_batches(
-                data.x_train, data.y_train, tr.batch_size, rng, normalizer,
-                crop_padding=spec.data.crop_padding, flip=spec.data.flip, dtype=tr.dtype,
-            )
-            done = state.batch
-            for _ in itertools.islice(batches, done):
-                pass  # the batches trained before a resume: drawn again (same permutation and augmentation), skipped
-            epoch_losses = state.step_losses[len(state.step_losses) - done:]
-            bar = progress_bar(total=steps_per_epoch, desc=f"{backend.NAME} epoch {epoch}/{tr.epochs}", enabled=progress)
-            bar.update(done)
-            t0 = time.perf_counter() - c["epoch_s"]
-            for xb, yb in batches:
-                loss = clf.train_step(xb, yb, float(lrs[state.step]))
-                if not math.isfinite(loss):
-                    where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
-                    raise TrainingError(
-                        f"loss became {loss} at step {state.step + 1} (epoch {epoch}); training stopped and {where}. "
-                        "Lower optim.lr or set optim.clip_norm."
-                    )
-                state.step_losses.append(loss)
-                epoch_losses.append(loss)
-                state.step += 1
-                state.batch += 1
-                c["images"] += len(yb)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                # Mid-epoch checkpoints; the one at the epoch's end waits for its validation record.
-                if run_dir is not None and state.batch < steps_per_epoch and (stop.requested or due()):
-                    c["epoch_s"] = time.perf_counter() - t0
-                    path = save_run(epoch_start)
-                    if stop.requested:
-                        bar.close()
-                        raise stopped(path, epoch)
-            bar.close()
-            epoch_time = time.perf_counter() - t0
-            c["train_s"] += epoch_time
-            c["epoch_s"] = 0.0
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "step": state.step,
-                "lr": float(lrs[state.step - 1]),
-                "train_loss": float(np.mean(epoch_losses)),
-                "epoch_s": epoch_time,
-                "images_per_s": len(data.y_train) / epoch_time,
-            }
-            record.update({f"val_{k}": v for k, v in evaluate_split(clf, data.x_val, data.y_val, normalizer, spec).items()})
-            state.history.append(record)
-            state.epoch, state.batch = epoch, 0
-            if log is not None:
-                log.append(record)
-                if epoch % tr.checkpoint_every == 0 or epoch == tr.epochs:
-                    last_good = run_dir / MODEL_FILE
-                    model_meta = checkpoint_meta(spec, backend, normalizer, data, epoch=epoch, step=state.step)
-                    checkpoint.save(last_good, clf.get_weights(), model_meta)
-                    path = save_run(runstate.capture_rng(rng))
-                elif stop.requested or due():
-                    path = save_run(runstate.capture_rng(rng))
-                if stop.requested and epoch < tr.epochs:  # after the last epoch only the test evaluation is left: finish
-                    raise stopped(path, epoch)
-    c["wall_s"] = wall_before + time.perf_counter() - t_start
-    test = evaluate_split(clf, data.x_test, data.y_test, normalizer, spec)
-    result = TrainResult(
-        step_losses=list(state.step_losses),
-        history=state.history,
-        test=test,
-        weights=clf.get_weights(),
-        images_per_s=c["images"] / c["train_s"] if c["train_s"] else 0.0,
-        wall_s=c["wall_s"],
-        run_dir=run_dir,
-        extra={"segments": c["segments"]},
-    )
-    if run_dir is not None:
-        write_json(run_dir / RESULT_FILE, {
+        log.result({
             "task": spec.task,
             "backend": backend.NAME,
             "device": device,
+            "seed": spec.seed,
             "versions": backend.versions(),
             "steps": state.step,
-            "epochs": tr.epochs,
+            "epochs": spec.train.epochs,
             "wall_s": result.wall_s,
             "images_per_s": result.images_per_s,
             "test": test,
             "history": state.history,
-            "segments": c["segments"],  # one per session: a resumed run has several, a hand-over changes backend
+            "segments": out.segments,  # one per session: a resumed run has several, a hand-over changes backend
         })
+    finally:
+        log.close()
     return result
 
 
@@ -325,7 +222,7 @@ def resume(
     if st.batch > steps_per_epoch or st.step != st.epoch * steps_per_epoch + st.batch or len(st.history) != st.epoch:
         raise CheckpointError(f"{ckpt.path}: run state (step {st.step}, epoch {st.epoch}, batch {st.batch}) is inconsistent")
     normalizer = Normalizer.from_dict(ckpt.meta["normalizer"])
-    backend.seed(spec.train.seed)
+    backend.seed(spec.seed)
     clf = build_classifier(backend, spec, image_shape, ckpt.weights, device)
     clf.set_optimizer_state(ckpt.optim)
     if ckpt.backend == backend.NAME and ckpt.framework_rng:
@@ -337,14 +234,14 @@ def resume(
         where = f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{steps_per_epoch})" if st.batch else f"the end of epoch {st.epoch}"
         runstate.report_resume(req, backend.NAME, where)
     resumed = {"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped}
-    result = _fit(spec, backend, device, clf, data, normalizer, st, run_dir, MetricLog(run_dir / METRICS_FILE), progress)
+    result = _fit(spec, backend, device, clf, data, normalizer, st, run_dir, progress)
     result.extra.update(resumed)
     return result
 
 
 @dataclass
 class LoadedRun:
-    spec: RunSpec
+    spec: ClassifyRunSpec
     weights: dict[str, np.ndarray]
     meta: dict[str, Any]
     normalizer: Normalizer

@@ -20,7 +20,8 @@ from dualkit.core import optim_ref, registry
 from dualkit.core.batches import make_rng
 from dualkit.core.exploration import q_margin
 from dualkit.core.replay import Batch
-from dualkit.core.specs import DQNRunSpec, OptimSpec, QNetSpec
+from dualkit.core.specs import OptimSpec, QNetSpec
+from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.core.weights import QNET_PREFIX, init_qnet, target_names
 from dualkit.tasks.parity import BACKENDS, Check, bound, check, max_rel_diff, rel_diff
 

@@ -21,7 +21,8 @@ from dualkit.core import registry
 from dualkit.core.batches import make_rng, num_batches
 from dualkit.core.datasets import load_dataset
 from dualkit.core.masking import random_masks
-from dualkit.core.specs import DecoderSpec, MaskedRunSpec, ModelSpec, OptimSpec, ScheduleSpec
+from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec, ScheduleSpec
+from dualkit.tasks.masked_spec import MaskedRunSpec
 from dualkit.core.weights import init_masked
 from dualkit.tasks.classify import prepare_data
 from dualkit.tasks.parity import BACKENDS, Check, check, level3, max_rel_diff, rel_diff
@@ -120,7 +121,7 @@ def l4_spec(base: MaskedRunSpec, dtype: str, min_steps: int) -> MaskedRunSpec:
     n_train = len(load_dataset(base.data).y_train)
     epochs = -(-min_steps // num_batches(n_train, base.train.batch_size, drop_last=False))
     return replace(base, optim=L4_OPTIM, schedule=L4_SCHEDULE, max_steps=0,
-                   train=replace(base.train, dtype=dtype, epochs=epochs))
+                   dtype=dtype, train=replace(base.train, epochs=epochs))
 
 
 def level4(base: MaskedRunSpec, dtype: str = "float32", device: str = "cpu", min_steps: int = 200) -> list[Check]:
@@ -135,7 +136,7 @@ def level4(base: MaskedRunSpec, dtype: str = "float32", device: str = "cpu", min
 
 
 def _probe_only(base: MaskedRunSpec, seed: int) -> MaskedRunSpec:
-    return replace(base, train=replace(base.train, seed=seed), probe=replace(base.probe, enabled=True),
+    return replace(base, seed=seed, probe=replace(base.probe, enabled=True),
                    finetune=replace(base.finetune, fractions=()))
 
 
@@ -163,7 +164,7 @@ def port_checks(base: MaskedRunSpec, device: str = "cpu", epochs: int = 2) -> li
     """Pretrain in A and write the run; load its encoder from the folder and probe it in A and in B:
     identical probe accuracy (and predictions), features within the port bound."""
     out = []
-    spec = replace(_probe_only(base, base.train.seed), train=replace(base.train, epochs=epochs), max_steps=0)
+    spec = replace(_probe_only(base, base.seed), train=replace(base.train, epochs=epochs), max_steps=0)
     data, normalizer = prepare_data(spec)
     with tempfile.TemporaryDirectory() as tmp:
         for src, dst in (("tf", "torch"), ("torch", "tf")):
@@ -174,7 +175,7 @@ def port_checks(base: MaskedRunSpec, device: str = "cpu", epochs: int = 2) -> li
             b = linear_probe(dst, spec, encoder, data, normalizer, device)
             fa, fb = (extract_features(n, spec, encoder, data.x_test, normalizer, data.image_shape, device) for n in (src, dst))
             same = bool(np.array_equal(a["predictions"], b["predictions"]))
-            c = check("port", f"{src} -> {dst}", rel_diff(fb, fa), spec.train.dtype, device,
+            c = check("port", f"{src} -> {dst}", rel_diff(fb, fa), spec.dtype, device,
                       f"probe accuracy {a['accuracy']:.4f} in {src}, {b['accuracy']:.4f} in {dst}; "
                       f"identical probe predictions: {same}; value = relative feature diff")
             c.passed = c.passed and same and a["accuracy"] == b["accuracy"]

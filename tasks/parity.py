@@ -17,7 +17,8 @@ from dualkit.core import losses as ref_losses
 from dualkit.core import optim_ref, registry
 from dualkit.core.batches import make_rng, num_batches
 from dualkit.core.datasets import load_dataset
-from dualkit.core.specs import ModelSpec, OptimSpec, RunSpec, ScheduleSpec
+from dualkit.core.specs import ModelSpec, OptimSpec, ScheduleSpec
+from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.core.weights import init_classifier
 from dualkit.tasks.classify import port_run, train
 
@@ -174,7 +175,7 @@ L4_VARIANTS = {
 }
 
 
-def l4_spec(base: RunSpec, variant: str, dtype: str, epochs: int) -> RunSpec:
+def l4_spec(base: ClassifyRunSpec, variant: str, dtype: str, epochs: int) -> ClassifyRunSpec:
     """The base spec with dropout off, BatchNorm on, the variant's optimizer and schedule."""
     optim, schedule = L4_VARIANTS[variant]
     return replace(
@@ -182,11 +183,11 @@ def l4_spec(base: RunSpec, variant: str, dtype: str, epochs: int) -> RunSpec:
         model=replace(base.model, dropout=0.0, batchnorm=True),
         optim=optim,
         schedule=schedule,
-        train=replace(base.train, dtype=dtype, epochs=epochs),
+        dtype=dtype, train=replace(base.train, epochs=epochs),
     )
 
 
-def level4(base: RunSpec, dtype: str = "float32", device: str = "cpu", min_steps: int = 300) -> list[Check]:
+def level4(base: ClassifyRunSpec, dtype: str = "float32", device: str = "cpu", min_steps: int = 300) -> list[Check]:
     """A real training run in both backends, same init and batches: worst per-step relative loss gap."""
     out = []
     n_train = len(load_dataset(base.data).y_train)
@@ -203,13 +204,13 @@ def level4(base: RunSpec, dtype: str = "float32", device: str = "cpu", min_steps
 
 
 def level5(
-    base: RunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2), min_accuracy: float | None = L5_MIN_ACCURACY
+    base: ClassifyRunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2), min_accuracy: float | None = L5_MIN_ACCURACY
 ) -> tuple[list[Check], dict[str, list[float]]]:
     """Each backend trained end to end per seed: mean test accuracy floor (if given), and the gap between means."""
     acc: dict[str, list[float]] = {name: [] for name in BACKENDS}
     for name in BACKENDS:
         for seed in seeds:
-            spec = replace(base, train=replace(base.train, seed=seed))
+            spec = replace(base, seed=seed)
             acc[name].append(train(spec, name, device=device, progress=False).test["accuracy"])
     out = []
     for name in BACKENDS:
@@ -222,7 +223,7 @@ def level5(
     return out, acc
 
 
-def port_checks(base: RunSpec, device: str = "cpu", epochs: int = 2) -> list[Check]:
+def port_checks(base: ClassifyRunSpec, device: str = "cpu", epochs: int = 2) -> list[Check]:
     """Train in A, write the run, evaluate in B through files (and the native artifact), both ways."""
     out = []
     spec = replace(base, train=replace(base.train, epochs=epochs))
@@ -232,7 +233,7 @@ def port_checks(base: RunSpec, device: str = "cpu", epochs: int = 2) -> list[Che
             train(spec, src, run_dir=run_dir, device=device, progress=False)
             suffix = ".pt" if dst == "torch" else ".keras"
             rep = port_run(run_dir, dst, Path(tmp) / f"model{suffix}", device=device)
-            c = check("port", f"{src} -> {dst}", rep["max_abs_logit_diff"], base.train.dtype, device,
+            c = check("port", f"{src} -> {dst}", rep["max_abs_logit_diff"], base.dtype, device,
                       f"{rep['test_images']} test images, identical classes: {rep['identical_classes']}")
             c.passed = c.passed and rep["identical_classes"]
             out.append(c)

@@ -24,7 +24,8 @@ from dualkit.core.batches import Normalizer, eval_batches
 from dualkit.core.datasets import Dataset
 from dualkit.core.errors import CheckpointError
 from dualkit.core.runs import MODEL_FILE
-from dualkit.core.specs import MaskedRunSpec, RunSpec
+from dualkit.tasks.masked_spec import MaskedRunSpec
+from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.core.weights import encoder_shapes, init_weights
 
 ENCODER_FILE = "encoder.safetensors"
@@ -33,7 +34,7 @@ ENCODER_FILE = "encoder.safetensors"
 # -- encoders -----------------------------------------------------------------------------------------
 def random_encoder(spec: MaskedRunSpec, in_channels: int) -> dict[str, np.ndarray]:
     """The encoder at its random initialisation for the spec's seed (as init_masked and init_classifier draw it)."""
-    return init_weights(encoder_shapes(spec.model, in_channels), spec.train.seed, spec.train.dtype)
+    return init_weights(encoder_shapes(spec.model, in_channels), spec.seed, spec.dtype)
 
 
 def load_encoder(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -56,7 +57,7 @@ def load_encoder(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 
-def encoder_for_classifier(path: Path, spec: RunSpec) -> dict[str, np.ndarray]:
+def encoder_for_classifier(path: Path, spec: ClassifyRunSpec) -> dict[str, np.ndarray]:
     """``--init-from``: the encoder of ``path`` (a run folder or .safetensors), checked to fit the
     encoder of ``spec``'s classifier on its data, naming every missing, unexpected and mis-shaped tensor."""
     from dualkit.core.datasets import load_dataset
@@ -79,11 +80,11 @@ def feature_extractor(
     serves every call (TF traces its feature step once, not once per split)."""
     backend = registry.get_backend(backend_name, device)
     mae = backend.MaskedAutoencoder(spec.model, spec.decoder, image_shape, encoder, spec.optim,
-                                    spec.mask.norm_pix, spec.train.dtype, registry.resolve_device(backend, device))
+                                    spec.mask.norm_pix, spec.dtype, registry.resolve_device(backend, device))
 
     def features(x_uint8: np.ndarray) -> np.ndarray:
         dummy = np.zeros(len(x_uint8), dtype=np.int64)
-        batches = eval_batches(x_uint8, dummy, spec.train.eval_batch_size, normalizer, spec.train.dtype)
+        batches = eval_batches(x_uint8, dummy, spec.train.eval_batch_size, normalizer, spec.dtype)
         parts = [mae.features(xb) for xb, _ in batches]
         return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, spec.model.channels[-1]))
 
@@ -166,11 +167,11 @@ def linear_probe(
 
 
 # -- fine-tuning ----------------------------------------------------------------------------------------
-def finetune_spec(spec: MaskedRunSpec, fraction: float, n_train: int) -> RunSpec:
+def finetune_spec(spec: MaskedRunSpec, fraction: float, n_train: int) -> ClassifyRunSpec:
     """The classifier run that fine-tunes on the first ``fraction`` of the ``n_train`` training images."""
     ft = spec.finetune
     limit = spec.data.limit_train if fraction >= 1.0 else max(1, int(round(fraction * n_train)))
-    return RunSpec(
+    return ClassifyRunSpec(
         task="classify",
         data=replace(spec.data, limit_train=limit),
         model=spec.model,
@@ -211,7 +212,7 @@ def evaluate_encoder(
 ) -> dict[str, Any]:
     """The linear probe (if probe.enabled) and each fine-tune fraction, for ``encoder`` and for the same
     encoder at random init; margins in accuracy points (pretrained - random)."""
-    out: dict[str, Any] = {"backend": registry.resolve_name(backend_name), "seed": spec.train.seed}
+    out: dict[str, Any] = {"backend": registry.resolve_name(backend_name), "seed": spec.seed}
     rand = random_encoder(spec, data.image_shape[2])
     if spec.probe.enabled:
         pairs = [linear_probe(backend_name, spec, w, data, normalizer, device) for w in (encoder, rand)]

@@ -90,7 +90,7 @@ def test_train_prints_the_table_and_writes_the_run(tmp_path, capsys):
     assert lines[3].startswith("test: loss ") and "accuracy" in lines[3]
     assert f"run folder: {out_dir}" in out
     assert "epoch 1/1" not in err  # --quiet: no progress bar
-    assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoints", "metrics.jsonl", "model.safetensors", "result.json", "spec.json"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoints", "metrics.jsonl", "model.safetensors", "result.json", "spec.json", "tensorboard"]
     assert read_json(out_dir / "result.json")["backend"] == "torch"
     assert read_json(out_dir / "spec.json")["data"]["limit_train"] == 256
 

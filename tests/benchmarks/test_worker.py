@@ -27,8 +27,8 @@ def run_job(job: dict) -> dict:
 
 def test_seed_override_names_the_field_each_task_seeds_from():
     assert worker.seed_override(presets.load("dqn-cartpole"), 3) == "seed=3"
-    assert worker.seed_override(presets.load("masked-digits"), 3) == "train.seed=3"
-    assert worker.seed_override(presets.load("cnn-digits"), 3) == "train.seed=3"
+    assert worker.seed_override(presets.load("masked-digits"), 3) == "seed=3"
+    assert worker.seed_override(presets.load("cnn-digits"), 3) == "seed=3"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

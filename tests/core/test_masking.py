@@ -12,7 +12,8 @@ from dualkit.core.masking import (
     denormalize, grid_shape, normalized_targets, num_masked, patch_size_for, patchify, random_masks, unpatchify,
     upsample_mask, visible,
 )
-from dualkit.core.specs import DecoderSpec, MaskedRunSpec, ModelSpec, apply_overrides, validate
+from dualkit.core.specs import DecoderSpec, ModelSpec, apply_overrides, validate
+from dualkit.tasks.masked_spec import MaskedRunSpec
 from dualkit.core.weights import decoder_shapes, encoder_shapes, init_classifier, init_masked, masked_shapes
 
 

@@ -15,7 +15,8 @@ from dualkit.core.errors import CheckpointError, Interrupted, RunError, SpecErro
 from dualkit.core.interrupt import StopSignal
 from dualkit.core.runs import prepare_run_dir
 from dualkit.core.runstate import RunState
-from dualkit.core.specs import RunSpec, apply_overrides, to_dict
+from dualkit.core.specs import apply_overrides, to_dict
+from dualkit.tasks.classify_spec import ClassifyRunSpec
 
 WEIGHTS = {"head.out.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "head.out.bias": np.ones(2, np.float32)}
 OPTIM = {"step": np.array(3.0), "exp_avg.head.out.weight": np.full((2, 3), 0.5, np.float32),
@@ -178,7 +179,7 @@ ALLOWED = ("train.epochs", "train.keep_checkpoints")
 
 
 def test_allowed_changes_are_returned():
-    old = RunSpec()
+    old = ClassifyRunSpec()
     new = apply_overrides(old, ["train.epochs=30", "train.keep_checkpoints=5"])
     assert runstate.check_resumable(to_dict(old), to_dict(new), ALLOWED) == [
         ("train.epochs", 10, 30), ("train.keep_checkpoints", 3, 5)]
@@ -191,7 +192,7 @@ def test_allowed_changes_are_returned():
     ("schedule.name='step'", "schedule.name"),
 ])
 def test_other_changes_name_the_field(override, field):
-    old = RunSpec()
+    old = ClassifyRunSpec()
     new = apply_overrides(old, ["train.epochs=30", override])
     with pytest.raises(SpecError, match=rf"cannot resume: {field} was .* now") as err:
         runstate.check_resumable(to_dict(old), to_dict(new), ALLOWED)

@@ -7,16 +7,8 @@ import json
 import pytest
 
 from dualkit.core.errors import SpecError
-from dualkit.core.specs import (
-    RunSpec,
-    apply_overrides,
-    from_dict,
-    load_json,
-    load_toml,
-    parse_override,
-    save_json,
-    to_dict,
-)
+from dualkit.core.specs import apply_overrides, from_dict, load_json, load_toml, parse_override, save_json, to_dict
+from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.tasks import presets
 
 
@@ -52,9 +44,9 @@ def test_presets_exist_and_load_from_a_toml_path():
 
 
 def test_to_dict_is_plain_json():
-    raw = to_dict(RunSpec())
+    raw = to_dict(ClassifyRunSpec())
     assert raw["model"]["channels"] == [16, 32]
-    assert from_dict(raw) == RunSpec()
+    assert from_dict(raw) == ClassifyRunSpec()
 
 
 # --------------------------------------------------------------------------- overrides
@@ -62,7 +54,7 @@ def test_to_dict_is_plain_json():
 
 def test_overrides_of_every_type():
     spec = apply_overrides(
-        RunSpec(),
+        ClassifyRunSpec(),
         [
             "train.epochs=3",  # int
             "optim.lr=0.25",  # float
@@ -85,12 +77,12 @@ def test_overrides_of_every_type():
     assert spec.model.hidden == (64, 32)
     assert spec.schedule.name == "cosine"
     # untouched fields keep their values; the input spec is not modified (frozen)
-    assert spec.train.batch_size == RunSpec().train.batch_size
-    assert RunSpec().train.epochs == 10
+    assert spec.train.batch_size == ClassifyRunSpec().train.batch_size
+    assert ClassifyRunSpec().train.epochs == 10
 
 
 def test_later_override_wins_and_empty_list():
-    spec = apply_overrides(RunSpec(), ["train.epochs=2", "train.epochs=5", "model.hidden=[]"])
+    spec = apply_overrides(ClassifyRunSpec(), ["train.epochs=2", "train.epochs=5", "model.hidden=[]"])
     assert spec.train.epochs == 5
     assert spec.model.hidden == ()
 
@@ -105,7 +97,7 @@ def test_later_override_wins_and_empty_list():
 )
 def test_unknown_key_lists_valid_keys(override, valid):
     with pytest.raises(SpecError) as err:
-        apply_overrides(RunSpec(), [override])
+        apply_overrides(ClassifyRunSpec(), [override])
     msg = str(err.value)
     assert override.split("=")[0] in msg
     for key in valid:
@@ -127,14 +119,14 @@ def test_unknown_key_lists_valid_keys(override, valid):
 )
 def test_wrong_type_names_the_field(override, field):
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
-        apply_overrides(RunSpec(), [override])
+        apply_overrides(ClassifyRunSpec(), [override])
 
 
 def test_section_set_as_a_value():
     with pytest.raises(SpecError, match=r"optim is a section"):
-        apply_overrides(RunSpec(), ["optim=3"])
+        apply_overrides(ClassifyRunSpec(), ["optim=3"])
     with pytest.raises(SpecError, match=r"model\.channels is a value"):
-        apply_overrides(RunSpec(), ["model.channels.x=3"])
+        apply_overrides(ClassifyRunSpec(), ["model.channels.x=3"])
     with pytest.raises(SpecError, match=r"optim is a section"):
         from_dict({"optim": 0.1})
 
@@ -156,7 +148,7 @@ def test_section_set_as_a_value():
         ("model.channels=[8, 0]", "model sizes"),
         ("model.num_classes=1", "model.num_classes"),
         ("train.epochs=0", "train.epochs"),
-        ("train.dtype=float16", "train.dtype"),
+        ("dtype=float16", "dtype"),
         ("train.label_smoothing=1", "train.label_smoothing"),
         ("schedule.name=linear", "schedule.name"),
         ("schedule.step_size=0", "schedule.step_size"),
@@ -164,12 +156,12 @@ def test_section_set_as_a_value():
 )
 def test_out_of_range_values(override, field):
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
-        apply_overrides(RunSpec(), [override])
+        apply_overrides(ClassifyRunSpec(), [override])
 
 
 def test_choice_errors_list_the_choices():
     with pytest.raises(SpecError) as err:
-        apply_overrides(RunSpec(), ['optim.name="rmsprop"'])
+        apply_overrides(ClassifyRunSpec(), ['optim.name="rmsprop"'])
     assert "sgd" in str(err.value) and "adamw" in str(err.value) and "rmsprop" in str(err.value)
 
 
@@ -177,7 +169,7 @@ def test_unknown_task():
     with pytest.raises(SpecError, match=r"task='regress'.*classify"):
         from_dict({"task": "regress"})
     with pytest.raises(SpecError, match=r"task="):
-        apply_overrides(RunSpec(), ['task="regress"'])
+        apply_overrides(ClassifyRunSpec(), ['task="regress"'])
 
 
 def test_unknown_key_in_a_file(tmp_path):
@@ -206,7 +198,7 @@ def test_parse_override_without_equals(text):
     with pytest.raises(SpecError, match=r"section\.key=value"):
         parse_override(text)
     with pytest.raises(SpecError):
-        apply_overrides(RunSpec(), [text])
+        apply_overrides(ClassifyRunSpec(), [text])
 
 
 def test_parse_override_empty_key():

@@ -15,7 +15,9 @@ pytest.importorskip("torch")
 from dualkit.core import checkpoint, registry, runstate  # noqa: E402
 from dualkit.core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError  # noqa: E402
 from dualkit.core.runs import read_json  # noqa: E402
-from dualkit.core.specs import DQNRunSpec, RunSpec, apply_overrides, load_json, save_json  # noqa: E402
+from dualkit.core.specs import apply_overrides, load_json, save_json
+from dualkit.tasks.dqn_spec import DQNRunSpec
+from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.core.weights import encoder_shapes, masked_shapes  # noqa: E402
 from dualkit.tasks import parity, presets  # noqa: E402
 from dualkit.tasks.classify import train  # noqa: E402
@@ -397,7 +399,7 @@ def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_resume_refuses_a_run_of_another_task(run_copy, tmp_path, capsys):
-    for other, task in ((RunSpec(), "classify"), (DQNRunSpec(), "dqn")):
+    for other, task in ((ClassifyRunSpec(), "classify"), (DQNRunSpec(), "dqn")):
         folder = tmp_path / task
         shutil.copytree(run_copy, folder)
         save_json(other, folder / "spec.json")
@@ -413,7 +415,7 @@ def test_resume_refuses_a_run_of_another_task(run_copy, tmp_path, capsys):
     ("mask.ratio=0.5", "mask.ratio"),
     ("optim.lr=0.01", "optim.lr"),
     ("decoder.channels=[16,16]", "decoder.channels"),
-    ("train.seed=1", "train.seed"),
+    ("seed=1", "seed"),
 ])
 def test_resume_refuses_a_spec_change_that_cannot_continue(run_copy, override, field):
     msg = refused_resume(run_copy, SpecError, rf"cannot resume: {field} was", overrides=["max_steps=15", override])

@@ -21,7 +21,8 @@ pytest.importorskip("torch")
 
 from dualkit.core import checkpoint, registry, runstate  # noqa: E402
 from dualkit.core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError  # noqa: E402
-from dualkit.core.specs import DQNRunSpec, apply_overrides, load_json, save_json  # noqa: E402
+from dualkit.core.specs import apply_overrides, load_json, save_json
+from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.tasks import parity, presets  # noqa: E402
 from dualkit.tasks.classify import resume, train  # noqa: E402
 from dualkit.cli import main  # noqa: E402
@@ -271,8 +272,8 @@ def test_refuses_a_run_of_another_task(tiny_run, tmp_path, capsys):
     ("train.batch_size=16", "train.batch_size"),
     ("optim.lr=0.01", "optim.lr"),
     ("model.hidden=[64]", "model.hidden"),
-    ("train.seed=1", "train.seed"),
-    ("train.dtype='float64'", "train.dtype"),
+    ("seed=1", "seed"),
+    ("dtype='float64'", "dtype"),
 ])
 def test_refuses_a_spec_change_that_cannot_continue(run_copy, override, field):
     msg = refused(run_copy, SpecError, rf"cannot resume: {field} was", overrides=["train.epochs=5", override])

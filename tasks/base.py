@@ -1,0 +1,119 @@
+"""The task protocol: what every task (classifier, masked pretraining, DQN, ...) implements.
+
+The command line (dualkit/cli.py), the benchmark suite, its worker and its report reach a task only through
+this interface, found by the spec's ``task`` in tasks/registry.py; none of them branches on a task's name.
+A task subclasses :class:`Task`, sets the class attributes, implements the methods it supports (the
+defaults refuse with a clear error), and is registered with one line in tasks/registry.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dualkit.core.errors import DualkitError
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What ``dualkit eval`` may ask of a task; each task reads the options that apply to it."""
+
+    split: str = "test"  # classifier: which split
+    episodes: int | None = None  # DQN: greedy episodes (None = the spec's)
+    seed: int | None = None  # DQN: seed of the first episode (None = the spec's)
+    finetune: bool = True  # masked pretraining: fine-tunes after the linear probe
+    progress: bool = True
+
+
+@dataclass
+class PortReport:
+    """What ``dualkit port`` prints: one table row (column -> value), the artifact written, and whether the
+    port reproduced the source's predictions (the exit code)."""
+
+    row: dict[str, Any]
+    artifact: Path
+    ok: bool
+
+
+class Task:
+    """One task. Class attributes describe it; methods run it."""
+
+    name: str = ""  # the spec's ``task``
+    title: str = ""  # section title in the benchmark report
+    spec_class: type = object
+    pretraining: bool = False  # ``dualkit pretrain PRESET`` runs it (besides ``dualkit train``)
+    metric: str = ""  # what a benchmark run reports, e.g. "test_accuracy"
+    metric_label: str = ""  # how the report names it
+    metric_decimals: int = 4
+    throughput_unit: str = "images/s"
+    levels: tuple[str, ...] = ("L0", "L1", "L2", "L3", "L4", "L5", "port")  # what ``dualkit parity`` knows
+    native_suffix: dict[str, str] = {"torch": ".pt", "tf": ".keras"}  # ``dualkit port`` artifacts
+
+    # -- running ---------------------------------------------------------------------------------------
+    def train(self, spec: Any, backend: str, *, run_dir: Path | None, device: str, progress: bool,
+              overwrite: bool, init_from: Path | None = None) -> Any:
+        raise NotImplementedError
+
+    def resume(self, run_dir: Path, backend: str | None, *, overrides: list[str], device: str,
+               progress: bool) -> Any:
+        raise NotImplementedError
+
+    def show(self, result: Any) -> None:
+        """Print a finished (or resumed) run's tables on stdout."""
+        raise NotImplementedError
+
+    def evaluate(self, run_dir: Path, backend: str | None, device: str, options: EvalOptions) -> None:
+        """Evaluate a run folder's model in ``backend`` and print the result."""
+        raise NotImplementedError
+
+    def port(self, run_dir: Path, to: str, out: Path, device: str) -> PortReport:
+        raise DualkitError(f"{run_dir} is a {self.name!r} run, which `dualkit port` does not carry")
+
+    def check_inputs(self, spec: Any) -> None:
+        """Fail fast, before any work, if the spec's data or environment is missing."""
+
+    # -- parity ----------------------------------------------------------------------------------------
+    def parity(self, spec: Any, levels: list[str], dtypes: list[str], device: str, seeds: int) -> list[Any]:
+        """``dualkit parity``: the requested levels (a subset of :attr:`levels`) as parity Checks."""
+        raise NotImplementedError
+
+    def bench_parity(self, spec: Any, device: str) -> list[Any]:
+        """The benchmark's parity: every level below L5 and the port, both dtypes, sized for the bench."""
+        raise NotImplementedError
+
+    def bench_l5(self, spec: Any, runs: list[dict[str, Any]]) -> list[Any]:
+        """L5 from the benchmark's own runs (one per backend and seed): no extra training."""
+        raise NotImplementedError
+
+    # -- benchmark -------------------------------------------------------------------------------------
+    def bench_run(self, spec: Any, backend: str, device: str) -> dict[str, Any]:
+        """One benchmark run (no run folder): its summary, built with :func:`run_summary`."""
+        raise NotImplementedError
+
+    def report_columns(self, runs: list[dict[str, Any]]) -> list[str]:
+        """Extra columns of this task's benchmark table (after the metric), for these runs."""
+        return []
+
+    def report_cells(self, runs: list[dict[str, Any]], columns: list[str]) -> list[Any]:
+        """The cells of :meth:`report_columns` for one preset/backend/device group of runs."""
+        return []
+
+
+def run_summary(task: Task, value: float, curve_x: list[Any], curve_y: list[float], curve_label: str,
+                curve_xlabel: str, throughput: float, wall_s: float, **extra: Any) -> dict[str, Any]:
+    """What every benchmark run reports: the task's metric, its curve, throughput and wall time, plus the
+    task's own extras."""
+    return {
+        "task": task.name,
+        "metric": task.metric,
+        "value": value,
+        "curve_x": curve_x,
+        "curve_y": curve_y,
+        "curve_label": curve_label,
+        "curve_xlabel": curve_xlabel,
+        "throughput": throughput,
+        "throughput_unit": task.throughput_unit,
+        "wall_s": wall_s,
+        **extra,
+    }

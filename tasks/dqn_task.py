@@ -1,0 +1,122 @@
+"""DQN as a task (tasks/base.py): training, resume, greedy evaluation, port, parity and benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dualkit.core.envs import env_info
+from dualkit.core.errors import DualkitError
+from dualkit.core.report import markdown_table
+from dualkit.tasks import dqn, dqn_parity
+from dualkit.tasks.base import EvalOptions, PortReport, Task, run_summary
+from dualkit.tasks.dqn_spec import DQNRunSpec
+from dualkit.tasks.parity import BACKENDS, Check
+
+# The benchmark's L4 trajectory: 1000 updates in float32 (the parity suite's own length); float64 stays near
+# 1e-13 over 3000 updates (tasks/dqn_parity.py), so 300 show that the float32 gap is rounding at a third of
+# the cost.
+BENCH_L4_UPDATES = {"float32": 1000, "float64": 300}
+
+
+class DQNTask(Task):
+    name = "dqn"
+    title = "DQN"
+    spec_class = DQNRunSpec
+    metric = "test_return"
+    metric_label = "greedy test return"
+    metric_decimals = 1
+    throughput_unit = "env steps/s"
+
+    def train(self, spec, backend, *, run_dir, device, progress, overwrite, init_from=None):
+        if init_from is not None:
+            raise DualkitError(f"--init-from starts a classifier from a pretrained encoder; this is a {self.name!r} task")
+        return dqn.train(spec, backend, run_dir=run_dir, device=device, progress=progress, overwrite=overwrite)
+
+    def resume(self, run_dir, backend, *, overrides, device, progress):
+        return dqn.resume(run_dir, backend, overrides=overrides, device=device, progress=progress)
+
+    def show(self, result) -> None:
+        rows = [[e["env_steps"], e["updates"], e["epsilon"], e["loss"], e["train_return"], e["eval_return"],
+                 e["steps_per_s"]] for e in result.evals]
+        print(markdown_table(["env steps", "updates", "epsilon", "loss", "train return", "eval return", "steps/s"],
+                             rows))
+        t = result.test
+        solved = f"; solved at {result.solved_at} env steps" if result.solved_at else ""
+        print(f"test: greedy return {t['return_mean']:.1f} +- {t['return_std']:.1f} (min {t['return_min']:.0f}) "
+              f"over {len(t['returns'])} held-out episodes{solved}")
+
+    def evaluate(self, run_dir, backend, device, options: EvalOptions) -> None:
+        res = dqn.evaluate_run(Path(run_dir), backend, device, options.episodes, options.seed)
+        print(markdown_table(
+            ["run", "trained in", "evaluated in", "env", "episodes", "first seed", "mean return", "std", "min"],
+            [[str(run_dir), res["trained_in"], res["backend"], res["env_id"], res["episodes"], res["seed"],
+              res["return_mean"], res["return_std"], res["return_min"]]]))
+
+    def port(self, run_dir, to, out, device) -> PortReport:
+        rep = dqn.port_run(Path(run_dir), to, out, device)
+        row = {"from": rep["from"], "to": rep["to"], "episodes": rep["episodes"],
+               "identical returns": rep["identical_returns"], "max rel |Q diff|": rep["max_rel_q_diff"],
+               "return (from)": rep["return_from"], "return (to)": rep["return_to"]}
+        return PortReport(row, Path(rep["artifact"]), rep["identical_returns"])
+
+    def check_inputs(self, spec) -> None:
+        env_info(spec.env)
+
+    def parity(self, spec, levels, dtypes, device, seeds) -> list[Check]:
+        return dqn_parity.run_levels(spec, levels, dtypes, device, seeds)
+
+    def bench_parity(self, spec, device) -> list[Check]:
+        checks: list[Check] = []
+        for dtype in ("float32", "float64"):
+            checks += dqn_parity.level0(dtype, device) + dqn_parity.level1(dtype, device)
+            checks += dqn_parity.level2_3(dtype, device)
+            checks += dqn_parity.level4(spec, dtype, device, min_updates=BENCH_L4_UPDATES[dtype])[0]
+        return checks + dqn_parity.port_checks(spec, device)
+
+    def bench_l5(self, spec, runs) -> list[Check]:
+        """As dqn_parity.level5: per backend, the seeds whose greedy test return reaches L5_MIN_RETURN, at least
+        L5_MIN_SEEDS of them (all seeds when the bench runs fewer)."""
+        out = []
+        for b in BACKENDS:
+            mine = [r for r in runs if r["backend"] == b]
+            need = min(dqn_parity.L5_MIN_SEEDS, len(mine))
+            solved = sum(r["value"] >= dqn_parity.L5_MIN_RETURN for r in mine)
+            detail = "; ".join(f"seed {r['seed']}: {r['value']:.1f} after {r.get('env_steps', '?')} steps"
+                               for r in mine)
+            out.append(Check("L5", f"{b} seeds with greedy return >= {dqn_parity.L5_MIN_RETURN:g}", float(solved),
+                             float(need), solved >= need,
+                             detail + f" (bound is a floor; budget {spec.dqn.total_steps} env steps)"))
+        return out
+
+    def bench_run(self, spec, backend, device) -> dict[str, Any]:
+        """Mean greedy return on the held-out test seeds; the curve is the periodic greedy evaluation's mean
+        return against environment steps. Time to solve is the wall time of the evaluation that first reached
+        the preset's stop return (None when the budget ran out first)."""
+        result = dqn.train(spec, backend, device=device, progress=False)
+        solve_s = next((e["wall_s"] for e in result.evals if e["env_steps"] == result.solved_at), None)
+        return run_summary(
+            self, result.test["return_mean"], [e["env_steps"] for e in result.evals],
+            [e["eval_return"] for e in result.evals], "greedy evaluation return", "environment steps",
+            result.steps_per_s, result.wall_s,
+            test_return_min=result.test["return_min"],
+            eval_s=result.eval_s,
+            env_steps=result.env_steps,
+            updates=result.updates,
+            solved_at=result.solved_at,
+            time_to_solve_s=solve_s,
+        )
+
+    def report_columns(self, runs) -> list[str]:
+        return [f"seeds >= {dqn_parity.L5_MIN_RETURN:g}", "solved at (env steps)", "time to solve s", "env steps"]
+
+    def report_cells(self, runs, columns) -> list[Any]:
+        from dualkit.benchmarks.report import mean_or_absent
+
+        return [f"{sum(r['value'] >= dqn_parity.L5_MIN_RETURN for r in runs)}/{len(runs)}",
+                mean_or_absent([r.get("solved_at") for r in runs], count=True),
+                mean_or_absent([r.get("time_to_solve_s") for r in runs]),
+                mean_or_absent([r.get("env_steps") for r in runs], count=True)]
+
+
+TASK = DQNTask()

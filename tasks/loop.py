@@ -1,0 +1,291 @@
+"""The one run loop: epochs and steps, checkpoint cadence, signals, the NaN guard, resume, logs, result files.
+
+Every epoch-based task (the classifier, masked pretraining) trains through :func:`run_epochs`; DQN, whose loop
+is driven by environment steps, uses the same pieces: :class:`RunLog` (metric log, TensorBoard events,
+result.json), :class:`Cadence` (checkpoints every N steps / minutes), :func:`check_finite` (the NaN guard)
+and :func:`interrupted` (the message after Ctrl-C / SIGTERM).
+
+A backend's model object (``Classifier``, ``MaskedAutoencoder``, ...) only needs ``get_weights()``,
+``get_optimizer_state()`` and ``get_rng_state()`` here; the task hands the loop one ``step(xb, yb, lr) -> loss``
+callable that does the backend's training step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dualkit.core import runstate
+from dualkit.core.batches import Normalizer, epoch_batches, make_rng
+from dualkit.core.datasets import Dataset
+from dualkit.core.errors import Interrupted, TrainingError
+from dualkit.core.interrupt import StopSignal
+from dualkit.core.runs import METRICS_FILE, MODEL_FILE, RESULT_FILE, MetricLog, write_json
+from dualkit.core.runstate import RunState
+from dualkit.core.schedules import lr_table
+from dualkit.core.tensorboard import EventLog
+from dualkit.tasks.progress import progress_bar
+
+
+class RunLog:
+    """What a run writes as it goes: ``metrics.jsonl`` (one record per epoch or evaluation), TensorBoard
+    event files beside it (per-step and per-record scalars) and, at the end, ``result.json``.
+
+    ``run_dir=None`` (benchmark and parity runs) writes nothing."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        self.run_dir = run_dir
+        self.metrics = MetricLog(run_dir / METRICS_FILE) if run_dir is not None else None
+        self.events = EventLog(run_dir, enabled=run_dir is not None) if run_dir is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_dir is not None
+
+    def step(self, step: int, values: dict[str, float]) -> None:
+        """Per-step scalars (loss, learning rate) under ``step/``."""
+        if self.events is not None:
+            self.events.scalars(step, values, prefix="step/")
+
+    def record(self, record: dict[str, Any], step: int) -> None:
+        """One metric record: a line of metrics.jsonl, and its numbers as TensorBoard scalars at ``step``."""
+        if self.metrics is not None:
+            self.metrics.append(record)
+        if self.events is not None:
+            self.events.scalars(step, record, prefix="epoch/")
+            self.events.flush()
+
+    def result(self, result: dict[str, Any]) -> None:
+        if self.run_dir is not None:
+            write_json(self.run_dir / RESULT_FILE, result)
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+
+
+class Cadence:
+    """When a run checkpoint is due: each time the step counter passes a multiple of ``every_steps`` (0 = off),
+    and when ``every_minutes`` (0 = off) have gone by since the last save."""
+
+    def __init__(self, every_steps: int, every_minutes: float, step: int) -> None:
+        self.every_steps, self.every_minutes = every_steps, every_minutes
+        self.next_step = (step // every_steps + 1) * every_steps if every_steps else None
+        self.last_save = time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        if self.next_step is not None and step >= self.next_step:
+            self.next_step += self.every_steps
+            return True
+        return self.every_minutes > 0 and time.perf_counter() - self.last_save >= 60.0 * self.every_minutes
+
+    def saved(self, step: int) -> None:
+        """A checkpoint was written at ``step``: the next one by steps is at the next multiple past it."""
+        self.last_save = time.perf_counter()
+        if self.every_steps:
+            self.next_step = (step // self.every_steps + 1) * self.every_steps
+
+
+def check_finite(loss: float, what: str, where: str, hint: str) -> None:
+    """The NaN guard: stop the run with a message that says where the loss went bad and what to change."""
+    if not math.isfinite(loss):
+        raise TrainingError(f"{what} became {loss} at {where}; {hint}")
+
+
+def interrupted(stop: StopSignal, path: Path, where: str, run_dir: Path, backend: str) -> Interrupted:
+    """The error a run stops with after Ctrl-C / SIGTERM, once its checkpoint ``path`` is written."""
+    other = "tf" if backend == "torch" else "torch"
+    return stop.interrupted(
+        f"checkpoint {path} ({where}). Continue with: dualkit train --resume {run_dir}  "
+        f"(add --backend {other} to continue in the other framework)"
+    )
+
+
+def new_state(task: str, seed: int, streams: tuple[str, ...] = ("batches",)) -> RunState:
+    """A fresh run state whose numpy generators (``make_rng(seed, stream)``) stand at their start."""
+    return RunState(task=task, rngs={s: runstate.capture_rng(make_rng(seed, s)) for s in streams})
+
+
+@dataclass
+class EpochTask:
+    """What one epoch-based task hands :func:`run_epochs`.
+
+    ``step(xb, yb, lr)`` trains one batch and returns its loss; ``streams`` are the task's extra numpy
+    generators (beyond the batch order), restored from and saved into the run state; ``record(rec)`` adds the
+    task's own per-epoch values (validation metrics) to an epoch record; ``save_model(epoch, step)`` writes the
+    run's canonical model file(s) at checkpoint epochs. ``loss_name``/``verb`` word the NaN message,
+    ``desc`` labels the progress bar."""
+
+    model: Any
+    step: Callable[[np.ndarray, np.ndarray, float], float]
+    record: Callable[[dict[str, Any]], None]
+    save_model: Callable[[int, int], None]
+    streams: dict[str, np.random.Generator] = field(default_factory=dict)
+    loss_name: str = "loss"
+    verb: str = "training"
+    desc: str = "epoch"
+
+
+@dataclass
+class EpochOutcome:
+    images_per_s: float
+    wall_s: float
+    segments: list[dict[str, Any]]
+
+
+def total_steps_of(epochs: int, steps_per_epoch: int, max_steps: int = 0) -> int:
+    """Optimizer steps of a whole run: ``epochs`` full epochs, cut at ``max_steps`` if set."""
+    total = steps_per_epoch * epochs
+    return min(total, max_steps) if max_steps else total
+
+
+def run_epochs(
+    spec: Any,
+    backend: str,
+    device: str,
+    task: EpochTask,
+    data: Dataset,
+    normalizer: Normalizer,
+    state: RunState,
+    log: RunLog,
+    meta: dict[str, Any],
+    progress: bool,
+    max_steps: int = 0,
+) -> EpochOutcome:
+    """Train ``task`` from ``state`` on (a fresh state, or one restored from a run checkpoint).
+
+    Run checkpoints (core.runstate) are written every ``train.checkpoint_every`` epochs, every
+    ``checkpoint_every_steps`` steps, every ``checkpoint_every_minutes`` minutes, at the end, and on
+    SIGINT/SIGTERM (after the current step; then the run stops with core.errors.Interrupted).
+
+    Random streams: ``state.rngs["batches"]`` is the batch generator at the start of epoch
+    ``state.epoch + 1``; the ``state.batch`` batches of that epoch trained before are drawn again and skipped,
+    which leaves the generator exactly where the uninterrupted run had it. The task's own streams are saved
+    as they stand right after step ``state.step``.
+
+    ``state.epoch`` counts full epochs. When ``max_steps`` ends the run inside an epoch, that epoch still gets
+    its history record while ``state.batch`` keeps its trained batches: ``len(state.history)`` is then
+    ``state.epoch + 1``, and a resume with more steps drops that record and finishes the epoch.
+    """
+    tr = spec.train
+    run_dir = log.run_dir
+    steps_per_epoch = -(-len(data.y_train) // tr.batch_size)
+    total_steps = total_steps_of(tr.epochs, steps_per_epoch, max_steps)
+    epochs = -(-total_steps // steps_per_epoch)
+    lrs = lr_table(spec.schedule, spec.optim.lr, total_steps)
+    rng = runstate.restore_rng(make_rng(spec.seed, "batches"), state.rngs["batches"])
+    for name, gen in task.streams.items():
+        runstate.restore_rng(gen, state.rngs[name])
+    c = state.counters
+    for key in ("train_s", "epoch_s", "wall_s"):
+        c.setdefault(key, 0.0)
+    c.setdefault("images", 0)
+    c.setdefault("epoch_images", 0)
+    c.setdefault("segments", []).append({"backend": backend, "device": device, "from_step": state.step})
+    last_good = run_dir / MODEL_FILE if run_dir is not None and (run_dir / MODEL_FILE).is_file() else None
+    cadence = Cadence(tr.checkpoint_every_steps, tr.checkpoint_every_minutes, state.step)
+    t_start = time.perf_counter()
+    wall_before = c["wall_s"]
+
+    def save_run(epoch_start: dict[str, Any]) -> Path:
+        c["wall_s"] = wall_before + time.perf_counter() - t_start
+        state.rngs["batches"] = epoch_start
+        state.rngs.update({name: runstate.capture_rng(gen) for name, gen in task.streams.items()})
+        path = runstate.save(
+            run_dir, state, task.model.get_weights(), task.model.get_optimizer_state(), meta=meta,
+            framework_rng=task.model.get_rng_state(), keep=tr.keep_checkpoints,
+        )
+        cadence.saved(state.step)
+        return path
+
+    def stopped(path: Path, epoch: int, todo: int) -> Interrupted:
+        where = f"step {state.step} of {total_steps}, epoch {epoch}, batch {state.batch}/{todo}"
+        return interrupted(stop, path, where, run_dir, backend)
+
+    with StopSignal(enabled=run_dir is not None) as stop:
+        if run_dir is not None and not runstate.list_checkpoints(run_dir):
+            save_run(runstate.capture_rng(rng))  # step 0: from the first moment on, the run folder is resumable
+        # A history record past state.epoch is an epoch that max_steps cut and that is already done.
+        first_epoch = len(state.history) + 1
+        for epoch in range(first_epoch, epochs + 1):
+            todo = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)  # max_steps may cut the last
+            epoch_start = runstate.capture_rng(rng)
+            batches = epoch_batches(
+                data.x_train, data.y_train, tr.batch_size, rng, normalizer,
+                crop_padding=spec.data.crop_padding, flip=spec.data.flip, dtype=spec.dtype,
+            )
+            done = state.batch
+            for _ in itertools.islice(batches, done):
+                pass  # the batches trained before a resume: drawn again (same permutation and augmentation), skipped
+            epoch_losses = state.step_losses[len(state.step_losses) - done:]
+            bar = progress_bar(total=todo, desc=f"{backend} {task.desc} {epoch}/{epochs}", enabled=progress)
+            bar.update(done)
+            t0 = time.perf_counter() - c["epoch_s"]
+            for xb, yb in itertools.islice(batches, todo - done):
+                lr = float(lrs[state.step])
+                loss = task.step(xb, yb, lr)
+                if not math.isfinite(loss):
+                    good = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+                    check_finite(loss, task.loss_name, f"step {state.step + 1} (epoch {epoch})",
+                                 f"{task.verb} stopped and {good}. Lower optim.lr or set optim.clip_norm.")
+                state.step_losses.append(loss)
+                epoch_losses.append(loss)
+                state.step += 1
+                state.batch += 1
+                c["images"] += len(xb)
+                c["epoch_images"] += len(xb)
+                log.step(state.step, {"loss": loss, "lr": lr})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                # Mid-epoch checkpoints; the one at the epoch's end waits for its record.
+                if run_dir is not None and state.batch < todo and (stop.requested or cadence.due(state.step)):
+                    c["epoch_s"] = time.perf_counter() - t0
+                    path = save_run(epoch_start)
+                    if stop.requested:
+                        bar.close()
+                        raise stopped(path, epoch, todo)
+            bar.close()
+            epoch_time = time.perf_counter() - t0
+            c["train_s"] += epoch_time
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "step": state.step,
+                "lr": float(lrs[state.step - 1]),
+                "train_loss": float(np.mean(epoch_losses)),
+                "epoch_s": epoch_time,
+                "images_per_s": c["epoch_images"] / epoch_time,
+            }
+            c["epoch_s"], c["epoch_images"] = 0.0, 0
+            if todo == steps_per_epoch:
+                state.epoch, state.batch = epoch, 0
+                resume_from = runstate.capture_rng(rng)  # the next epoch's start
+            else:
+                resume_from = epoch_start  # cut by max_steps: a longer resume finishes this epoch
+            task.record(record)
+            state.history.append(record)
+            log.record(record, state.step)
+            if run_dir is not None:
+                if epoch % tr.checkpoint_every == 0 or epoch == epochs:
+                    last_good = run_dir / MODEL_FILE
+                    task.save_model(epoch, state.step)
+                    path = save_run(resume_from)
+                elif stop.requested or cadence.due(state.step):
+                    path = save_run(resume_from)
+                if stop.requested and epoch < epochs:  # after the last epoch only the evaluation is left: finish
+                    raise stopped(path, epoch, todo)
+    c["wall_s"] = wall_before + time.perf_counter() - t_start
+    if run_dir is not None and len(state.history) < first_epoch:
+        # Nothing left to train (a resume after the last checkpoint, e.g. one that stopped in the evaluation):
+        # the model file may predate the checkpoint, so it is written from it.
+        task.save_model(len(state.history), state.step)
+    return EpochOutcome(
+        images_per_s=c["images"] / c["train_s"] if c["train_s"] else 0.0,
+        wall_s=c["wall_s"],
+        segments=c["segments"],
+    )
