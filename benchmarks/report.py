@@ -12,7 +12,7 @@ import numpy as np
 from dualkit.benchmarks.conv_floor import KERNELS
 from dualkit.benchmarks.overhead import LOOP_FRAMEWORKS
 from dualkit.benchmarks.suite import SCHEMA_VERSION
-from dualkit.core.report import ABSENT, markdown_table
+from dualkit.core.report import ABSENT, markdown_table, mean_std
 from dualkit.core.runs import atomic_write_text, write_json
 from dualkit.tasks import registry as task_registry
 
@@ -56,22 +56,9 @@ def _groups(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[
     return out
 
 
-def mean_std(values: list[float], decimals: int = 4) -> str:
-    return f"{np.mean(values):.{decimals}f} ± {np.std(values):.{decimals}f}"
-
-
 def _tasks(runs: list[dict[str, Any]]) -> list[str]:
     """The tasks of the runs, in the order they first appear."""
     return list(dict.fromkeys(r["task"] for r in runs))
-
-
-def mean_or_absent(values: list[Any], count: bool = False) -> float | int | str:
-    """Mean of the values that are present (a seed that never solved has no time to solve), "-" if none;
-    ``count`` rounds it to a whole number (environment steps)."""
-    present = [v for v in values if v is not None and np.isfinite(v)]
-    if not present:
-        return ABSENT
-    return int(round(np.mean(present))) if count else float(np.mean(present))
 
 
 def task_table(results: dict[str, Any], task_name: str) -> str:

@@ -121,3 +121,17 @@ def _is_float(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return _is_integer(value) or _is_float(value)
+
+
+def mean_std(values: list[float], decimals: int = 4) -> str:
+    """``mean ± std`` of the values, at ``decimals``."""
+    return f"{np.mean(values):.{decimals}f} ± {np.std(values):.{decimals}f}"
+
+
+def mean_or_absent(values: list[Any], count: bool = False) -> float | int | str:
+    """Mean of the values that are present (a seed that never solved has no time to solve), "-" if none;
+    ``count`` rounds it to a whole number (environment steps)."""
+    present = [v for v in values if v is not None and np.isfinite(v)]
+    if not present:
+        return ABSENT
+    return int(round(np.mean(present))) if count else float(np.mean(present))

@@ -7,7 +7,7 @@ from typing import Any
 
 from dualkit.core.envs import env_info
 from dualkit.core.errors import DualkitError
-from dualkit.core.report import markdown_table
+from dualkit.core.report import markdown_table, mean_or_absent
 from dualkit.tasks import dqn, dqn_parity
 from dualkit.tasks.base import EvalOptions, PortReport, Task, run_summary
 from dualkit.tasks.dqn_spec import DQNRunSpec
@@ -111,8 +111,6 @@ class DQNTask(Task):
         return [f"seeds >= {dqn_parity.L5_MIN_RETURN:g}", "solved at (env steps)", "time to solve s", "env steps"]
 
     def report_cells(self, runs, columns) -> list[Any]:
-        from dualkit.benchmarks.report import mean_or_absent
-
         return [f"{sum(r['value'] >= dqn_parity.L5_MIN_RETURN for r in runs)}/{len(runs)}",
                 mean_or_absent([r.get("solved_at") for r in runs], count=True),
                 mean_or_absent([r.get("time_to_solve_s") for r in runs]),

@@ -11,7 +11,7 @@ import numpy as np
 
 from dualkit.core.datasets import load_dataset
 from dualkit.core.errors import DualkitError
-from dualkit.core.report import ABSENT, markdown_table
+from dualkit.core.report import ABSENT, markdown_table, mean_or_absent, mean_std
 from dualkit.tasks import masked_parity, parity, pretrain
 from dualkit.tasks.base import EvalOptions, Task, run_summary
 from dualkit.tasks.masked_spec import MaskedRunSpec
@@ -131,8 +131,6 @@ class MaskedTask(Task):
             f"fine-tune {f} of labels" for f in fractions]
 
     def report_cells(self, runs, columns) -> list[Any]:
-        from dualkit.benchmarks.report import mean_or_absent, mean_std
-
         cells: list[Any] = [mean_std([r["random_accuracy"] for r in runs]),
                             f"{np.mean([r['margin_points'] for r in runs]):+.2f}",
                             mean_or_absent([r.get("final_loss") for r in runs])]
