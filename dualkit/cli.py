@@ -166,6 +166,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualkit", description="One core, two backends (PyTorch, TensorFlow/Keras 3).")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"show the frameworks' start-up lines on stderr (or set ${registry.VERBOSE_ENV_VAR}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="versions, devices and usable backends")
@@ -237,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    registry.set_verbose(args.verbose)
     try:
         return args.fn(args)
     except DualkitError as exc:
