@@ -150,7 +150,8 @@ def get_backend(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         single = os.environ.get("DUALKIT_SINGLE_BACKEND") == "1"  # a process that will never load torch
         with _startup_quiet():
-            if key == "tf" and not single and "torch" not in sys.modules and importlib.util.find_spec("torch") is not None:
+            if (key == "tf" and not single and "torch" not in sys.modules
+                    and importlib.util.find_spec("torch") is not None):
                 # Both frameworks in one process only work reliably when torch is loaded first.
                 importlib.import_module("torch")
             module = importlib.import_module(package)
