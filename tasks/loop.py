@@ -57,8 +57,8 @@ class RunLog:
         """One metric record: a line of metrics.jsonl, and its numbers as TensorBoard scalars at ``step``."""
         if self.metrics is not None:
             self.metrics.append(record)
-        if self.events is not None:
-            self.events.scalars(step, record, prefix="epoch/")
+        if self.events is not None:  # the record's own position is the event's step, not a curve
+            self.events.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")}, prefix="epoch/")
             self.events.flush()
 
     def result(self, result: dict[str, Any]) -> None:
