@@ -31,7 +31,7 @@ from dualkit.tasks.progress import progress_bar
 SCHEMA_VERSION = 2
 FAST_PRESETS = ["cnn-digits", "masked-digits", "dqn-cartpole"]
 # Per-preset overrides of the fast default, so that it fits its 10 minutes on 2 CPU cores: the masked
-# runs report the linear probe (the L5 metric) and skip the fine-tunes, which make a run 1.6-1.9x longer.
+# runs report the linear probe (the L5 metric) and skip the fine-tunes, which take longer than the pretraining.
 FAST_OVERRIDES = {"masked-digits": ["finetune.fractions=[]"]}
 
 
@@ -47,8 +47,8 @@ class BenchConfig:
     overhead: bool = True
     overhead_preset: str = "cnn-cifar10"  # its architecture, on synthetic data of its image shape
     overhead_steps: int = 20
-    # best of 3 rounds in alternating order: with 2, a 10-20% swing of one loop (thread pools of the other
-    # framework still spinning, a neighbour on the cores) could decide a ratio
+    # best of 3 rounds in alternating order: with 2, a swing of one loop (thread pools of the other framework
+    # still spinning, a neighbour on the cores) could decide a ratio
     overhead_rounds: int = 3
 
 

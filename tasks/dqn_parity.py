@@ -194,12 +194,10 @@ def compare_runs(a, b, dtype: str, device: str, min_updates: int) -> Trajectory:
                       first_mismatch, mismatches_before_tie, tie_margin, tie_env_steps)
 
 
-# float32 runs are chaotic: Adam turns gradient gaps of 1e-7 into weight gaps that grow along the run, and
-# from the first greedy choice whose two Q-values are closer than their rounding gap the runs part for good
-# (float64 stays at 1e-13 over 3000 updates of the preset itself, so the float32 gap is rounding, not
-# semantics). With the preset's own update every 8 env steps (16 envs), the float32 loss gap passes 1e-3
-# near update 950 and the first action differs near 10k env steps; with an update every 2 env steps the
-# first 1000 updates come within ~4k env steps and stay within 1e-6.
+# float32 runs are chaotic: Adam turns gradient gaps into weight gaps that grow along the run, and from the
+# first greedy choice whose two Q-values are closer than their rounding gap the runs part for good. With an
+# update every 2 env steps the first 1000 updates come early in the run, before that happens (README, "Why the
+# parity settings").
 L4_TRAIN_FREQ = 2
 
 

@@ -33,8 +33,8 @@ class DQNSpec:
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 5.0
     keep_checkpoints: int = 3
-    # The replay buffer goes into each run checkpoint (buffer_size x (2 obs_dim + 3) floats: 2.2 MB for
-    # CartPole's 50k); without it a resumed run refills learning_starts transitions before updating again.
+    # The replay buffer goes into each run checkpoint (buffer_size x (2 obs_dim + 3) floats); without it a resumed
+    # run refills learning_starts transitions before updating again.
     checkpoint_buffer: bool = True
 
 

@@ -13,9 +13,8 @@ from dualkit.tasks.base import EvalOptions, PortReport, Task, run_summary
 from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.tasks.parity import BACKENDS, Check
 
-# The benchmark's L4 trajectory: 1000 updates in float32 (the parity suite's own length); float64 stays near
-# 1e-13 over 3000 updates (tasks/dqn_parity.py), so 300 show that the float32 gap is rounding at a third of
-# the cost.
+# The benchmark's L4 trajectory: float32 as long as the parity suite's own; float64, which shows that the float32
+# gap is rounding, is shorter because its gap does not grow along the run (README, "Why the parity settings").
 BENCH_L4_UPDATES = {"float32": 1000, "float64": 300}
 
 
