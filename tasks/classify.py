@@ -8,21 +8,29 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-
-from dualkit.core import checkpoint, registry, runstate
-from dualkit.core.batches import Normalizer, eval_batches, num_batches
+from dualkit.core import checkpoint, registry
+from dualkit.core.batches import Normalizer, eval_batches
 from dualkit.core.datasets import Dataset, load_dataset
-from dualkit.core.errors import CheckpointError, DataError, RunError, SpecError, TrainingError
+from dualkit.core.errors import TrainingError
 from dualkit.core.metrics import classification_metrics
 from dualkit.core.runs import (
-    MODEL_FILE, RESULT_FILE, SPEC_FILE, prepare_run_dir,
+    MODEL_FILE,
+    SPEC_FILE,
+    prepare_run_dir,
     require_run_dir,
 )
 from dualkit.core.runstate import RunState
 from dualkit.core.specs import load_json, save_json, to_dict
-from dualkit.core.weights import classifier_shapes, init_classifier, is_buffer
+from dualkit.core.weights import classifier_shapes, init_classifier
 from dualkit.tasks.classify_spec import ClassifyRunSpec
-from dualkit.tasks.loop import EpochTask, RunLog, new_state, run_epochs
+from dualkit.tasks.loop import (
+    EpochTask,
+    RunLog,
+    data_fingerprint,
+    new_state,
+    open_epoch_resume,
+    run_epochs,
+)
 
 
 @dataclass
@@ -116,10 +124,6 @@ RESUMABLE_FIELDS = (
 )
 
 
-def data_fingerprint(data: Dataset) -> str:
-    return runstate.fingerprint(data.x_train, data.y_train)
-
-
 def _fit(
     spec: ClassifyRunSpec,
     backend: ModuleType,
@@ -191,50 +195,12 @@ def resume(
     ``overrides`` applied; only :data:`RESUMABLE_FIELDS` may differ from the checkpointed spec. Every check
     runs before anything in the run folder is written, so a refused resume leaves the folder as it was.
     """
-    req = runstate.open_for_resume(run_dir, "classify", "classifier", "classify", overrides, RESUMABLE_FIELDS)
-    run_dir, spec, ckpt, st = req.run_dir, req.spec, req.ckpt, req.ckpt.state
-    if "normalizer" not in ckpt.meta:
-        raise CheckpointError(f"{ckpt.path} has no normalizer in its metadata; the file is damaged")
-    needed = st.epoch + (1 if st.batch else 0)
-    if spec.train.epochs < needed:
-        raise SpecError(
-            f"cannot resume: train.epochs={spec.train.epochs} but the run's checkpoint is at step {st.step} of "
-            f"epoch {needed}; train.epochs must be at least {max(needed, 1)}"
-        )
-    if st.epoch == spec.train.epochs and (run_dir / RESULT_FILE).is_file():
-        raise RunError(
-            f"{run_dir} is already complete ({st.epoch} of {spec.train.epochs} epochs); to train it longer, "
-            f"resume with --set train.epochs=N (N > {st.epoch})"
-        )
-
-    backend = registry.get_backend(backend_name or ckpt.backend, device)
-    device = registry.resolve_device(backend, device)
-    data = load_dataset(spec.data)
-    if data_fingerprint(data) != ckpt.meta.get("data_fingerprint"):
-        raise DataError(
-            f"the training data loaded for {spec.data.name!r} (data.root={spec.data.root!r}) differ from those the "
-            "run was trained on; point data.root at the same files"
-        )
-    image_shape = data.image_shape
-    checkpoint.check_fits(ckpt.weights, classifier_shapes(spec.model, image_shape), "the run's classifier")
-    runstate.check_optimizer_state(ckpt, spec.optim, [n for n in classifier_shapes(spec.model, image_shape) if not is_buffer(n)])
-    steps_per_epoch = num_batches(len(data.y_train), spec.train.batch_size, drop_last=False)
-    if st.batch > steps_per_epoch or st.step != st.epoch * steps_per_epoch + st.batch or len(st.history) != st.epoch:
-        raise CheckpointError(f"{ckpt.path}: run state (step {st.step}, epoch {st.epoch}, batch {st.batch}) is inconsistent")
-    normalizer = Normalizer.from_dict(ckpt.meta["normalizer"])
-    backend.seed(spec.seed)
-    clf = build_classifier(backend, spec, image_shape, ckpt.weights, device)
-    clf.set_optimizer_state(ckpt.optim)
-    if ckpt.backend == backend.NAME and ckpt.framework_rng:
-        clf.set_rng_state(ckpt.framework_rng)  # dropout continues its stream; another framework starts its own
-
-    # Every check passed: from here on the run folder is written.
-    runstate.reopen_run_dir(req, st.history)
-    if progress:
-        where = f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{steps_per_epoch})" if st.batch else f"the end of epoch {st.epoch}"
-        runstate.report_resume(req, backend.NAME, where)
-    resumed = {"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped}
-    result = _fit(spec, backend, device, clf, data, normalizer, st, run_dir, progress)
+    r = open_epoch_resume(run_dir, "classify", "classifier", "classify", overrides, RESUMABLE_FIELDS, backend_name,
+                          device, lambda spec, shape: classifier_shapes(spec.model, shape))
+    clf = build_classifier(r.backend, r.spec, r.data.image_shape, r.req.ckpt.weights, r.device)
+    r.restore(clf)
+    resumed = r.begin(progress)  # every check passed: from here on the run folder is written
+    result = _fit(r.spec, r.backend, r.device, clf, r.data, r.normalizer, r.state, r.req.run_dir, progress)
     result.extra.update(resumed)
     return result
 

@@ -17,19 +17,21 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
 
-from dualkit.core import runstate
+from dualkit.core import checkpoint, registry, runstate
 from dualkit.core.batches import Normalizer, epoch_batches, make_rng
-from dualkit.core.datasets import Dataset
-from dualkit.core.errors import Interrupted, TrainingError
+from dualkit.core.datasets import Dataset, load_dataset
+from dualkit.core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError, TrainingError
 from dualkit.core.interrupt import StopSignal
 from dualkit.core.runs import METRICS_FILE, MODEL_FILE, RESULT_FILE, MetricLog, write_json
 from dualkit.core.runstate import RunState
 from dualkit.core.schedules import lr_table
 from dualkit.core.tensorboard import EventLog
+from dualkit.core.weights import is_buffer
 from dualkit.tasks.progress import progress_bar
 
 
@@ -105,6 +107,11 @@ def interrupted(stop: StopSignal, path: Path, where: str, run_dir: Path, backend
         f"checkpoint {path} ({where}). Continue with: dualkit train --resume {run_dir}  "
         f"(add --backend {other} to continue in the other framework)"
     )
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """The training data's content hash, kept in run checkpoints so that a resume can tell changed data."""
+    return runstate.fingerprint(data.x_train, data.y_train)
 
 
 def new_state(task: str, seed: int, streams: tuple[str, ...] = ("batches",)) -> RunState:
@@ -289,3 +296,106 @@ def run_epochs(
         wall_s=c["wall_s"],
         segments=c["segments"],
     )
+
+
+# -- resume: the checks and first writes every epoch-based task shares ---------------------------------------
+@dataclass
+class EpochResume:
+    """An epoch-based run opened for resuming: every check passed, nothing in the run folder written yet."""
+
+    req: runstate.ResumeRequest
+    backend: ModuleType
+    device: str
+    data: Dataset
+    normalizer: Normalizer
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def spec(self) -> Any:
+        return self.req.spec
+
+    @property
+    def state(self) -> RunState:
+        return self.req.ckpt.state
+
+    def restore(self, model: Any) -> None:
+        """The checkpoint's optimizer state into ``model``; the framework's dropout stream continues only in the
+        backend that wrote it (another framework starts its own)."""
+        ckpt = self.req.ckpt
+        model.set_optimizer_state(ckpt.optim)
+        if ckpt.backend == self.backend.NAME and ckpt.framework_rng:
+            model.set_rng_state(ckpt.framework_rng)
+
+    def begin(self, progress: bool) -> dict[str, Any]:
+        """The first writes of the resume (core.runstate.reopen_run_dir) and what it tells the user; returns
+        what the result's ``extra`` records about it."""
+        st, ckpt = self.state, self.req.ckpt
+        if st.batch and len(st.history) == st.epoch + 1 and self.total_steps > st.step:
+            st.history.pop()  # an epoch that max_steps cut goes on: its record is written again once it is finished
+        runstate.reopen_run_dir(self.req, st.history)
+        if progress:
+            where = (f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})" if st.batch
+                     else f"the end of epoch {st.epoch}")
+            runstate.report_resume(self.req, self.backend.NAME, where)
+        return {"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped}
+
+
+def open_epoch_resume(
+    run_dir: Path,
+    task: str,
+    model_kind: str,
+    what: str,
+    overrides: list[str] | tuple[str, ...],
+    resumable: tuple[str, ...],
+    backend_name: str | None,
+    device: str,
+    shapes: Callable[[Any, tuple[int, int, int]], dict[str, tuple[int, ...]]],
+    streams: tuple[str, ...] = ("batches",),
+) -> EpochResume:
+    """Open ``run_dir`` (a ``task`` run; its model a ``model_kind``, ``what`` in messages) for resuming in
+    ``backend_name`` (default: the checkpoint's) with ``overrides`` of the ``resumable`` spec fields.
+
+    Checks, before anything is written: the checkpoint's metadata, the training data (by content), that the
+    spec's length (train.epochs, and max_steps where the task has it) still covers the checkpoint and that the
+    run is not complete, that the weights fit ``shapes(spec, image_shape)`` and the optimizer state the spec's
+    optimizer, and that the run state is consistent with the data."""
+    req = runstate.open_for_resume(run_dir, task, model_kind, what, overrides, resumable)
+    run_dir, spec, ckpt, st = req.run_dir, req.spec, req.ckpt, req.ckpt.state
+    if "normalizer" not in ckpt.meta:
+        raise CheckpointError(f"{ckpt.path} has no normalizer in its metadata; the file is damaged")
+    backend = registry.get_backend(backend_name or ckpt.backend, device)
+    device = registry.resolve_device(backend, device)
+    data = load_dataset(spec.data)
+    if data_fingerprint(data) != ckpt.meta.get("data_fingerprint"):
+        raise DataError(
+            f"the training data loaded for {spec.data.name!r} (data.root={spec.data.root!r}) differ from those the "
+            "run was trained on; point data.root at the same files"
+        )
+    max_steps = getattr(spec, "max_steps", 0)
+    limits = f"train.epochs={spec.train.epochs}" + (f" and max_steps={max_steps}" if hasattr(spec, "max_steps") else "")
+    steps_per_epoch = -(-len(data.y_train) // spec.train.batch_size)
+    total_steps = total_steps_of(spec.train.epochs, steps_per_epoch, max_steps)
+    needed = st.epoch + (1 if st.batch else 0)
+    if total_steps < st.step:
+        raise SpecError(
+            f"cannot resume: {limits} give {total_steps} steps, but the run's checkpoint is at step {st.step} "
+            f"(epoch {needed}); they must allow at least {st.step} steps: train.epochs must be at least {needed}"
+        )
+    if total_steps == st.step and (run_dir / RESULT_FILE).is_file():
+        more = "--set train.epochs=N" + (" and/or --set max_steps=N" if max_steps else "")
+        raise RunError(
+            f"{run_dir} is already complete ({st.step} of {total_steps} steps, {len(st.history)} of "
+            f"{-(-total_steps // steps_per_epoch)} epochs); to train it longer, resume with {more} "
+            f"(more than {st.step} steps)"
+        )
+    expected = shapes(spec, data.image_shape)
+    checkpoint.check_fits(ckpt.weights, expected, f"the {what} run's model")
+    runstate.check_optimizer_state(ckpt, spec.optim, [n for n in expected if not is_buffer(n)])
+    if (st.batch > steps_per_epoch or st.step != st.epoch * steps_per_epoch + st.batch
+            or len(st.history) - st.epoch not in ((0, 1) if st.batch else (0,)) or set(st.rngs) != set(streams)):
+        raise CheckpointError(f"{ckpt.path}: run state (step {st.step}, epoch {st.epoch}, batch {st.batch}) is "
+                              "inconsistent")
+    backend.seed(spec.seed)
+    return EpochResume(req, backend, device, data, Normalizer.from_dict(ckpt.meta["normalizer"]), steps_per_epoch,
+                       total_steps)

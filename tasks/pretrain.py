@@ -18,25 +18,40 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-
-from dualkit.core import checkpoint, registry, runstate
-from dualkit.core.batches import Normalizer, make_rng, num_batches
+from dualkit.core import checkpoint, registry
+from dualkit.core.batches import Normalizer, make_rng
 from dualkit.core.datasets import Dataset, load_dataset
-from dualkit.core.errors import CheckpointError, DataError, RunError, SpecError
 from dualkit.core.losses import masked_mse
-from dualkit.core.masking import denormalize, grid_shape, patch_size_for, random_masks, upsample_mask
+from dualkit.core.masking import (
+    denormalize,
+    grid_shape,
+    patch_size_for,
+    random_masks,
+    upsample_mask,
+)
 from dualkit.core.runs import (
-    MODEL_FILE, RESULT_FILE, SPEC_FILE, atomic_write_bytes, prepare_run_dir,
-    require_run_dir, write_json,
+    MODEL_FILE,
+    SPEC_FILE,
+    atomic_write_bytes,
+    prepare_run_dir,
+    require_run_dir,
+    write_json,
 )
 from dualkit.core.runstate import RunState
 from dualkit.core.specs import load_json, save_json, to_dict
-from dualkit.tasks.masked_spec import MaskedRunSpec
-from dualkit.core.weights import init_masked, is_buffer, masked_shapes
+from dualkit.core.weights import init_masked, masked_shapes
 from dualkit.tasks import classify
 from dualkit.tasks.classify import prepare_data
+from dualkit.tasks.loop import (
+    EpochTask,
+    RunLog,
+    data_fingerprint,
+    new_state,
+    open_epoch_resume,
+    run_epochs,
+)
+from dualkit.tasks.masked_spec import MaskedRunSpec
 from dualkit.tasks.probe import ENCODER_FILE, evaluate_encoder
-from dualkit.tasks.loop import EpochTask, RunLog, new_state, run_epochs, total_steps_of
 
 GRID_FILE = "reconstructions.png"
 GRID_IMAGES = 8
@@ -203,7 +218,7 @@ def _fit(
     mask_rng = make_rng(spec.seed, "masks")
     log = RunLog(run_dir)
     meta = checkpoint_meta(spec, backend, normalizer, data, patch, "masked",
-                           data_fingerprint=classify.data_fingerprint(data)) if run_dir else {}
+                           data_fingerprint=data_fingerprint(data)) if run_dir else {}
 
     def step(xb: np.ndarray, _: np.ndarray, lr: float) -> float:
         return mae.train_step(xb, random_masks(len(xb), grid, spec.mask.ratio, mask_rng), lr)
@@ -277,58 +292,16 @@ def resume(
     ``overrides`` applied; only :data:`RESUMABLE_FIELDS` may differ from the checkpointed spec. Every check
     runs before anything in the run folder is written, so a refused resume leaves the folder as it was.
     """
-    req = runstate.open_for_resume(run_dir, "masked", "masked", "masked-pretraining", overrides, RESUMABLE_FIELDS)
-    run_dir, spec, ckpt, st = req.run_dir, req.spec, req.ckpt, req.ckpt.state
-    if "normalizer" not in ckpt.meta:
-        raise CheckpointError(f"{ckpt.path} has no normalizer in its metadata; the file is damaged")
-
-    backend = registry.get_backend(backend_name or ckpt.backend, device)
-    device = registry.resolve_device(backend, device)
-    data = load_dataset(spec.data)
-    if classify.data_fingerprint(data) != ckpt.meta.get("data_fingerprint"):
-        raise DataError(
-            f"the training data loaded for {spec.data.name!r} (data.root={spec.data.root!r}) differ from those the "
-            "run was trained on; point data.root at the same files"
-        )
-    steps_per_epoch = num_batches(len(data.y_train), spec.train.batch_size, drop_last=False)
-    total_steps = total_steps_of(spec.train.epochs, steps_per_epoch, spec.max_steps)
-    if total_steps < st.step:
-        raise SpecError(
-            f"cannot resume: train.epochs={spec.train.epochs} and max_steps={spec.max_steps} give {total_steps} steps, "
-            f"but the run's checkpoint is at step {st.step}; they must allow at least {st.step} steps"
-        )
-    if total_steps == st.step and (run_dir / RESULT_FILE).is_file():
-        raise RunError(
-            f"{run_dir} is already complete ({st.step} of {total_steps} steps); to pretrain it longer, resume with "
-            f"--set train.epochs=N" + (" and/or --set max_steps=N" if spec.max_steps else "") + f" (more than {st.step} steps)"
-        )
-    cut = st.batch > 0 and len(st.history) == st.epoch + 1  # the last epoch was cut by max_steps and recorded
-    if (st.batch > steps_per_epoch or st.step != st.epoch * steps_per_epoch + st.batch
-            or len(st.history) - st.epoch not in ((0, 1) if st.batch else (0,))
-            or set(st.rngs) != {"batches", "masks"}):
-        raise CheckpointError(f"{ckpt.path}: run state (step {st.step}, epoch {st.epoch}, batch {st.batch}) is inconsistent")
-    image_shape = data.image_shape
-    shapes = masked_shapes(spec.model, spec.decoder, image_shape[2])
-    checkpoint.check_fits(ckpt.weights, shapes, "the run's masked autoencoder")
-    runstate.check_optimizer_state(ckpt, spec.optim, [n for n in shapes if not is_buffer(n)])
+    r = open_epoch_resume(run_dir, "masked", "masked", "masked-pretraining", overrides, RESUMABLE_FIELDS, backend_name,
+                          device, lambda spec, shape: masked_shapes(spec.model, spec.decoder, shape[2]),
+                          streams=("batches", "masks"))
+    spec, image_shape = r.spec, r.data.image_shape
     patch = patch_size_for(spec.model, image_shape, spec.mask.patch_size)
-    normalizer = Normalizer.from_dict(ckpt.meta["normalizer"])
-    backend.seed(spec.seed)
-    mae = build_autoencoder(backend, spec, image_shape, ckpt.weights, device)
-    mae.set_optimizer_state(ckpt.optim)
-    if ckpt.backend == backend.NAME and ckpt.framework_rng:
-        mae.set_rng_state(ckpt.framework_rng)  # the framework's stream continues; another framework starts its own
-
-    # Every check passed: from here on the run folder is written.
-    if cut and total_steps > st.step:
-        st.history.pop()  # the cut epoch goes on: its record is written again once it is finished
-    runstate.reopen_run_dir(req, st.history)
-    if progress:
-        where = (f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{steps_per_epoch})" if st.batch
-                 else f"the end of epoch {st.epoch}")
-        runstate.report_resume(req, backend.NAME, where)
-    resumed = {"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped}
-    result = _fit(spec, backend, device, mae, data, normalizer, patch, st, run_dir, progress, evaluate=True)
+    mae = build_autoencoder(r.backend, spec, image_shape, r.req.ckpt.weights, r.device)
+    r.restore(mae)
+    resumed = r.begin(progress)  # every check passed: from here on the run folder is written
+    result = _fit(spec, r.backend, r.device, mae, r.data, r.normalizer, patch, r.state, r.req.run_dir, progress,
+                  evaluate=True)
     result.extra.update(resumed)
     return result
 

@@ -298,7 +298,7 @@ def test_more_steps_continue_the_same_trajectory(no_grid, tmp_path):
     eight = presets.load("masked-digits", base + ["max_steps=8"])
     pretrain(eight, "torch", run_dir=tmp_path / "run", progress=False)
     assert [h["step"] for h in read_json(tmp_path / "run" / "result.json")["history"]] == [5, 8]  # epoch 2 cut at step 8
-    with pytest.raises(RunError, match=r"already complete \(8 of 8 steps\).*max_steps"):
+    with pytest.raises(RunError, match=r"already complete \(8 of 8 steps.*max_steps"):
         resume(tmp_path / "run", progress=False)
     with pytest.raises(SpecError, match=r"give 7 steps.*at least 8"):
         resume(tmp_path / "run", overrides=["max_steps=7"], progress=False)

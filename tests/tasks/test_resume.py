@@ -127,7 +127,7 @@ def test_more_epochs_continue_the_same_trajectory(tmp_path):
     base = SMALL + ["schedule.name='constant'", "train.epochs=2"]
     two = presets.load("cnn-digits", base)
     train(two, "torch", run_dir=tmp_path / "run", progress=False)
-    with pytest.raises(RunError, match=r"already complete \(2 of 2 epochs\).*train.epochs"):
+    with pytest.raises(RunError, match=r"already complete \(\d+ of \d+ steps, 2 of 2 epochs\).*train.epochs"):
         resume(tmp_path / "run", progress=False)
     got = resume(tmp_path / "run", overrides=["train.epochs=4"], progress=False)
     ref = train(apply_overrides(two, ["train.epochs=4"]), "torch", progress=False)
