@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from dualkit.backends.tf.cnn import build_cnn, canonical_variables
 from dualkit.backends.tf.losses import softmax_cross_entropy
 from dualkit.backends.tf.optim import Optimizer
-from dualkit.backends.tf.runtime import DTYPES, get_rng_state, save_keras, set_rng_state, tf_device, to_numpy, to_tensor
+from dualkit.backends.tf.runtime import (
+    DTYPES, framework_device, get_rng_state, save_native, set_rng_state, to_numpy, to_tensor,
+)
 from dualkit.core.specs import ModelSpec, OptimSpec
 from dualkit.core.weights import is_buffer
 
@@ -27,7 +28,7 @@ class Classifier:
         dtype: str = "float32",
         device: str = "cpu",
     ):
-        self.device = tf_device(device)
+        self.device = framework_device(device)
         self.dtype = DTYPES[dtype]
         self.label_smoothing = label_smoothing
         with tf.device(self.device):
@@ -106,13 +107,10 @@ class Classifier:
     def get_rng_state(self) -> dict[str, np.ndarray]:
         """The framework RNG that dropout draws from: each Dropout layer's seed-generator state, by position
         (Keras numbers unnamed layers per process, so their names are not stable)."""
-        return get_rng_state(self._dropouts())
+        return get_rng_state([self.net])
 
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        set_rng_state(state, self._dropouts())
-
-    def _dropouts(self) -> list[keras.layers.Dropout]:
-        return [layer for layer in self.net.layers if isinstance(layer, keras.layers.Dropout)]
+        set_rng_state(state, [self.net])
 
     def _buffers(self) -> dict[str, np.ndarray]:
         return {n: a for n, a in self.get_weights().items() if is_buffer(n)}
@@ -120,4 +118,4 @@ class Classifier:
     # -- native artifact ----------------------------------------------------------------------------
     def save_native(self, path: str) -> None:
         """A Keras ``.keras`` archive (weights in Keras layout); written to a temp name, then renamed."""
-        save_keras(self.net, path)
+        save_native(self.net, path)

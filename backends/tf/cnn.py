@@ -1,22 +1,23 @@
 """The CNN classifier in Keras 3. Layer names are the canonical prefixes with '.' written as '_'.
 
 ``canonical_variables`` maps every canonical tensor name to its Keras variable and the layout
-conversion between the canonical (PyTorch) layout and Keras's.
+conversion between the canonical (PyTorch) layout and Keras's (runtime.CONV_LAYOUT, ...).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import keras
-import numpy as np
 import tensorflow as tf
 
+from dualkit.backends.tf.runtime import CONV_LAYOUT, DENSE_LAYOUT, IDENTITY_LAYOUT, Convert
 from dualkit.core.specs import ModelSpec
+from dualkit.core.weights import feature_grid
 
 
-@keras.saving.register_keras_serializable(package="dualkit")
-class BatchNorm(keras.layers.Layer):
+# Private: torch's BatchNorm2d already has these semantics, so the layer has no twin there. Registered
+# under its former public name, so that .keras archives saved before the rename still load.
+@keras.saving.register_keras_serializable(package="dualkit", name="BatchNorm")
+class _BatchNorm(keras.layers.Layer):
     """BatchNorm with PyTorch's semantics: running = (1 - m) running + m batch, unbiased running variance.
 
     (Keras's own BatchNormalization keeps the biased variance and uses momentum = 1 - m.)
@@ -64,7 +65,7 @@ def _layer_name(canonical_prefix: str) -> str:
     return canonical_prefix.replace(".", "_")
 
 
-def build_encoder(spec: ModelSpec, x, dtype: str):
+def _encoder_layers(spec: ModelSpec, x: keras.KerasTensor, dtype: str) -> keras.KerasTensor:
     """Apply the encoder's layers to the Keras tensor ``x`` (NHWC); returns the feature map."""
     for b, cout in enumerate(spec.channels):
         for c in range(spec.convs_per_block):
@@ -73,7 +74,7 @@ def build_encoder(spec: ModelSpec, x, dtype: str):
                 cout, 3, padding="same", use_bias=not spec.batchnorm, dtype=dtype, name=_layer_name(f"{prefix}.conv{c}")
             )(x)
             if spec.batchnorm:
-                x = BatchNorm(spec.bn_eps, spec.bn_momentum, dtype=dtype, name=_layer_name(f"{prefix}.bn{c}"))(x)
+                x = _BatchNorm(spec.bn_eps, spec.bn_momentum, dtype=dtype, name=_layer_name(f"{prefix}.bn{c}"))(x)
             if c < spec.convs_per_block - 1:
                 x = keras.layers.ReLU(dtype=dtype)(x)
         # max-pool then ReLU equals ReLU then max-pool (ReLU is monotone), values and gradients alike,
@@ -82,7 +83,8 @@ def build_encoder(spec: ModelSpec, x, dtype: str):
     return x
 
 
-def build_head(spec: ModelSpec, feats, dtype: str):
+def _head_layers(spec: ModelSpec, feats: keras.KerasTensor, dtype: str) -> keras.KerasTensor:
+    """Apply the head's layers to the Keras feature map ``feats``; returns the logits."""
     if spec.head == "flatten":
         x = keras.layers.Flatten(dtype=dtype)(feats)  # NHWC flattens in the canonical H, W, C order
     else:
@@ -96,16 +98,25 @@ def build_head(spec: ModelSpec, feats, dtype: str):
     return keras.layers.Dense(spec.num_classes, dtype=dtype, name=_layer_name("head.out"))(x)
 
 
-def build_cnn(spec: ModelSpec, image_shape: tuple[int, int, int], dtype: str = "float32") -> keras.Model:
+# The public builders make models; the ones that make the classifier itself apply the layers above to one
+# graph, so the classifier's layers stay flat (no nested models in its .keras archive or canonical_variables).
+def build_encoder(spec: ModelSpec, image_shape: tuple[int, int, int], dtype: str = "float32") -> keras.Model:
+    """The encoder alone: NHWC images -> NHWC feature map on the coarsest grid."""
     inputs = keras.Input(shape=image_shape, dtype=dtype)
-    return keras.Model(inputs, build_head(spec, build_encoder(spec, inputs, dtype), dtype), name="cnn")
+    return keras.Model(inputs, _encoder_layers(spec, inputs, dtype), name="encoder")
 
 
-Convert = Callable[[np.ndarray], np.ndarray]
-_IDENTITY: tuple[Convert, Convert] = (lambda a: a, lambda a: a)
-# canonical conv (out, in, kh, kw) <-> Keras (kh, kw, in, out); canonical dense (out, in) <-> Keras (in, out)
-_CONV: tuple[Convert, Convert] = (lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1))
-_DENSE: tuple[Convert, Convert] = (lambda a: a.T, lambda a: a.T)
+def build_head(spec: ModelSpec, image_shape: tuple[int, int, int], dtype: str = "float32") -> keras.Model:
+    """The head alone: the encoder's NHWC feature map -> logits."""
+    h, w = feature_grid(spec, image_shape)
+    feats = keras.Input(shape=(h, w, spec.channels[-1]), dtype=dtype)
+    return keras.Model(feats, _head_layers(spec, feats, dtype), name="head")
+
+
+def build_cnn(spec: ModelSpec, image_shape: tuple[int, int, int], dtype: str = "float32") -> keras.Model:
+    """The classifier: NHWC images -> logits; its layers are named after the canonical names."""
+    inputs = keras.Input(shape=image_shape, dtype=dtype)
+    return keras.Model(inputs, _head_layers(spec, _encoder_layers(spec, inputs, dtype), dtype), name="cnn")
 
 
 def canonical_variables(model: keras.Model) -> dict[str, tuple[keras.Variable, Convert, Convert]]:
@@ -114,13 +125,13 @@ def canonical_variables(model: keras.Model) -> dict[str, tuple[keras.Variable, C
     for layer in model.layers:
         prefix = layer.name.replace("_", ".")
         if isinstance(layer, keras.layers.Conv2D):
-            out[f"{prefix}.weight"] = (layer.kernel, *_CONV)
+            out[f"{prefix}.weight"] = (layer.kernel, *CONV_LAYOUT)
             if layer.use_bias:
-                out[f"{prefix}.bias"] = (layer.bias, *_IDENTITY)
+                out[f"{prefix}.bias"] = (layer.bias, *IDENTITY_LAYOUT)
         elif isinstance(layer, keras.layers.Dense):
-            out[f"{prefix}.weight"] = (layer.kernel, *_DENSE)
-            out[f"{prefix}.bias"] = (layer.bias, *_IDENTITY)
-        elif isinstance(layer, BatchNorm):
+            out[f"{prefix}.weight"] = (layer.kernel, *DENSE_LAYOUT)
+            out[f"{prefix}.bias"] = (layer.bias, *IDENTITY_LAYOUT)
+        elif isinstance(layer, _BatchNorm):
             for part in ("weight", "bias", "running_mean", "running_var"):
-                out[f"{prefix}.{part}"] = (getattr(layer, part), *_IDENTITY)
+                out[f"{prefix}.{part}"] = (getattr(layer, part), *IDENTITY_LAYOUT)
     return out

@@ -10,7 +10,7 @@ import tensorflow as tf
 from dualkit.backends.tf.losses import td_loss
 from dualkit.backends.tf.optim import Optimizer
 from dualkit.backends.tf.qnet import build_qnet, canonical_variables
-from dualkit.backends.tf.runtime import DTYPES, save_keras, tf_device, to_numpy, to_tensor
+from dualkit.backends.tf.runtime import DTYPES, framework_device, save_native, to_numpy, to_tensor
 from dualkit.core.replay import Batch
 from dualkit.core.specs import OptimSpec, QNetSpec
 from dualkit.core.weights import QNET_PREFIX, TARGET_PREFIX, target_names
@@ -32,7 +32,7 @@ class DQNAgent:
         dtype: str = "float32",
         device: str = "cpu",
     ):
-        self.device = tf_device(device)
+        self.device = framework_device(device)
         self.dtype = DTYPES[dtype]
         self.gamma, self.loss_kind, self.double = float(gamma), loss, bool(double)
         with tf.device(self.device):
@@ -150,4 +150,4 @@ class DQNAgent:
     # -- native artifact ----------------------------------------------------------------------------
     def save_native(self, path: str) -> None:
         """A Keras ``.keras`` archive of the online network; written to a temp name, then renamed."""
-        save_keras(self.online, path)
+        save_native(self.online, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from dualkit.backends.tf.runtime import tf_device, to_tensor
+from dualkit.backends.tf.runtime import framework_device, to_tensor
 
 
 def softmax_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
@@ -77,6 +77,6 @@ def masked_mse(
 
 def numpy_loss(name: str, *arrays: np.ndarray, device: str = "cpu", **kwargs) -> float:
     """Evaluate the loss ``name`` of this module on numpy inputs (for the loss parity level)."""
-    with tf.device(tf_device(device)):
+    with tf.device(framework_device(device)):
         tensors = [to_tensor(a, tf.int64 if a.dtype.kind in "iu" else None) for a in arrays]
         return float(globals()[name](*tensors, **kwargs).numpy())

@@ -1,7 +1,7 @@
 """Masked image pretraining in TensorFlow: the classifier's encoder run on masked images, a light decoder.
 
-The encoder is cnn.build_encoder itself (same layers, so the same canonical names); the masked forward
-walks its layers and, after every conv stage, re-zeroes masked positions, so nothing crosses the mask.
+The encoder is the classifier's (cnn.build_encoder: same layers, so the same canonical names); the masked
+forward walks its layers and, after every conv stage, re-zeroes masked positions, so nothing crosses the mask.
 BatchNorm takes its batch statistics (and running statistics) from visible positions only. Unmasked,
 eval-mode forward is the classifier's encoder unchanged: that is what probing and fine-tuning use.
 """
@@ -12,16 +12,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dualkit.backends.tf.cnn import BatchNorm, _layer_name, build_encoder, canonical_variables
+from dualkit.backends.tf.cnn import _BatchNorm, _layer_name, build_encoder, canonical_variables
 from dualkit.backends.tf.losses import masked_mse
 from dualkit.backends.tf.optim import Optimizer
-from dualkit.backends.tf.runtime import DTYPES, get_rng_state, set_rng_state, tf_device, to_numpy, to_tensor
+from dualkit.backends.tf.runtime import (
+    DTYPES, IDENTITY_LAYOUT, framework_device, get_rng_state, set_rng_state, to_numpy, to_tensor,
+)
 from dualkit.core.masking import grid_shape, patch_size_for, visible
 from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec
 from dualkit.core.weights import MASK_TOKEN, decoder_channels, decoder_skips, feature_grid, is_buffer
 
 
-def masked_batchnorm(bn: BatchNorm, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tf.Tensor:
+def masked_batchnorm(bn: _BatchNorm, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tf.Tensor:
     """BatchNorm whose batch and running statistics come from visible positions only (``vis`` is
     (N, H, W, 1), 1 = visible); running variance unbiased over the visible count, as torch's own."""
     if not training:
@@ -44,7 +46,7 @@ def masked_encode(encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: 
     for layer in encoder.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        if isinstance(layer, BatchNorm):
+        if isinstance(layer, _BatchNorm):
             x = masked_batchnorm(layer, x, vis, training)
         elif isinstance(layer, keras.layers.ReLU):
             x = tf.nn.relu(x) * vis  # re-zero: convs spread values into masked positions
@@ -62,7 +64,9 @@ def masked_encode(encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: 
     return outs
 
 
-def build_decoder(model: ModelSpec, decoder: DecoderSpec, image_shape: tuple[int, int, int], dtype: str) -> keras.Model:
+def build_decoder(
+    model: ModelSpec, decoder: DecoderSpec, image_shape: tuple[int, int, int], dtype: str = "float32"
+) -> keras.Model:
     """Stages of 2x nearest upsampling, [+ 1x1-conv projection of the encoder's output at that resolution,]
     3x3 conv, ReLU (one per encoder block), then a 1x1 conv to pixels. Inputs: the coarsest features (the
     mask token is filled in before, by MaskedAutoencoder), then the encoder outputs the skips take, by stage."""
@@ -97,22 +101,21 @@ class MaskedAutoencoder:
         dtype: str = "float32",
         device: str = "cpu",
     ):
-        self.device = tf_device(device)
+        self.device = framework_device(device)
         self.dtype = DTYPES[dtype]
         self.dtype_name = dtype
         self.norm_pix = norm_pix
         self.patch = patch_size_for(model, image_shape)
         gh, gw = grid_shape(image_shape, self.patch)
         with tf.device(self.device):
-            inputs = keras.Input(shape=image_shape, dtype=dtype)
-            self.encoder = keras.Model(inputs, build_encoder(model, inputs, dtype), name="encoder")
+            self.encoder = build_encoder(model, image_shape, dtype)
             self.decoder = build_decoder(model, decoder, image_shape, dtype)
             self.skips = decoder_skips(model, decoder)
             self.mask_token = None
             self.variables = dict(canonical_variables(self.encoder))
             if decoder.mask_token:
                 self.mask_token = tf.Variable(tf.zeros((model.channels[-1],), self.dtype), name="mask_token")
-                self.variables[MASK_TOKEN] = (self.mask_token, lambda a: a, lambda a: a)
+                self.variables[MASK_TOKEN] = (self.mask_token, *IDENTITY_LAYOUT)
             self.variables.update(canonical_variables(self.decoder))
             self.set_weights(weights)
             self.params = {n: v for n, (v, _, _) in self.variables.items() if not is_buffer(n)}
@@ -207,14 +210,10 @@ class MaskedAutoencoder:
         """The framework RNG: each Dropout layer's seed-generator state, by position. The autoencoder has
         none today (masks come from core), so this is empty; it is here so that the driver treats both
         backends and both models alike."""
-        return get_rng_state(self._dropouts())
+        return get_rng_state([self.encoder, self.decoder])
 
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        set_rng_state(state, self._dropouts())
-
-    def _dropouts(self) -> list[keras.layers.Dropout]:
-        return [layer for net in (self.encoder, self.decoder) for layer in net.layers
-                if isinstance(layer, keras.layers.Dropout)]
+        set_rng_state(state, [self.encoder, self.decoder])
 
     def _buffers(self) -> dict[str, np.ndarray]:
         return {n: a for n, a in self.get_weights().items() if is_buffer(n)}

@@ -7,26 +7,19 @@ caller (core.schedules); state converts to and from core's canonical names.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import tensorflow as tf
 
-from dualkit.backends.tf.runtime import tf_device, to_numpy
+from dualkit.backends.tf.runtime import Layout, framework_device, to_numpy
 from dualkit.core.optim_ref import decays
 from dualkit.core.specs import OptimSpec
 
 
-Convert = Callable[[np.ndarray], np.ndarray]
-
-
 class Optimizer:
-    def __init__(
-        self, spec: OptimSpec, params: dict[str, tf.Variable], layouts: dict[str, tuple[Convert, Convert]] | None = None
-    ):
+    def __init__(self, spec: OptimSpec, params: dict[str, tf.Variable], layouts: dict[str, Layout] | None = None):
         """``layouts``: per parameter name, (canonical -> Keras, Keras -> canonical) conversions of its
-        weight (cnn.canonical_variables); a slot has its weight's layout, so the state is canonical at
-        this boundary. Names without one are already canonical."""
+        weight (runtime.CONV_LAYOUT, DENSE_LAYOUT, ...); a slot has its weight's layout, so the state is
+        canonical at this boundary. Names without one are already canonical."""
         self.spec = spec
         self.layouts = layouts or {}
         self.names = list(params)
@@ -43,7 +36,8 @@ class Optimizer:
         return ("exp_avg", "exp_avg_sq")
 
     def apply(self, grads: list[tf.Tensor], lr: tf.Tensor) -> None:
-        """Clip (global norm, as torch's clip_grad_norm_) and update; traceable inside tf.function.
+        """Clip (global norm, as torch's clip_grad_norm_) and apply one update with learning rate ``lr``;
+        ``grads``: one per parameter, in the order of ``params``. Traceable inside tf.function.
 
         Scalars (lr, bias corrections) are computed in float64 and rounded once, as torch does with
         Python floats.
@@ -112,7 +106,7 @@ def apply_updates(
     device: str = "cpu",
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Apply one update per (grads, lr) pair to copies of ``params``; for the optimizer parity level."""
-    with tf.device(tf_device(device)):
+    with tf.device(framework_device(device)):
         variables = {n: tf.Variable(np.array(v)) for n, v in params.items()}
         opt = Optimizer(spec, variables)
         for grads, lr in zip(grads_seq, lrs):

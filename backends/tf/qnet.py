@@ -3,11 +3,9 @@ prefix (``q.`` online, ``target.`` target); dense kernels convert between (in, o
 
 from __future__ import annotations
 
-from typing import Callable
-
 import keras
-import numpy as np
 
+from dualkit.backends.tf.runtime import DENSE_LAYOUT, IDENTITY_LAYOUT, Convert
 from dualkit.core.specs import QNetSpec
 
 ACTIVATIONS = {"relu": "relu", "tanh": "tanh"}
@@ -27,16 +25,11 @@ def build_qnet(spec: QNetSpec, obs_dim: int, num_actions: int, dtype: str = "flo
     return keras.Model(inputs, outputs, name=name)
 
 
-Convert = Callable[[np.ndarray], np.ndarray]
-_IDENTITY: tuple[Convert, Convert] = (lambda a: a, lambda a: a)
-_DENSE: tuple[Convert, Convert] = (lambda a: a.T, lambda a: a.T)  # canonical (out, in) <-> Keras (in, out)
-
-
 def canonical_variables(model: keras.Model, prefix: str) -> dict[str, tuple[keras.Variable, Convert, Convert]]:
     """canonical name -> (variable, canonical->keras, keras->canonical), in canonical order."""
     out: dict[str, tuple[keras.Variable, Convert, Convert]] = {}
     for layer in model.layers:
         if isinstance(layer, keras.layers.Dense):
-            out[f"{prefix}.{layer.name}.weight"] = (layer.kernel, *_DENSE)
-            out[f"{prefix}.{layer.name}.bias"] = (layer.bias, *_IDENTITY)
+            out[f"{prefix}.{layer.name}.weight"] = (layer.kernel, *DENSE_LAYOUT)
+            out[f"{prefix}.{layer.name}.bias"] = (layer.bias, *IDENTITY_LAYOUT)
     return out

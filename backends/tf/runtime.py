@@ -1,10 +1,15 @@
-"""TensorFlow runtime: threads, determinism, devices, seeds and numpy <-> tensor conversion."""
+"""TensorFlow runtime: threads, determinism, devices, seeds, numpy <-> tensor conversion, native saving,
+and the layout conversions between canonical (PyTorch) weight arrays and Keras's.
+
+Mirrors backends/torch/runtime.py name for name (see tests/backends/test_mirror.py).
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -14,6 +19,15 @@ from dualkit.core.errors import BackendError
 
 NAME = "tf"
 DTYPES = {"float32": tf.float32, "float64": tf.float64}
+
+Convert = Callable[[np.ndarray], np.ndarray]
+# (canonical -> Keras, Keras -> canonical) conversions of a weight's array, defined once for every model:
+# canonical conv (out, in, kh, kw) <-> Keras (kh, kw, in, out); canonical dense (out, in) <-> Keras (in, out);
+# everything else (biases, BatchNorm vectors, the mask token) has the same layout in both.
+Layout = tuple[Convert, Convert]
+IDENTITY_LAYOUT: Layout = (lambda a: a, lambda a: a)
+CONV_LAYOUT: Layout = (lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1))
+DENSE_LAYOUT: Layout = (lambda a: a.T, lambda a: a.T)
 
 
 def setup(deterministic: bool = True, threads: int = 2) -> None:
@@ -37,7 +51,8 @@ def check_device(device: str) -> None:
         raise BackendError("--device gpu was asked for, but TensorFlow sees no GPU; use --device cpu or auto")
 
 
-def tf_device(device: str) -> str:
+def framework_device(device: str) -> str:
+    """The TensorFlow device for a dualkit device name ("cpu", "gpu" or "auto")."""
     return "/GPU:0" if device == "gpu" or (device == "auto" and gpu_available()) else "/CPU:0"
 
 
@@ -54,28 +69,38 @@ def devices() -> list[str]:
     return ["cpu"] + [f"gpu:{i} {d.name}" for i, d in enumerate(tf.config.list_physical_devices("GPU"))]
 
 
-def to_tensor(x: np.ndarray, dtype: tf.DType | None = None) -> tf.Tensor:
-    return tf.convert_to_tensor(np.ascontiguousarray(x), dtype=dtype)
+def to_tensor(x: np.ndarray, dtype: tf.DType | None = None, device: str | None = None) -> tf.Tensor:
+    """A tensor of ``x``, cast to ``dtype`` (None: x's own), placed on ``device`` (None: the enclosing
+    ``tf.device`` scope, where the models' callers convert)."""
+    if device is None:
+        return tf.convert_to_tensor(np.ascontiguousarray(x), dtype=dtype)
+    with tf.device(device):
+        return tf.convert_to_tensor(np.ascontiguousarray(x), dtype=dtype)
 
 
 def to_numpy(t) -> np.ndarray:
     return np.asarray(t.numpy() if hasattr(t, "numpy") else t)
 
 
-def get_rng_state(dropouts: list[keras.layers.Dropout]) -> dict[str, np.ndarray]:
-    """The framework RNG that dropout draws from: each Dropout layer's seed-generator state, by position
-    (Keras numbers unnamed layers per process, so their names are not stable)."""
-    return {f"tf.dropout{i}": to_numpy(layer.seed_generator.state).copy() for i, layer in enumerate(dropouts)}
+def _dropouts(models: list[keras.Model]) -> list[keras.layers.Dropout]:
+    return [layer for model in models for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
 
 
-def set_rng_state(state: dict[str, np.ndarray], dropouts: list[keras.layers.Dropout]) -> None:
+def get_rng_state(models: list[keras.Model]) -> dict[str, np.ndarray]:
+    """The framework RNG that the dropout of ``models`` draws from, for a run checkpoint: each Dropout
+    layer's seed-generator state, by position (Keras numbers unnamed layers per process, so their names
+    are not stable)."""
+    return {f"tf.dropout{i}": to_numpy(layer.seed_generator.state).copy() for i, layer in enumerate(_dropouts(models))}
+
+
+def set_rng_state(state: dict[str, np.ndarray], models: list[keras.Model]) -> None:
     """Put back a :func:`get_rng_state` state (entries of another framework are left alone)."""
-    for i, layer in enumerate(dropouts):
+    for i, layer in enumerate(_dropouts(models)):
         if f"tf.dropout{i}" in state:
             layer.seed_generator.state.assign(np.asarray(state[f"tf.dropout{i}"]))
 
 
-def save_keras(model: keras.Model, path: str | Path) -> None:
+def save_native(model: keras.Model, path: str | Path) -> None:
     """A Keras ``.keras`` archive of ``model``, written to a temp name beside ``path``, then renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 
-from dualkit.backends.torch.cnn import CNN
+from dualkit.backends.torch.cnn import build_cnn, canonical_variables
 from dualkit.backends.torch.losses import softmax_cross_entropy
 from dualkit.backends.torch.optim import Optimizer
-from dualkit.backends.torch.runtime import DTYPES, get_rng_state, set_rng_state, to_numpy, to_tensor, torch_device
-from dualkit.core.runs import atomic_write_bytes
+from dualkit.backends.torch.runtime import (
+    DTYPES, framework_device, get_rng_state, save_native, set_rng_state, to_numpy, to_tensor,
+)
 from dualkit.core.specs import ModelSpec, OptimSpec
 from dualkit.core.weights import is_buffer
 
@@ -29,10 +28,10 @@ class Classifier:
         dtype: str = "float32",
         device: str = "cpu",
     ):
-        self.device = torch_device(device)
+        self.device = framework_device(device)
         self.dtype = DTYPES[dtype]
         self.label_smoothing = label_smoothing
-        self.net = CNN(model, image_shape).to(device=self.device, dtype=self.dtype)
+        self.net = build_cnn(model, image_shape, dtype).to(device=self.device)
         self.set_weights(weights)
         self.params = {n: p for n, p in self.net.named_parameters()}
         self.optimizer = Optimizer(optim, self.params)
@@ -40,46 +39,43 @@ class Classifier:
     # -- steps ---------------------------------------------------------------------------------
     def _loss(self, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
         self.net.train()
-        logits = self.net(to_tensor(x, self.device, self.dtype))
-        return softmax_cross_entropy(logits, to_tensor(y, self.device, torch.long), self.label_smoothing)
+        logits = self.net(to_tensor(x, self.dtype, self.device))
+        return softmax_cross_entropy(logits, to_tensor(y, torch.long, self.device), self.label_smoothing)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
         """One optimizer update on a batch; returns the batch loss before the update."""
         loss = self._loss(x, y)
-        self.optimizer.zero_grad()
         loss.backward()
-        self.optimizer.step(lr)
+        self.optimizer.apply([p.grad for p in self.params.values()], lr)
         return float(loss.item())
 
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode logits (BatchNorm uses running statistics, dropout is off)."""
         self.net.eval()
-        return to_numpy(self.net(to_tensor(x, self.device, self.dtype)))
+        return to_numpy(self.net(to_tensor(x, self.dtype, self.device)))
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         """Logits in train or eval mode without changing any state (BatchNorm statistics are restored)."""
         saved = self._buffers()
         with torch.no_grad():
             self.net.train(training)
-            out = to_numpy(self.net(to_tensor(x, self.device, self.dtype)))
+            out = to_numpy(self.net(to_tensor(x, self.dtype, self.device)))
         self._restore_buffers(saved)
         return out
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Train-mode loss and its gradient w.r.t. every trainable weight; no state is changed."""
         saved = self._buffers()
-        self.optimizer.zero_grad()
         loss = self._loss(x, y)
-        loss.backward()
-        grads = {n: to_numpy(p.grad) for n, p in self.params.items()}
-        self.optimizer.zero_grad()
+        # torch.autograd.grad, not backward: the parameters' .grad (the optimizer's input) stays untouched
+        grads = dict(zip(self.params, torch.autograd.grad(loss, list(self.params.values()))))
         self._restore_buffers(saved)
-        return float(loss.item()), grads
+        return float(loss.item()), {n: to_numpy(g) for n, g in grads.items()}
 
     # -- canonical weights -------------------------------------------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:
-        return {n: to_numpy(t).copy() for n, t in self.net.state_dict().items() if not n.endswith("num_batches_tracked")}
+        return {n: to_numpy(t).copy() for n, t in canonical_variables(self.net).items()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         state = self.net.state_dict()
@@ -96,10 +92,10 @@ class Classifier:
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
         """The framework RNG that dropout draws from: torch's generator on the model's device."""
-        return get_rng_state(self.device)
+        return get_rng_state([self.net])
 
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        set_rng_state(state, self.device)
+        set_rng_state(state, [self.net])
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}
@@ -113,7 +109,6 @@ class Classifier:
     # -- native artifact ----------------------------------------------------------------------------
     def save_native(self, path: str) -> None:
         """A plain PyTorch state dict (``.pt``): the canonical names, plus BatchNorm's num_batches_tracked
-        counters so that ``CNN.load_state_dict`` (strict) accepts it."""
-        buf = io.BytesIO()
-        torch.save(self.net.state_dict(), buf)
-        atomic_write_bytes(path, buf.getvalue())
+        counters so that ``cnn.build_cnn(...).load_state_dict`` (strict) accepts it; written to a temp name,
+        then renamed."""
+        save_native(self.net, path)

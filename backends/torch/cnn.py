@@ -1,4 +1,8 @@
-"""The CNN classifier in PyTorch. Module names are chosen so that state_dict keys are the canonical names."""
+"""The CNN classifier in PyTorch. Module names are chosen so that state_dict keys are the canonical names.
+
+The public surface is builder functions, as in backends/tf/cnn.py; the nn.Module classes behind them are
+private (Keras's functional models have no such classes to mirror them).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from dualkit.core.specs import ModelSpec
 from dualkit.core.weights import feature_grid
 
 
-class ConvBlock(nn.Module):
+class _ConvBlock(nn.Module):
     """``convs_per_block`` x (3x3 conv, optional BatchNorm, ReLU), then a 2x2 max-pool."""
 
     def __init__(self, cin: int, cout: int, spec: ModelSpec):
@@ -35,14 +39,14 @@ class ConvBlock(nn.Module):
         return torch.relu(self.pool(x))
 
 
-class Encoder(nn.Module):
+class _Encoder(nn.Module):
     """NCHW images -> NCHW feature map on the coarsest grid."""
 
     def __init__(self, spec: ModelSpec, in_channels: int):
         super().__init__()
         cins = (in_channels,) + tuple(spec.channels[:-1])
         for b, (cin, cout) in enumerate(zip(cins, spec.channels)):
-            self.add_module(f"block{b}", ConvBlock(cin, cout, spec))
+            self.add_module(f"block{b}", _ConvBlock(cin, cout, spec))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.children():
@@ -50,7 +54,7 @@ class Encoder(nn.Module):
         return x
 
 
-class Head(nn.Module):
+class _Head(nn.Module):
     """Pooled (GAP) or flattened (H, W, C order) features -> dense layers -> logits."""
 
     def __init__(self, spec: ModelSpec, image_shape: tuple[int, int, int]):
@@ -75,13 +79,13 @@ class Head(nn.Module):
         return self.out(self.dropout(x))
 
 
-class CNN(nn.Module):
+class _CNN(nn.Module):
     """Takes NHWC input (core's layout); NCHW in torch.channels_last memory format inside."""
 
     def __init__(self, spec: ModelSpec, image_shape: tuple[int, int, int]):
         super().__init__()
-        self.encoder = Encoder(spec, image_shape[2])
-        self.head = Head(spec, image_shape)
+        self.encoder = _Encoder(spec, image_shape[2])
+        self.head = _Head(spec, image_shape)
         # NHWC data are already NCHW in channels_last memory; with the conv weights in channels_last too,
         # oneDNN runs every conv without a layout conversion: a cnn-cifar10 step took 0.172 s against
         # 0.204 s for contiguous NCHW on 2 CPU threads (a channels_last input with contiguous weights was
@@ -90,3 +94,24 @@ class CNN(nn.Module):
 
     def forward(self, x_nhwc: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x_nhwc.permute(0, 3, 1, 2)))
+
+
+def build_encoder(spec: ModelSpec, image_shape: tuple[int, int, int], dtype: str = "float32") -> nn.Module:
+    """The encoder alone: NCHW images -> NCHW feature map on the coarsest grid (``encoder.`` names dropped)."""
+    return _Encoder(spec, image_shape[2]).to(dtype=getattr(torch, dtype))
+
+
+def build_head(spec: ModelSpec, image_shape: tuple[int, int, int], dtype: str = "float32") -> nn.Module:
+    """The head alone: the encoder's NCHW feature map -> logits (``head.`` names dropped)."""
+    return _Head(spec, image_shape).to(dtype=getattr(torch, dtype))
+
+
+def build_cnn(spec: ModelSpec, image_shape: tuple[int, int, int], dtype: str = "float32") -> nn.Module:
+    """The classifier: NHWC images -> logits; its state_dict keys are the canonical names."""
+    return _CNN(spec, image_shape).to(dtype=getattr(torch, dtype))
+
+
+def canonical_variables(model: nn.Module) -> dict[str, torch.Tensor]:
+    """canonical name -> the model's tensor, in canonical order (no layout change: torch's layout is the
+    canonical one). BatchNorm's num_batches_tracked counters are torch's own, not canonical tensors."""
+    return {n: t for n, t in model.state_dict().items() if not n.endswith("num_batches_tracked")}

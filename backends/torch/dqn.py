@@ -8,7 +8,7 @@ import torch
 from dualkit.backends.torch.losses import td_loss
 from dualkit.backends.torch.optim import Optimizer
 from dualkit.backends.torch.qnet import build_qnet, canonical_variables
-from dualkit.backends.torch.runtime import DTYPES, to_numpy, to_tensor, torch_device
+from dualkit.backends.torch.runtime import DTYPES, framework_device, save_native, to_numpy, to_tensor
 from dualkit.core.replay import Batch
 from dualkit.core.specs import OptimSpec, QNetSpec
 from dualkit.core.weights import QNET_PREFIX, TARGET_PREFIX, target_names
@@ -30,12 +30,13 @@ class DQNAgent:
         dtype: str = "float32",
         device: str = "cpu",
     ):
-        self.device = torch_device(device)
+        self.device = framework_device(device)
         self.dtype = DTYPES[dtype]
         self.gamma, self.loss_kind, self.double = float(gamma), loss, bool(double)
         self.obs_dim = obs_dim
-        self.online = build_qnet(qnet, obs_dim, num_actions, dtype).to(self.device)
-        self.target = build_qnet(qnet, obs_dim, num_actions, dtype).to(self.device)  # its own tensors
+        self.online = build_qnet(qnet, obs_dim, num_actions, dtype, name="online").to(self.device)
+        # its own tensors
+        self.target = build_qnet(qnet, obs_dim, num_actions, dtype, name="target").to(self.device)
         self.target.requires_grad_(False)
         self.variables = {**canonical_variables(self.online, QNET_PREFIX), **canonical_variables(self.target, TARGET_PREFIX)}
         self.params = canonical_variables(self.online, QNET_PREFIX)
@@ -46,12 +47,12 @@ class DQNAgent:
     @torch.inference_mode()
     def act_values(self, obs: np.ndarray) -> np.ndarray:
         """Online Q-values (N, num_actions) for a batch of observations (one call for all envs)."""
-        return self.online(to_tensor(obs, self.device, self.dtype)).numpy(force=True)
+        return self.online(to_tensor(obs, self.dtype, self.device)).numpy(force=True)
 
     def _loss(self, batch: Batch) -> torch.Tensor:
         # one conversion of the packed minibatch (obs, next_obs, reward, terminated, action), then views
         d = self.obs_dim
-        rows = to_tensor(batch.packed(), self.device, self.dtype)
+        rows = to_tensor(batch.packed(), self.dtype, self.device)
         obs, next_obs, rewards, terminated = rows[:, :d], rows[:, d : 2 * d], rows[:, 2 * d], rows[:, 2 * d + 1]
         actions = rows[:, 2 * d + 2].long()
         # the next-state values carry no gradient: computed outside autograd, the backward pass covers
@@ -65,19 +66,16 @@ class DQNAgent:
     def update(self, batch: Batch, lr: float) -> float:
         """One optimizer step on a minibatch; returns the TD loss before the step."""
         loss = self._loss(batch)
-        self.optimizer.zero_grad()
         loss.backward()
-        self.optimizer.step(lr)
+        self.optimizer.apply([p.grad for p in self.params.values()], lr)
         return float(loss.item())
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, dict[str, np.ndarray]]:
         """The TD loss and its gradient w.r.t. every online weight (canonical names); no state changes."""
-        self.optimizer.zero_grad()
         loss = self._loss(batch)
-        loss.backward()
-        grads = {n: to_numpy(p.grad).copy() for n, p in self.params.items()}
-        self.optimizer.zero_grad()
-        return float(loss.item()), grads
+        # torch.autograd.grad, not backward: the parameters' .grad (the optimizer's input) stays untouched
+        grads = dict(zip(self.params, torch.autograd.grad(loss, list(self.params.values()))))
+        return float(loss.item()), {n: to_numpy(g).copy() for n, g in grads.items()}
 
     @torch.no_grad()
     def sync_target(self, tau: float = 1.0) -> None:
@@ -111,11 +109,6 @@ class DQNAgent:
 
     # -- native artifact ----------------------------------------------------------------------------
     def save_native(self, path: str) -> None:
-        """A plain PyTorch state dict (``.pt``) of the online network; keys are the canonical names."""
-        import io
-
-        from dualkit.core.runs import atomic_write_bytes
-
-        buf = io.BytesIO()
-        torch.save({n: t.detach().cpu() for n, t in canonical_variables(self.online, QNET_PREFIX).items()}, buf)
-        atomic_write_bytes(path, buf.getvalue())
+        """A plain PyTorch state dict (``.pt``) of the online network; keys are the canonical names. Written
+        to a temp name, then renamed."""
+        save_native({n: t.detach().cpu() for n, t in canonical_variables(self.online, QNET_PREFIX).items()}, path)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dualkit.backends.torch.runtime import to_tensor, torch_device
+from dualkit.backends.torch.runtime import framework_device, to_tensor
 
 
 def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -70,6 +70,6 @@ def masked_mse(
 
 def numpy_loss(name: str, *arrays: np.ndarray, device: str = "cpu", **kwargs) -> float:
     """Evaluate the loss ``name`` of this module on numpy inputs (for the loss parity level)."""
-    dev = torch_device(device)
-    tensors = [to_tensor(a, dev, torch.long if a.dtype.kind in "iu" else None) for a in arrays]
+    dev = framework_device(device)
+    tensors = [to_tensor(a, torch.long if a.dtype.kind in "iu" else None, dev) for a in arrays]
     return float(globals()[name](*tensors, **kwargs).item())

@@ -1,7 +1,7 @@
 """Masked image pretraining in PyTorch: the classifier's encoder run on masked images, a light decoder.
 
-The encoder is cnn.Encoder itself (same modules, so the same canonical names); the masked forward
-walks its blocks and, after every conv stage, re-zeroes masked positions, so nothing crosses the mask.
+The encoder is the classifier's (cnn.build_encoder: same modules, so the same canonical names); the masked
+forward walks its blocks and, after every conv stage, re-zeroes masked positions, so nothing crosses the mask.
 BatchNorm takes its batch statistics (and running statistics) from visible positions only. Unmasked,
 eval-mode forward is the classifier's encoder unchanged: that is what probing and fine-tuning use.
 """
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dualkit.backends.torch.cnn import Encoder
+from dualkit.backends.torch.cnn import build_encoder, canonical_variables
 from dualkit.backends.torch.losses import masked_mse
 from dualkit.backends.torch.optim import Optimizer
-from dualkit.backends.torch.runtime import DTYPES, get_rng_state, set_rng_state, to_numpy, to_tensor, torch_device
+from dualkit.backends.torch.runtime import DTYPES, framework_device, get_rng_state, set_rng_state, to_numpy, to_tensor
 from dualkit.core.masking import patch_size_for, visible
 from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec
 from dualkit.core.weights import decoder_channels, decoder_skips, is_buffer
@@ -39,7 +39,7 @@ def masked_batchnorm(bn: nn.BatchNorm2d, x: torch.Tensor, vis: torch.Tensor, tra
     return (x - mean[None, :, None, None]) * scale[None, :, None, None] + bn.bias[None, :, None, None]
 
 
-def masked_encode(encoder: Encoder, x: torch.Tensor, vis: torch.Tensor, training: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def masked_encode(encoder: nn.Module, x: torch.Tensor, vis: torch.Tensor, training: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """NCHW images with masked pixels already zero -> every block's pooled output and its visibility
     (N, 1, h, w), fine to coarse (the last is the coarsest)."""
     outs = []
@@ -48,7 +48,7 @@ def masked_encode(encoder: Encoder, x: torch.Tensor, vis: torch.Tensor, training
             x = getattr(block, f"conv{c}")(x)
             if block.batchnorm:
                 x = masked_batchnorm(getattr(block, f"bn{c}"), x, vis, training)
-            if c < block.n - 1:  # the block's last ReLU comes after the pool, as in cnn.ConvBlock
+            if c < block.n - 1:  # the block's last ReLU comes after the pool, as in cnn.build_encoder's blocks
                 x = torch.relu(x) * vis  # re-zero: convs spread values into masked positions
         # Patches are aligned with every pooling window, so a window is all visible or all masked: the
         # pool never mixes the two, and the re-zeroing on the coarser grid clears the masked ones.
@@ -59,7 +59,7 @@ def masked_encode(encoder: Encoder, x: torch.Tensor, vis: torch.Tensor, training
     return outs
 
 
-class Decoder(nn.Module):
+class _Decoder(nn.Module):  # private: the public surface is build_decoder, as in backends/tf/masked.py
     """Coarsest features (masked positions filled with the mask token) -> one stage per encoder block
     (2x nearest upsampling, [+ 1x1-conv projection of the encoder's output at that resolution,]
     3x3 conv, ReLU) -> 1x1 conv to pixels."""
@@ -92,14 +92,21 @@ class Decoder(nn.Module):
         return self.out(feats)
 
 
-class MaskedNet(nn.Module):
+def build_decoder(
+    model: ModelSpec, decoder: DecoderSpec, image_shape: tuple[int, int, int], dtype: str = "float32"
+) -> nn.Module:
+    """The decoder alone: ``masked_encode``'s outputs -> NCHW pixels (``decoder.`` names dropped)."""
+    return _Decoder(model, decoder, image_shape[2]).to(dtype=getattr(torch, dtype))
+
+
+class _MaskedNet(nn.Module):
     """NHWC images and visibility (N, H, W, 1) in, NHWC reconstruction out; NCHW in channels_last memory inside."""
 
     def __init__(self, model: ModelSpec, decoder: DecoderSpec, image_shape: tuple[int, int, int]):
         super().__init__()
-        self.encoder = Encoder(model, image_shape[2])
-        self.decoder = Decoder(model, decoder, image_shape[2])
-        self.to(memory_format=torch.channels_last)  # as cnn.CNN: NHWC batches are channels_last already
+        self.encoder = build_encoder(model, image_shape)
+        self.decoder = build_decoder(model, decoder, image_shape)
+        self.to(memory_format=torch.channels_last)  # as cnn.build_cnn: NHWC batches are channels_last already
 
     def forward(self, x_nhwc: torch.Tensor, vis_nhwc: torch.Tensor) -> torch.Tensor:
         vis = vis_nhwc.permute(0, 3, 1, 2)
@@ -126,12 +133,12 @@ class MaskedAutoencoder:
         dtype: str = "float32",
         device: str = "cpu",
     ):
-        self.device = torch_device(device)
+        self.device = framework_device(device)
         self.dtype = DTYPES[dtype]
         self.dtype_name = dtype
         self.norm_pix = norm_pix
         self.patch = patch_size_for(model, image_shape)
-        self.net = MaskedNet(model, decoder, image_shape).to(device=self.device, dtype=self.dtype)
+        self.net = _MaskedNet(model, decoder, image_shape).to(device=self.device, dtype=self.dtype)
         self.set_weights(weights)
         self.params = {n: p for n, p in self.net.named_parameters()}
         self.optimizer = Optimizer(optim, self.params)
@@ -139,8 +146,8 @@ class MaskedAutoencoder:
     # -- steps ---------------------------------------------------------------------------------
     def _tensors(self, x: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         vis = visible(mask, self.patch, self.dtype_name)
-        return (to_tensor(x, self.device, self.dtype), to_tensor(vis, self.device, self.dtype),
-                to_tensor(np.asarray(mask, bool), self.device))
+        return (to_tensor(x, self.dtype, self.device), to_tensor(vis, self.dtype, self.device),
+                to_tensor(np.asarray(mask, bool), device=self.device))
 
     def _loss(self, x: np.ndarray, mask: np.ndarray) -> torch.Tensor:
         self.net.train()
@@ -150,9 +157,8 @@ class MaskedAutoencoder:
     def train_step(self, x: np.ndarray, mask: np.ndarray, lr: float) -> float:
         """One optimizer update on a batch and its masks; returns the masked loss before the update."""
         loss = self._loss(x, mask)
-        self.optimizer.zero_grad()
         loss.backward()
-        self.optimizer.step(lr)
+        self.optimizer.apply([p.grad for p in self.params.values()], lr)
         return float(loss.item())
 
     def forward(self, x: np.ndarray, mask: np.ndarray, training: bool) -> np.ndarray:
@@ -172,23 +178,21 @@ class MaskedAutoencoder:
     def loss_and_grads(self, x: np.ndarray, mask: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Train-mode masked loss and its gradient w.r.t. every trainable weight; no state is changed."""
         saved = self._buffers()
-        self.optimizer.zero_grad()
         loss = self._loss(x, mask)
-        loss.backward()
-        grads = {n: to_numpy(p.grad) for n, p in self.params.items()}
-        self.optimizer.zero_grad()
+        # torch.autograd.grad, not backward: the parameters' .grad (the optimizer's input) stays untouched
+        grads = dict(zip(self.params, torch.autograd.grad(loss, list(self.params.values()))))
         self._restore_buffers(saved)
-        return float(loss.item()), grads
+        return float(loss.item()), {n: to_numpy(g) for n, g in grads.items()}
 
     @torch.no_grad()
     def features(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode encoder features of whole images, global-average-pooled: (N, C_last)."""
         self.net.eval()
-        return to_numpy(self.net.features(to_tensor(x, self.device, self.dtype)))
+        return to_numpy(self.net.features(to_tensor(x, self.dtype, self.device)))
 
     # -- canonical weights -------------------------------------------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:
-        return {n: to_numpy(t).copy() for n, t in self.net.state_dict().items() if not n.endswith("num_batches_tracked")}
+        return {n: to_numpy(t).copy() for n, t in canonical_variables(self.net).items()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         state = self.net.state_dict()
@@ -207,10 +211,10 @@ class MaskedAutoencoder:
         """The framework RNG: torch's generator on the model's device. The autoencoder draws nothing from
         it today (no dropout; masks come from core); it is saved so that the driver treats both backends
         and both models alike."""
-        return get_rng_state(self.device)
+        return get_rng_state([self.net])
 
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        set_rng_state(state, self.device)
+        set_rng_state(state, [self.net])
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}

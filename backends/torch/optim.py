@@ -9,15 +9,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dualkit.backends.torch.runtime import to_numpy, to_tensor, torch_device
+from dualkit.backends.torch.runtime import Layout, framework_device, to_numpy, to_tensor
 from dualkit.core.optim_ref import decays
 from dualkit.core.specs import OptimSpec
 
 
 class Optimizer:
-    def __init__(self, spec: OptimSpec, params: dict[str, torch.nn.Parameter]):
+    def __init__(
+        self, spec: OptimSpec, params: dict[str, torch.nn.Parameter], layouts: dict[str, Layout] | None = None
+    ):
+        """``layouts``: per parameter name, (canonical -> torch, torch -> canonical) conversions of its
+        weight, as in tf's Optimizer; a slot has its weight's layout, so the state is canonical at this
+        boundary. Names without one are already canonical (every weight of this backend's models)."""
         self.spec = spec
         self.params = params
+        self.layouts = layouts or {}
         self.plist = list(params.values())
         # One param group per weight-decay value (OptimSpec.decay_1d), each in the order of ``params``.
         groups = [{"params": [p for p in self.plist if decays(spec, tuple(p.shape)) == d],
@@ -34,23 +40,29 @@ class Optimizer:
                 self.opt = cls(groups, **kwargs)
         else:  # specs are validated; this guards against a new name added in one place only
             raise ValueError(f"unknown optimizer {spec.name!r}")
-        self.steps = 0
+        self.step_count = 0
 
-    def zero_grad(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
+    def apply(self, grads: list[torch.Tensor], lr: float) -> None:
+        """Clip (global norm, as clip_grad_norm_) and apply one update with learning rate ``lr``.
 
-    def step(self, lr: float) -> None:
-        """Clip (global norm, as clip_grad_norm_) and apply one update with learning rate ``lr``."""
+        ``grads``: one per parameter, in the order of ``params``, laid out like its parameter (what
+        ``loss.backward()`` leaves in ``p.grad``; passing those is free). They are consumed: clipping scales
+        them in place, and afterwards every ``p.grad`` is None, so the next backward starts from nothing.
+        """
+        for p, g in zip(self.plist, grads, strict=True):
+            if p.grad is not g:
+                p.grad = g
         if self.spec.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.plist, self.spec.clip_norm)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.step()
-        self.steps += 1
+        self.step_count += 1
+        self.opt.zero_grad(set_to_none=True)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Canonical optimizer state; buffers that torch has not created yet are zeros."""
-        out: dict[str, np.ndarray] = {"step": np.array(float(self.steps))}
+        out: dict[str, np.ndarray] = {"step": np.array(float(self.step_count))}
         for name, p in self.params.items():
             st = self.opt.state.get(p, {})
             zeros = np.zeros(tuple(p.shape), dtype=to_numpy(p).dtype)
@@ -60,23 +72,30 @@ class Optimizer:
             elif self.spec.name in ("adam", "adamw"):
                 out[f"exp_avg.{name}"] = to_numpy(st["exp_avg"]).copy() if "exp_avg" in st else zeros
                 out[f"exp_avg_sq.{name}"] = to_numpy(st["exp_avg_sq"]).copy() if "exp_avg_sq" in st else zeros
-        return out
+        return {k: v if k == "step" else self._layout(k, v, to_canonical=True) for k, v in out.items()}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.steps = int(np.asarray(state["step"]))
+        self.step_count = int(np.asarray(state["step"]))
         for name, p in self.params.items():
             def load(key: str) -> torch.Tensor:  # in the parameter's memory format (channels_last convs)
-                return torch.empty_like(p).copy_(torch.as_tensor(np.asarray(state[key]), dtype=p.dtype, device=p.device))
+                value = self._layout(key, np.asarray(state[key]), to_canonical=False)
+                return torch.empty_like(p).copy_(torch.as_tensor(value, dtype=p.dtype, device=p.device))
 
             if self.spec.name == "sgd" and self.spec.momentum > 0:
                 self.opt.state[p] = {"momentum_buffer": load(f"momentum.{name}")}
             elif self.spec.name in ("adam", "adamw"):
                 self.opt.state[p] = {
-                    "step": torch.tensor(float(self.steps), dtype=torch.float32,
+                    "step": torch.tensor(float(self.step_count), dtype=torch.float32,
                                          device=p.device if self.opt.param_groups[0].get("fused") else None),
                     "exp_avg": load(f"exp_avg.{name}"),
                     "exp_avg_sq": load(f"exp_avg_sq.{name}"),
                 }
+
+    def _layout(self, key: str, value: np.ndarray, to_canonical: bool) -> np.ndarray:
+        convert = self.layouts.get(key.split(".", 1)[1])  # "exp_avg.<param>" -> its weight's layout
+        if convert is None:
+            return value
+        return np.ascontiguousarray(convert[1 if to_canonical else 0](value))
 
 
 def apply_updates(
@@ -87,11 +106,9 @@ def apply_updates(
     device: str = "cpu",
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Apply one update per (grads, lr) pair to copies of ``params``; for the optimizer parity level."""
-    dev = torch_device(device)
-    tensors = {n: torch.nn.Parameter(to_tensor(v, dev).clone()) for n, v in params.items()}
+    dev = framework_device(device)
+    tensors = {n: torch.nn.Parameter(to_tensor(v, device=dev).clone()) for n, v in params.items()}
     opt = Optimizer(spec, tensors)
     for grads, lr in zip(grads_seq, lrs):
-        for n, p in tensors.items():
-            p.grad = to_tensor(grads[n], dev).clone()  # clipping scales grads in place
-        opt.step(lr)
+        opt.apply([to_tensor(grads[n], device=dev).clone() for n in tensors], lr)  # clipping scales grads in place
     return {n: to_numpy(p).copy() for n, p in tensors.items()}, opt.get_state()

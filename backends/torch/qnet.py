@@ -11,7 +11,7 @@ from dualkit.core.specs import QNetSpec
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 
-class QNet(nn.Module):
+class _QNet(nn.Module):  # private: the public surface is build_qnet, as in backends/tf/qnet.py
     """Observations (N, obs_dim) -> Q-values (N, num_actions): ``fc{i}`` + activation, then ``out``."""
 
     def __init__(self, spec: QNetSpec, obs_dim: int, num_actions: int):
@@ -30,10 +30,15 @@ class QNet(nn.Module):
         return self.out(x)
 
 
-def build_qnet(spec: QNetSpec, obs_dim: int, num_actions: int, dtype: str = "float32") -> QNet:
-    return QNet(spec, obs_dim, num_actions).to(dtype=getattr(torch, dtype))
+def build_qnet(spec: QNetSpec, obs_dim: int, num_actions: int, dtype: str = "float32", name: str = "qnet") -> nn.Module:
+    """Observations (N, obs_dim) -> Q-values (N, num_actions): ``fc{i}`` + activation, then ``out``.
+
+    ``name`` is the model's name in the Keras twin (it tells the online and the target model apart in a
+    saved archive); a torch module has no name, so it is accepted and unused here.
+    """
+    return _QNet(spec, obs_dim, num_actions).to(dtype=getattr(torch, dtype))
 
 
-def canonical_variables(net: QNet, prefix: str) -> dict[str, torch.Tensor]:
+def canonical_variables(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     """canonical name -> the network's tensor (no layout change: torch's layout is the canonical one)."""
-    return {f"{prefix}.{n}": p for n, p in net.named_parameters()}
+    return {f"{prefix}.{n}": p for n, p in model.named_parameters()}

@@ -1,14 +1,28 @@
-"""PyTorch runtime: threads, determinism, devices, seeds and numpy <-> tensor conversion."""
+"""PyTorch runtime: threads, determinism, devices, seeds, numpy <-> tensor conversion, native saving.
+
+Mirrors backends/tf/runtime.py name for name (see tests/backends/test_mirror.py).
+"""
 
 from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from dualkit.core.errors import BackendError
+from dualkit.core.runs import atomic_write_bytes
 
 NAME = "torch"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+Convert = Callable[[np.ndarray], np.ndarray]
+# (canonical -> torch, torch -> canonical) conversions of a weight's array, as in tf's runtime. The
+# canonical layout is PyTorch's own, so this backend's weights need none; the type is here for the
+# optimizer's mirrored signature.
+Layout = tuple[Convert, Convert]
 
 
 def setup(deterministic: bool = True, threads: int = 2) -> None:
@@ -29,7 +43,8 @@ def check_device(device: str) -> None:
         raise BackendError("--device gpu was asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
 
 
-def torch_device(device: str) -> torch.device:
+def framework_device(device: str) -> torch.device:
+    """The torch device for a dualkit device name ("cpu", "gpu" or "auto")."""
     return torch.device("cuda" if device == "gpu" or (device == "auto" and gpu_available()) else "cpu")
 
 
@@ -48,7 +63,8 @@ def devices() -> list[str]:
     return names
 
 
-def to_tensor(x: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+def to_tensor(x: np.ndarray, dtype: torch.dtype | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """A tensor of ``x`` on ``device`` (None: the CPU), cast to ``dtype`` (None: x's own)."""
     return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
 
 
@@ -57,16 +73,31 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy())
 
 
-def get_rng_state(device: torch.device) -> dict[str, np.ndarray]:
-    """The framework RNG that dropout draws from: torch's generator on ``device``, for a run checkpoint."""
+def _device_of(models: list[torch.nn.Module]) -> torch.device:
+    return next(models[0].parameters()).device
+
+
+def get_rng_state(models: list[torch.nn.Module]) -> dict[str, np.ndarray]:
+    """The framework RNG that the dropout of ``models`` draws from, for a run checkpoint: torch's generator
+    on the models' device (torch has one generator per device, not one per layer as Keras)."""
+    device = _device_of(models)
     if device.type == "cuda":
         return {"torch.cuda": to_numpy(torch.cuda.get_rng_state(device)).copy()}
     return {"torch.cpu": to_numpy(torch.get_rng_state()).copy()}
 
 
-def set_rng_state(state: dict[str, np.ndarray], device: torch.device) -> None:
+def set_rng_state(state: dict[str, np.ndarray], models: list[torch.nn.Module]) -> None:
     """Put back a :func:`get_rng_state` state (a state of another device or framework is left alone)."""
+    device = _device_of(models)
     if device.type == "cuda" and "torch.cuda" in state:
         torch.cuda.set_rng_state(torch.from_numpy(np.array(state["torch.cuda"], dtype=np.uint8)), device)
     elif "torch.cpu" in state:
         torch.set_rng_state(torch.from_numpy(np.array(state["torch.cpu"], dtype=np.uint8)))
+
+
+def save_native(model: torch.nn.Module | dict[str, torch.Tensor], path: str | Path) -> None:
+    """A plain PyTorch state dict (``.pt``) of ``model`` (a module, or its tensors by name), written to a
+    temp name beside ``path``, then renamed: a reader sees the old file or the new one, never half."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict() if isinstance(model, torch.nn.Module) else model, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
