@@ -7,6 +7,7 @@ binary and python) and ``idx`` (MNIST / Fashion-MNIST files). Nothing here downl
 from __future__ import annotations
 
 import gzip
+import importlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -205,12 +206,46 @@ def _read_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return rows[:, 1:], labels
 
 
+# What the official CIFAR-10 python files (and the same data pickled again by numpy 1 or 2 in any protocol) refer
+# to: numpy's array reconstruction. Nothing else is ever looked up, so a planted file cannot run code (pickle calls only
+# what find_class returns).
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # how Python 3's protocols 0-2 write bytes: encodes a string, runs nothing else
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits dicts, lists, bytes, str, numbers and numpy arrays, and refuses every other
+    global (a ``__reduce__`` that names os.system, eval, ...) before it is looked up."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise _Forbidden(f"{module}.{name}")
+        if module.startswith("numpy.core"):  # numpy 2 moved numpy.core to numpy._core
+            module = "numpy._core" + module[len("numpy.core"):] if hasattr(np, "_core") else module
+        return getattr(importlib.import_module(module), name)
+
+
+class _Forbidden(pickle.UnpicklingError):
+    pass
+
+
 def _unpickle(path: Path) -> dict:
-    # pickle is the official format of the CIFAR-10 python version (written by Python 2, hence
-    # encoding="bytes"); only point data.root at copies you trust.
+    """Read a CIFAR-10 python-format file (a pickle written by Python 2, hence ``encoding="bytes"``) without
+    executing anything it asks for beyond numpy's array reconstruction."""
     try:
         with open(path, "rb") as fh:
-            obj = pickle.load(fh, encoding="bytes")
+            obj = _CifarUnpickler(fh, encoding="bytes").load()
+    except _Forbidden as exc:
+        raise DataError(
+            f"{path} asks to run {exc}, which no CIFAR-10 file contains; refused without running it. The file is "
+            f"not an official CIFAR-10 batch (it may be malicious): re-extract the official archive, or use the "
+            f"binary version ({CIFAR_BIN_DIR})"
+        ) from None
     except Exception as exc:  # any unpickling failure means a damaged file
         raise DataError(f"{path} is not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc}); re-extract it") from exc
     if not isinstance(obj, dict):

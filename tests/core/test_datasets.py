@@ -360,3 +360,39 @@ def test_idx_more_classes(tmp_path):
     write_idx(tmp_path)
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_labels(np.arange(12)))  # labels 0..11
     assert load_idx(tmp_path)[4] == tuple(str(i) for i in range(12))
+
+
+class _Planted:
+    """A pickle payload that runs a shell command when a plain pickle.load reads it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("where", ["data_batch_1", "batches.meta"])
+def test_cifar_pickle_that_runs_code_is_refused_without_running(tmp_path, tiny_cifar, where):
+    folder = write_cifar_py(tmp_path / "cifar-10-batches-py")
+    marker = tmp_path / "pwned"
+    payload = {b"batch_label": b"x", b"labels": [0], b"data": _Planted(marker), b"filenames": []}
+    if where == "batches.meta":
+        payload = {b"label_names": _Planted(marker)}
+    (folder / where).write_bytes(pickle.dumps(payload))
+    with pytest.raises(DataError, match=rf"{where} asks to run posix.system.*refused without running it"):
+        load_cifar10(folder)
+    assert not marker.exists()
+
+
+def test_cifar_pickles_of_numpy_arrays_in_every_protocol_load(tmp_path, tiny_cifar):
+    for protocol in (2, 4, 5):
+        folder = tmp_path / f"p{protocol}" / "cifar-10-batches-py"
+        write_cifar_py(folder)
+        for name in _file_names(False):
+            batch = pickle.loads((folder / name).read_bytes())
+            (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+        data = load_cifar10(folder)
+        assert data.x_train.dtype == np.uint8 and len(data.y_train) > 0
