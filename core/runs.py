@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from dualkit.core.errors import RunError
 
@@ -20,6 +24,7 @@ os.umask(_UMASK)
 RUN_FILES = (SPEC_FILE, METRICS_FILE, RESULT_FILE, MODEL_FILE)
 CHECKPOINT_DIR = "checkpoints"  # run checkpoints for resuming (core.runstate)
 TB_DIR = "tensorboard"  # TensorBoard event files (core.tensorboard)
+LOCK_FILE = ".dualkit.lock"  # held by the one process writing the run folder (RunLock)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -129,3 +134,84 @@ class MetricLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``RUN/.dualkit.lock``, held while a run trains,
+    resumes or overwrites the folder. The operating system releases it when the process ends, however it ends
+    (``kill -9`` included), so a lock is never stale. The file names the holder (pid, host, start time,
+    command) for the message a second writer gets."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._fd: int | None = None
+        self._made_dir = False
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        path = self.run_dir
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} exists and is not a folder; choose another --out")
+        self._made_dir = not path.exists()
+        while True:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise RunError(f"cannot write the run folder {path}: {exc.strerror}; choose another --out") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 4096).decode(errors="replace")
+                os.close(fd)
+                raise RunError(f"{path} is being written by another dualkit process ({_describe(holder)}); wait for "
+                               "it to finish or stop it, or choose another --out") from None
+            try:  # the file locked must still be the one at the path (a finishing writer removes its own)
+                if os.stat(path / LOCK_FILE).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime(
+            "%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:500]}).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is None:
+            return
+        os.close(self._fd)  # releases the lock
+        self._fd = None
+        lock = self.run_dir / LOCK_FILE
+        lock.unlink(missing_ok=True)
+        if self._made_dir and not any(self.run_dir.iterdir()):
+            self.run_dir.rmdir()  # a run refused before it wrote anything leaves no folder behind
+
+
+def _describe(holder: str) -> str:
+    try:
+        info = json.loads(holder)
+        return f"pid {info['pid']} on {info['host']}, since {info['started']}: {info['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "its lock file names no holder"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_writer(fn: F) -> F:
+    """Decorate a function with a ``run_dir`` parameter: while it runs, it holds the run folder's :class:`RunLock`
+    (nothing is locked when ``run_dir`` is None)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        run_dir = signature.bind_partial(*args, **kwargs).arguments.get("run_dir")
+        if run_dir is None:
+            return fn(*args, **kwargs)
+        with RunLock(Path(run_dir)):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

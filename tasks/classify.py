@@ -16,6 +16,7 @@ from dualkit.core.metrics import classification_metrics
 from dualkit.core.runs import (
     MODEL_FILE,
     SPEC_FILE,
+    one_writer,
     prepare_run_dir,
     require_run_dir,
 )
@@ -89,6 +90,7 @@ def checkpoint_meta(spec: ClassifyRunSpec, backend: ModuleType, normalizer: Norm
     }
 
 
+@one_writer
 def train(
     spec: ClassifyRunSpec,
     backend_name: str | None = None,
@@ -180,6 +182,7 @@ def _fit(
     return result
 
 
+@one_writer
 def resume(
     run_dir: Path,
     backend_name: str | None = None,

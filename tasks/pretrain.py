@@ -33,6 +33,7 @@ from dualkit.core.runs import (
     MODEL_FILE,
     SPEC_FILE,
     atomic_write_bytes,
+    one_writer,
     prepare_run_dir,
     require_run_dir,
     write_json,
@@ -158,6 +159,7 @@ def write_grid(path: Path, mae, spec: MaskedRunSpec, data: Dataset, normalizer: 
     return path
 
 
+@one_writer
 def pretrain(
     spec: MaskedRunSpec,
     backend_name: str | None = None,
@@ -277,6 +279,7 @@ def _fit(
     return result
 
 
+@one_writer
 def resume(
     run_dir: Path,
     backend_name: str | None = None,

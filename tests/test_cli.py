@@ -250,3 +250,55 @@ def test_console_script_target_is_main():
     cfg.read(REPO / "setup.cfg")
     scripts = cfg["options.entry_points"]["console_scripts"]
     assert "dualkit = dualkit.cli:main" in scripts
+
+
+# --------------------------------------------------------------------------- one writer per run folder
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@needs_torch
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]])
+def test_train_into_a_folder_another_process_writes_is_refused(torch_run, tmp_path, capsys, extra):
+    from tests.core.test_runs import _holder
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(torch_run[0], run_dir)
+    proc = _holder(run_dir)
+    try:
+        before = _snapshot(run_dir)
+        err = refused(capsys, ["train", "cnn-digits", "--out", str(run_dir), "--quiet", *extra],
+                      "is being written by another dualkit process", f"pid {proc.pid}")
+        assert "--out" in err
+        assert _snapshot(run_dir) == before  # nothing deleted or written
+        refused(capsys, ["train", "--resume", str(run_dir), "--quiet"], "is being written by another dualkit process")
+        assert _snapshot(run_dir) == before
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+@needs_torch
+@pytest.mark.slow
+def test_two_trainings_started_together_into_one_folder(tmp_path):
+    """One of them trains; the other is refused at once with a clear message (never two writers)."""
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "dualkit", "train", "cnn-digits", "--backend", "torch", "--set", "train.epochs=3",
+            "--set", "data.limit_train=512", "--out", str(run_dir), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        results = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], results
+    err = next(e for (_, e), p in zip(results, procs) if p.returncode == 2)
+    assert "Traceback" not in err
+    assert "being written by another dualkit process" in err or "already holds a run" in err, err
+    epochs = [r["epoch"] for r in map(__import__("json").loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+    assert epochs == [1, 2, 3]

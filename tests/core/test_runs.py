@@ -155,3 +155,72 @@ def test_default_run_dir_is_unique(tmp_path):
     first.mkdir()
     second = default_run_dir("cnn-digits", "torch", tmp_path)
     assert second != first and not second.exists()
+
+
+# --------------------------------------------------------------------------- one writer per run folder
+HOLD = """
+import sys, time
+from pathlib import Path
+from dualkit.core.runs import RunLock
+with RunLock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(run_dir):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    from dualkit.core.runs import LOCK_FILE, RunLock
+
+    run_dir = tmp_path / "run"
+    proc = _holder(run_dir)
+    try:
+        with pytest.raises(RunError, match=rf"being written by another dualkit process \(pid {proc.pid} on "):
+            with RunLock(run_dir):
+                pass
+        assert (run_dir / LOCK_FILE).exists()  # the holder's lock is left alone
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    with RunLock(run_dir):  # a killed holder's lock is released by the OS: never stale
+        pass
+    assert not any(run_dir.iterdir())  # and the lock file goes with the lock
+    fresh = tmp_path / "fresh"
+    with RunLock(fresh):
+        pass
+    assert not fresh.exists()  # nothing was written: the folder the lock made is gone again
+
+
+def test_one_writer_decorator_holds_the_lock_for_the_call(tmp_path):
+    from dualkit.core.runs import LOCK_FILE, one_writer
+
+    seen = []
+
+    @one_writer
+    def work(spec, *, run_dir=None):
+        seen.append((run_dir / LOCK_FILE).exists() if run_dir else None)
+        if run_dir:
+            (run_dir / "spec.json").write_text("{}")
+
+    work(None)
+    work(None, run_dir=tmp_path / "run")
+    assert seen == [None, True]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["spec.json"]  # the lock file is removed after
+
+
+def test_lock_on_a_file_path_is_refused(tmp_path):
+    from dualkit.core.runs import RunLock
+
+    (tmp_path / "f").write_text("user data")
+    with pytest.raises(RunError, match="not a folder"):
+        with RunLock(tmp_path / "f"):
+            pass
+    assert (tmp_path / "f").read_text() == "user data"
