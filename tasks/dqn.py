@@ -10,9 +10,8 @@ steps (after ``learning_starts``) ``gradient_steps`` updates run on minibatches 
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,18 +21,17 @@ import numpy as np
 from dualkit.core import checkpoint, registry, runstate
 from dualkit.core.batches import make_rng
 from dualkit.core.envs import EnvInfo, Evaluator, VectorRollout, env_info, episode_seeds
-from dualkit.core.errors import CheckpointError, RunError, SpecError, TrainingError
+from dualkit.core.errors import CheckpointError, Interrupted, RunError, SpecError, TrainingError
 from dualkit.core.exploration import EpsilonGreedy, epsilon_at, greedy
-from dualkit.core.replay import ReplayBuffer
 from dualkit.core.interrupt import StopSignal
-from dualkit.core.runs import (
-    METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, prepare_run_dir, require_run_dir,
-    write_json,
-)
+from dualkit.core.replay import ReplayBuffer
+from dualkit.core.runs import MODEL_FILE, SPEC_FILE, prepare_run_dir, require_run_dir
 from dualkit.core.runstate import RunState
 from dualkit.core.schedules import lr_at
-from dualkit.core.specs import DQNRunSpec, load_json, save_json, to_dict
+from dualkit.core.specs import load_json, save_json, to_dict
 from dualkit.core.weights import QNET_PREFIX, TARGET_PREFIX, init_qnet, qnet_shapes
+from dualkit.tasks.dqn_spec import DQNRunSpec
+from dualkit.tasks.loop import Cadence, RunLog, check_finite, interrupted
 from dualkit.tasks.progress import progress_bar
 
 CURVE_FILE = "learning_curve.png"
@@ -129,13 +127,12 @@ def train(
     if init_weights:
         weights.update({k: np.asarray(v).astype(spec.dtype) for k, v in init_weights.items()})
     agent = build_agent(backend, spec, info, weights, device)
-    log = None
     if run_dir is not None:
         run_dir = prepare_run_dir(Path(run_dir), overwrite)
         save_json(spec, run_dir / SPEC_FILE)
-        log = MetricLog(run_dir / METRICS_FILE)
-    state = RunState(task=spec.task)
-    return _run(spec, backend, device, agent, info, state, None, run_dir, log, progress, record, max_updates, test)
+    loop = DQNLoop(spec, backend, device, agent, info, RunState(task=spec.task), run_dir, progress=progress,
+                   record=record, max_updates=max_updates, test=test)
+    return loop.run()
 
 
 def _buffer_note(buffer: ReplayBuffer, saved: bool) -> str:
@@ -143,262 +140,335 @@ def _buffer_note(buffer: ReplayBuffer, saved: bool) -> str:
     return f"replay buffer ({size}) included" if saved else f"replay buffer ({size}) not included: dqn.checkpoint_buffer=false"
 
 
-def _run(
-    spec: DQNRunSpec,
-    backend: ModuleType,
-    device: str,
-    agent: Any,
-    info: EnvInfo,
-    state: RunState,
-    extra: dict[str, np.ndarray] | None,
-    run_dir: Path | None,
-    log: MetricLog | None,
-    progress: bool,
-    record: bool = False,
-    max_updates: int | None = None,
-    test: bool = True,
-) -> DQNResult:
-    """The DQN loop from ``state`` on: a fresh state, or one restored from a run checkpoint with its
-    tensors ``extra`` (replay buffer, rollout, best weights).
+@dataclass
+class DQNLoop:
+    """One DQN run from ``state`` on: a fresh state, or one restored from a run checkpoint whose tensors
+    ``extra`` (replay buffer, rollout, best weights) are passed in. :meth:`run` trains and returns the result.
 
     What a run checkpoint holds (core.runstate): the online and target weights, the optimizer state,
     ``state.step`` = updates with one loss each, the evaluations as history, the explore and replay
-    generators, and in ``counters`` the loop's position (env steps, next train/eval points, training
+    generators, and in ``state.counters`` the loop's position (env steps, next train/eval points, training
     episodes, best evaluation, wall time) with every env's state (core.envs.snapshot_env). Checkpoints
     are written at safe points between two vector steps: every ``dqn.checkpoint_every_steps`` env steps,
     every ``dqn.checkpoint_every_minutes``, at the end and on SIGINT/SIGTERM.
+
+    ``state.counters`` is the loop's position as run checkpoints store it; its keys are a file format
+    (older checkpoints resume with them), so the loop reads and writes that dict rather than a copy:
+    ``env_steps``, ``next_train``, ``next_eval`` (None: no periodic evaluation), ``solved_at``, ``done``,
+    ``eval_s``, ``wall_s``, ``last_loss_i``/``last_ep_i`` (the losses and episodes already averaged into an
+    evaluation record), ``ep_returns``/``ep_steps``, ``best`` (the kept evaluation), ``refill_until`` (no
+    updates before this many env steps after a resume without the buffer), ``segments`` (one per session),
+    and from the first checkpoint on ``buffer`` and ``rollout`` (their states; None when not saved).
     """
-    d = spec.dqn
-    n_envs = spec.env.num_envs
-    rollout = VectorRollout(spec.env, spec.seed, spec.dtype)
-    evaluator = Evaluator(spec.env, episode_seeds(spec.env.eval_seed, d.eval_episodes), spec.dtype)
-    buffer = ReplayBuffer(d.buffer_size, info.obs_dim, spec.dtype)
-    explorer = EpsilonGreedy(spec.seed, info.num_actions)
-    replay_rng = make_rng(spec.seed, "replay")
-    horizon = planned_updates(spec)
-    c = state.counters
-    fresh = not c
-    if fresh:
-        c.update(env_steps=0, next_train=d.train_freq, next_eval=d.eval_every or None, solved_at=None, done=False,
-                 eval_s=0.0, wall_s=0.0, last_loss_i=0, last_ep_i=0, ep_returns=[], ep_steps=[], best=None,
-                 refill_until=0, segments=[])
-    else:  # a resumed run: put every generator, env and buffer back where the checkpoint had them
-        extra = extra or {}
-        runstate.restore_rng(explorer.rng, state.rngs["explore"])
-        runstate.restore_rng(replay_rng, state.rngs["replay"])
+
+    spec: DQNRunSpec
+    backend: ModuleType
+    device: str
+    agent: Any
+    info: EnvInfo
+    state: RunState
+    run_dir: Path | None
+    progress: bool = True
+    record: bool = False  # keep every step's actions and Q-values (parity L4)
+    max_updates: int | None = None  # stop after this many updates, the schedules unchanged
+    test: bool = True  # evaluate the kept weights on the held-out seeds at the end
+    extra: InitVar[dict[str, np.ndarray] | None] = None
+
+    rollout: VectorRollout = field(init=False)
+    evaluator: Evaluator = field(init=False)
+    buffer: ReplayBuffer = field(init=False)
+    explorer: EpsilonGreedy = field(init=False)
+    replay_rng: np.random.Generator = field(init=False)
+    horizon: int = field(init=False)  # the learning-rate schedule's length in updates
+    best_weights: dict[str, np.ndarray] | None = field(init=False, default=None)
+    actions: list[np.ndarray] = field(init=False, default_factory=list)
+    q_values: list[np.ndarray] = field(init=False, default_factory=list)
+    log: RunLog = field(init=False)
+    cadence: Cadence = field(init=False)
+    stop: StopSignal | None = field(init=False, default=None)
+    bar: Any = field(init=False, default=None)
+    meta: dict[str, Any] = field(init=False)  # what every run checkpoint's metadata says about the run
+    wall_before: float = field(init=False)  # wall seconds of the sessions before this one
+    t_start: float = field(init=False)
+
+    def __post_init__(self, extra: dict[str, np.ndarray] | None) -> None:
+        spec, d = self.spec, self.spec.dqn
+        self.rollout = VectorRollout(spec.env, spec.seed, spec.dtype)
+        self.evaluator = Evaluator(spec.env, episode_seeds(spec.env.eval_seed, d.eval_episodes), spec.dtype)
+        self.buffer = ReplayBuffer(d.buffer_size, self.info.obs_dim, spec.dtype)
+        self.explorer = EpsilonGreedy(spec.seed, self.info.num_actions)
+        self.replay_rng = make_rng(spec.seed, "replay")
+        self.horizon = planned_updates(spec)
+        c = self.counters
+        if not c:
+            c.update(env_steps=0, next_train=d.train_freq, next_eval=d.eval_every or None, solved_at=None, done=False,
+                     eval_s=0.0, wall_s=0.0, last_loss_i=0, last_ep_i=0, ep_returns=[], ep_steps=[], best=None,
+                     refill_until=0, segments=[])
+        else:
+            self._restore(extra or {})
+        c["segments"].append({"backend": self.backend.NAME, "device": self.device, "from_step": self.state.step,
+                              "from_env_steps": c["env_steps"]})
+        self.meta = checkpoint_meta(spec, self.backend, self.info) if self.run_dir is not None else {}
+        self.cadence = Cadence(d.checkpoint_every_steps, d.checkpoint_every_minutes, c["env_steps"])
+        self.wall_before = c["wall_s"]
+        self.t_start = time.perf_counter()
+
+    def _restore(self, extra: dict[str, np.ndarray]) -> None:
+        """A resumed run: put every generator, env and buffer back where the checkpoint had them."""
+        spec, c = self.spec, self.counters
+        runstate.restore_rng(self.explorer.rng, self.state.rngs["explore"])
+        runstate.restore_rng(self.replay_rng, self.state.rngs["replay"])
         if c.get("buffer") is not None:
-            buffer.load_state(c["buffer"], extra["replay.rows"])
+            self.buffer.load_state(c["buffer"], extra["replay.rows"])
         else:  # checkpoint_buffer=false: refill before updating again
-            c["refill_until"] = c["env_steps"] + d.learning_starts
+            c["refill_until"] = c["env_steps"] + spec.dqn.learning_starts
         if c.get("rollout") is not None:
-            rollout.set_state(c["rollout"], {k[len("rollout."):]: v for k, v in extra.items() if k.startswith("rollout.")})
+            self.rollout.set_state(c["rollout"], _part(extra, "rollout."))
         else:  # an env dualkit cannot snapshot: its episodes in progress were lost; new ones start here
-            rollout.close()
-            rollout = VectorRollout(spec.env, spec.seed + 1_000_003 * len(c["segments"]), spec.dtype)
-    c["segments"].append({"backend": backend.NAME, "device": device, "from_step": state.step, "from_env_steps": c["env_steps"]})
-    losses, evals = state.step_losses, state.history
-    ep_returns, ep_steps = c["ep_returns"], c["ep_steps"]
-    best_weights: dict[str, np.ndarray] | None = None
-    if c["best"] is not None:
-        best_weights = {k[len("best."):]: v for k, v in (extra or {}).items() if k.startswith("best.")}
-    actions_log: list[np.ndarray] = []
-    q_log: list[np.ndarray] = []
-    meta = checkpoint_meta(spec, backend, info) if run_dir is not None else {}
-    wall_before = c["wall_s"]
-    t_start = last_save = time.perf_counter()
-    next_ckpt = (c["env_steps"] // d.checkpoint_every_steps + 1) * d.checkpoint_every_steps if d.checkpoint_every_steps else None
-    bar = progress_bar(total=d.total_steps, desc=f"{backend.NAME} dqn {spec.env.id}", enabled=progress)
-    bar.unit = "env step"
-    bar.update(c["env_steps"])
+            self.rollout.close()
+            self.rollout = VectorRollout(spec.env, spec.seed + 1_000_003 * len(c["segments"]), spec.dtype)
+        if c["best"] is not None:
+            self.best_weights = _part(extra, "best.")
 
-    def wall() -> float:
-        return wall_before + time.perf_counter() - t_start
+    @property
+    def counters(self) -> dict[str, Any]:
+        return self.state.counters
 
-    def save_run() -> Path:
-        nonlocal last_save
-        c["wall_s"] = wall()
-        state.step = len(losses)
-        state.rngs = {"explore": runstate.capture_rng(explorer.rng), "replay": runstate.capture_rng(replay_rng)}
-        tensors: dict[str, np.ndarray] = {}
-        c["buffer"] = None
-        if d.checkpoint_buffer:
-            c["buffer"], tensors["replay.rows"] = buffer.state()
-        snap = rollout.get_state()
-        c["rollout"] = None
-        if snap is not None:
-            c["rollout"] = snap[0]
-            tensors.update({f"rollout.{k}": v for k, v in snap[1].items()})
-        if best_weights is not None:
-            tensors.update({f"best.{k}": v for k, v in best_weights.items()})
-        path = runstate.save(run_dir, state, agent.get_weights(), agent.get_optimizer_state(), meta=meta, extra=tensors,
-                             keep=d.keep_checkpoints)
-        last_save = time.perf_counter()
-        return path
+    @property
+    def losses(self) -> list[float]:
+        """The TD loss of every update so far (the run state's step losses)."""
+        return self.state.step_losses
 
-    def due() -> bool:
-        nonlocal next_ckpt
-        if next_ckpt is not None and c["env_steps"] >= next_ckpt:
-            next_ckpt += d.checkpoint_every_steps
-            return True
-        return d.checkpoint_every_minutes > 0 and time.perf_counter() - last_save >= 60.0 * d.checkpoint_every_minutes
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        """The periodic evaluation records so far (the run state's history)."""
+        return self.state.history
 
-    def do_eval() -> dict[str, Any]:
-        nonlocal best_weights
+    def wall(self) -> float:
+        """Wall seconds of the whole run, earlier sessions included."""
+        return self.wall_before + time.perf_counter() - self.t_start
+
+    def limit_reached(self) -> bool:
+        return self.max_updates is not None and len(self.losses) >= self.max_updates
+
+    def run(self) -> DQNResult:
+        """Train, then evaluate the kept weights on the held-out seeds; with a run folder also write the model,
+        run checkpoints, metrics.jsonl, TensorBoard events, result.json and the learning curve."""
+        self.log = RunLog(self.run_dir)
+        try:
+            self.loop()
+            return self.finish()
+        finally:
+            self.log.close()
+
+    def loop(self) -> None:
+        """The Gymnasium loop from the current position to the end of the budget, the early stop or
+        ``max_updates``: act, store, learn, evaluate, checkpoint; then a last evaluation and checkpoint."""
+        d, c = self.spec.dqn, self.counters
+        n_envs = self.spec.env.num_envs
+        self.bar = progress_bar(total=d.total_steps, desc=f"{self.backend.NAME} dqn {self.spec.env.id}",
+                                enabled=self.progress)
+        self.bar.unit = "env step"
+        self.bar.update(c["env_steps"])
+        try:
+            with StopSignal(enabled=self.run_dir is not None) as self.stop:
+                if self.run_dir is not None and not runstate.list_checkpoints(self.run_dir):
+                    self.save_run()  # step 0: from the first moment on, the run folder is resumable
+                while c["env_steps"] < d.total_steps and not c["done"]:
+                    # Act: core draws the exploration coins; Q-values are asked only when some env acts greedily.
+                    eps = epsilon_at(d.epsilon_start, d.epsilon_end, d.epsilon_fraction, d.total_steps, c["env_steps"])
+                    explore, random_actions = self.explorer.draw(n_envs, eps)
+                    q = None if explore.all() else self.agent.act_values(self.rollout.obs)
+                    actions = self.explorer.select(q, explore, random_actions)
+                    if self.record:
+                        self.actions.append(actions)
+                        self.q_values.append(np.full((n_envs, self.info.num_actions), np.nan) if q is None else q)
+                    tr = self.rollout.step(actions)
+                    self.buffer.add(tr.obs, tr.actions, tr.rewards, tr.next_obs, tr.terminated)
+                    env_steps = c["env_steps"] = c["env_steps"] + len(tr)
+                    self.bar.update(len(tr))
+                    if tr.episode_returns:
+                        c["ep_returns"].extend(tr.episode_returns)
+                        c["ep_steps"].extend([env_steps] * len(tr.episode_returns))
+                        self.bar.set_postfix(ret=f"{np.mean(c['ep_returns'][-20:]):.1f}", refresh=False)
+
+                    # Learn: a round of gradient_steps updates at every train_freq env steps that have passed,
+                    # once learning_starts (or a resume's refill) is behind.
+                    start = max(d.learning_starts, c["refill_until"])
+                    while c["next_train"] <= env_steps and not self.limit_reached():
+                        if c["next_train"] >= start and len(self.buffer):
+                            for _ in range(d.gradient_steps):
+                                self.update(env_steps)
+                                if self.limit_reached():
+                                    break
+                        c["next_train"] += d.train_freq
+                    if self.limit_reached():
+                        break
+
+                    if c["next_eval"] is not None and env_steps >= c["next_eval"]:
+                        c["next_eval"] += d.eval_every
+                        res = self.evaluate()
+                        if d.stop_return and res["return_mean"] >= d.stop_return:
+                            c["solved_at"], c["done"] = env_steps, True
+                    # The checkpoint at the run's end is written below, after the last evaluation.
+                    if (self.run_dir is not None and not c["done"] and env_steps < d.total_steps
+                            and (self.stop.requested or self.cadence.due(env_steps))):
+                        path = self.save_run()
+                        if self.stop.requested:
+                            raise self.stopped_error(path)
+                if not self.evals or self.evals[-1]["env_steps"] != c["env_steps"]:
+                    self.evaluate()  # the last weights are a candidate too
+                # A run cut by max_updates is not done: a resume may train it on.
+                c["done"] = not self.limit_reached() or c["env_steps"] >= d.total_steps
+                if self.run_dir is not None:
+                    self.save_run()
+        finally:
+            self.bar.close()
+            self.rollout.close()
+            self.evaluator.close()
+
+    def update(self, env_steps: int) -> None:
+        """One gradient step on a minibatch core samples from the buffer; the target follows every
+        ``target_update`` updates."""
+        d = self.spec.dqn
+        lr = lr_at(self.spec.schedule, self.spec.optim.lr, len(self.losses), self.horizon)
+        loss = self.agent.update(self.buffer.sample(d.batch_size, self.replay_rng), lr)
+        check_finite(loss, "TD loss", f"update {len(self.losses) + 1} ({env_steps} env steps)",
+                     "training stopped. Lower optim.lr, set optim.clip_norm or use dqn.loss=huber.")
+        self.losses.append(loss)
+        self.log.step(len(self.losses), {"loss": loss, "lr": lr})
+        if len(self.losses) % d.target_update == 0:
+            self.agent.sync_target(d.tau)
+
+    def evaluate(self) -> dict[str, Any]:
+        """A greedy evaluation of the current weights: its record goes to the history and metrics.jsonl, and
+        the weights become the kept ones (model.safetensors) when they are the best so far (or with
+        ``dqn.keep_best=false``, always)."""
+        d, c = self.spec.dqn, self.counters
         t_eval = time.perf_counter()
-        res = evaluate(agent, evaluator)
+        res = evaluate(self.agent, self.evaluator)  # the module-level greedy evaluation
         c["eval_s"] += time.perf_counter() - t_eval
-        recent_losses = losses[c["last_loss_i"]:]
-        recent_eps = ep_returns[c["last_ep_i"]:]
-        c["last_loss_i"], c["last_ep_i"] = len(losses), len(ep_returns)
-        env_steps, now = c["env_steps"], wall()
-        record_ = {
+        recent_losses = self.losses[c["last_loss_i"]:]
+        recent_eps = c["ep_returns"][c["last_ep_i"]:]
+        c["last_loss_i"], c["last_ep_i"] = len(self.losses), len(c["ep_returns"])
+        env_steps, now = c["env_steps"], self.wall()
+        rec = {
             "env_steps": env_steps,
-            "updates": len(losses),
+            "updates": len(self.losses),
             "epsilon": epsilon_at(d.epsilon_start, d.epsilon_end, d.epsilon_fraction, d.total_steps, env_steps),
-            "lr": lr_at(spec.schedule, spec.optim.lr, max(len(losses) - 1, 0), horizon),
+            "lr": lr_at(self.spec.schedule, self.spec.optim.lr, max(len(self.losses) - 1, 0), self.horizon),
             "loss": float(np.mean(recent_losses)) if recent_losses else float("nan"),
             "train_return": float(np.mean(recent_eps)) if recent_eps else float("nan"),
-            "train_episodes": len(ep_returns),
+            "train_episodes": len(c["ep_returns"]),
             "eval_return": res["return_mean"],
             "eval_return_std": res["return_std"],
             "eval_return_min": res["return_min"],
             "wall_s": now,
             "steps_per_s": env_steps / now if now > 0 else 0.0,
         }
-        evals.append(record_)
+        self.evals.append(rec)
         if c["best"] is None or res["return_mean"] > c["best"]["eval_return"] or not d.keep_best:
             c["best"] = {"eval_return": res["return_mean"], "env_steps": env_steps}
-            best_weights = agent.get_weights()
-        if log is not None:
-            log.append(record_)
-            ckpt_meta = checkpoint_meta(spec, backend, info, env_steps=c["best"]["env_steps"], updates=len(losses),
-                                        eval_return=c["best"]["eval_return"])
-            checkpoint.save(run_dir / MODEL_FILE, best_weights, ckpt_meta)
-        bar.set_postfix(eval=f"{res['return_mean']:.1f}", refresh=False)
+            self.best_weights = self.agent.get_weights()
+        self.log.record(rec, env_steps)
+        if self.run_dir is not None:
+            meta = checkpoint_meta(self.spec, self.backend, self.info, env_steps=c["best"]["env_steps"],
+                                   updates=len(self.losses), eval_return=c["best"]["eval_return"])
+            checkpoint.save(self.run_dir / MODEL_FILE, self.best_weights, meta)
+        self.bar.set_postfix(eval=f"{res['return_mean']:.1f}", refresh=False)
         return res
 
-    def stopped(path: Path) -> Exception:
-        other = "tf" if backend.NAME == "torch" else "torch"
-        return stop.interrupted(
-            f"checkpoint {path} (env step {c['env_steps']:,} of {d.total_steps:,}, update {len(losses):,}; "
-            f"{_buffer_note(buffer, d.checkpoint_buffer)}). Continue with: dualkit train --resume {run_dir}  "
-            f"(add --backend {other} to continue in the other framework)"
+    def save_run(self) -> Path:
+        """Write a run checkpoint of the loop as it stands between two vector steps."""
+        d, c = self.spec.dqn, self.counters
+        c["wall_s"] = self.wall()
+        self.state.step = len(self.losses)
+        self.state.rngs = {"explore": runstate.capture_rng(self.explorer.rng),
+                           "replay": runstate.capture_rng(self.replay_rng)}
+        tensors: dict[str, np.ndarray] = {}
+        c["buffer"] = None
+        if d.checkpoint_buffer:
+            c["buffer"], tensors["replay.rows"] = self.buffer.state()
+        snap = self.rollout.get_state()
+        c["rollout"] = None
+        if snap is not None:
+            c["rollout"] = snap[0]
+            tensors.update({f"rollout.{k}": v for k, v in snap[1].items()})
+        if self.best_weights is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best_weights.items()})
+        path = runstate.save(self.run_dir, self.state, self.agent.get_weights(), self.agent.get_optimizer_state(),
+                             meta=self.meta, extra=tensors, keep=d.keep_checkpoints)
+        self.cadence.saved(c["env_steps"])
+        return path
+
+    def stopped_error(self, path: Path) -> Interrupted:
+        """What the run stops with after Ctrl-C / SIGTERM, once checkpoint ``path`` is written."""
+        d, c = self.spec.dqn, self.counters
+        where = (f"env step {c['env_steps']:,} of {d.total_steps:,}, update {len(self.losses):,}; "
+                 f"{_buffer_note(self.buffer, d.checkpoint_buffer)}")
+        return interrupted(self.stop, path, where, self.run_dir, self.backend.NAME)
+
+    def finish(self) -> DQNResult:
+        """The kept weights (best-evaluated or last) into the agent, their held-out test, the result, and with a
+        run folder result.json and the learning curve."""
+        spec, d, c = self.spec, self.spec.dqn, self.counters
+        total_wall = self.wall()
+        assert self.best_weights is not None  # the loop's last evaluation always sets them
+        kept = self.best_weights if d.keep_best else self.agent.get_weights()
+        self.agent.set_weights(kept)
+        test_res: dict[str, Any] = {}
+        if self.test:
+            tester = Evaluator(spec.env, episode_seeds(spec.env.test_seed, d.test_episodes), spec.dtype)
+            try:
+                test_res = {"seed": spec.env.test_seed, **evaluate(self.agent, tester)}
+            finally:
+                tester.close()
+        env_steps, updates = c["env_steps"], len(self.losses)
+        result = DQNResult(
+            losses=list(self.losses),
+            episode_returns=list(c["ep_returns"]),
+            episode_steps=list(c["ep_steps"]),
+            evals=self.evals,
+            test=test_res,
+            weights=kept,
+            env_steps=env_steps,
+            updates=updates,
+            wall_s=total_wall,
+            steps_per_s=env_steps / total_wall if total_wall > 0 else 0.0,
+            eval_s=c["eval_s"],
+            solved_at=c["solved_at"],
+            run_dir=self.run_dir,
+            actions=self.actions,
+            q_values=self.q_values,
+            extra={"segments": c["segments"]},
         )
+        if self.run_dir is not None:
+            self.log.result({
+                "task": spec.task,
+                "backend": self.backend.NAME,
+                "device": self.device,
+                "versions": self.backend.versions(),
+                "env_id": self.info.id,
+                "env_steps": env_steps,
+                "updates": updates,
+                "episodes": len(c["ep_returns"]),
+                "wall_s": total_wall,
+                "steps_per_s": result.steps_per_s,
+                "eval_s": c["eval_s"],
+                "solved_at": c["solved_at"],
+                "kept": c["best"] if d.keep_best else "last",
+                "test": test_res,
+                "history": self.evals,
+                "segments": c["segments"],  # one per session: a resumed run has several, a hand-over changes backend
+            })
+            plot_learning_curve(result, self.run_dir / CURVE_FILE,
+                                f"{spec.env.id} DQN ({self.backend.NAME}, seed {spec.seed})")
+        return result
 
-    def limit_reached() -> bool:
-        return max_updates is not None and len(losses) >= max_updates
 
-    try:
-        with StopSignal(enabled=run_dir is not None) as stop:
-            if run_dir is not None and not runstate.list_checkpoints(run_dir):
-                save_run()  # step 0: from the first moment on, the run folder is resumable
-            while c["env_steps"] < d.total_steps and not c["done"]:
-                env_steps = c["env_steps"]
-                eps = epsilon_at(d.epsilon_start, d.epsilon_end, d.epsilon_fraction, d.total_steps, env_steps)
-                explore, random_actions = explorer.draw(n_envs, eps)
-                q = None if explore.all() else agent.act_values(rollout.obs)
-                actions = explorer.select(q, explore, random_actions)
-                if record:
-                    actions_log.append(actions)
-                    q_log.append(np.full((n_envs, info.num_actions), np.nan) if q is None else q)
-                tr = rollout.step(actions)
-                buffer.add(tr.obs, tr.actions, tr.rewards, tr.next_obs, tr.terminated)
-                env_steps = c["env_steps"] = env_steps + len(tr)
-                bar.update(len(tr))
-                if tr.episode_returns:
-                    ep_returns.extend(tr.episode_returns)
-                    ep_steps.extend([env_steps] * len(tr.episode_returns))
-                    bar.set_postfix(ret=f"{np.mean(ep_returns[-20:]):.1f}", refresh=False)
-                start = max(d.learning_starts, c["refill_until"])
-                while c["next_train"] <= env_steps and not limit_reached():
-                    if c["next_train"] >= start and len(buffer):
-                        for _ in range(d.gradient_steps):
-                            lr = lr_at(spec.schedule, spec.optim.lr, len(losses), horizon)
-                            loss = agent.update(buffer.sample(d.batch_size, replay_rng), lr)
-                            if not math.isfinite(loss):
-                                raise TrainingError(
-                                    f"TD loss became {loss} at update {len(losses) + 1} ({env_steps} env steps); training "
-                                    "stopped. Lower optim.lr, set optim.clip_norm or use dqn.loss=huber."
-                                )
-                            losses.append(loss)
-                            if len(losses) % d.target_update == 0:
-                                agent.sync_target(d.tau)
-                            if limit_reached():
-                                break
-                    c["next_train"] += d.train_freq
-                if limit_reached():
-                    break
-                if c["next_eval"] is not None and env_steps >= c["next_eval"]:
-                    c["next_eval"] += d.eval_every
-                    res = do_eval()
-                    if d.stop_return and res["return_mean"] >= d.stop_return:
-                        c["solved_at"] = env_steps
-                        c["done"] = True
-                if run_dir is not None and not c["done"] and c["env_steps"] < d.total_steps and (stop.requested or due()):
-                    path = save_run()
-                    if stop.requested:
-                        raise stopped(path)
-            if not evals or evals[-1]["env_steps"] != c["env_steps"]:
-                do_eval()  # the last weights are a candidate too
-            c["done"] = not limit_reached() or c["env_steps"] >= d.total_steps
-            if run_dir is not None:
-                save_run()
-    finally:
-        bar.close()
-        rollout.close()
-        evaluator.close()
-    total_wall = wall()
-
-    assert best_weights is not None
-    kept = best_weights if d.keep_best else agent.get_weights()
-    agent.set_weights(kept)
-    test_res: dict[str, Any] = {}
-    if test:
-        tester = Evaluator(spec.env, episode_seeds(spec.env.test_seed, d.test_episodes), spec.dtype)
-        try:
-            test_res = {"seed": spec.env.test_seed, **evaluate(agent, tester)}
-        finally:
-            tester.close()
-    env_steps = c["env_steps"]
-    result = DQNResult(
-        losses=list(losses),
-        episode_returns=list(ep_returns),
-        episode_steps=list(ep_steps),
-        evals=evals,
-        test=test_res,
-        weights=kept,
-        env_steps=env_steps,
-        updates=len(losses),
-        wall_s=total_wall,
-        steps_per_s=env_steps / total_wall if total_wall > 0 else 0.0,
-        eval_s=c["eval_s"],
-        solved_at=c["solved_at"],
-        run_dir=run_dir,
-        actions=actions_log,
-        q_values=q_log,
-        extra={"segments": c["segments"]},
-    )
-    if run_dir is not None:
-        write_json(run_dir / RESULT_FILE, {
-            "task": spec.task,
-            "backend": backend.NAME,
-            "device": device,
-            "versions": backend.versions(),
-            "env_id": info.id,
-            "env_steps": env_steps,
-            "updates": len(losses),
-            "episodes": len(ep_returns),
-            "wall_s": total_wall,
-            "steps_per_s": result.steps_per_s,
-            "eval_s": c["eval_s"],
-            "solved_at": c["solved_at"],
-            "kept": c["best"] if d.keep_best else "last",
-            "test": test_res,
-            "history": evals,
-            "segments": c["segments"],  # one per session: a resumed run has several, a hand-over changes backend
-        })
-        plot_learning_curve(result, run_dir / CURVE_FILE, f"{spec.env.id} DQN ({backend.NAME}, seed {spec.seed})")
-    return result
+def _part(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The tensors under ``prefix``, named without it."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 # Fields a resumed run may change: the budget (more env steps, or fewer down to those already taken; the
@@ -466,7 +536,7 @@ def resume(
                          "no longer matches an uninterrupted one step for step")
         runstate.report_resume(req, backend.NAME, f"env step {c['env_steps']:,} (update {st.step:,})", notes)
     c["done"] = False
-    result = _run(spec, backend, device, agent, info, st, ckpt.extra, run_dir, MetricLog(run_dir / METRICS_FILE), progress)
+    result = DQNLoop(spec, backend, device, agent, info, st, run_dir, progress=progress, extra=ckpt.extra).run()
     result.extra.update({"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped})
     return result
 
