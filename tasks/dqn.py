@@ -25,7 +25,7 @@ from dualkit.core.errors import CheckpointError, Interrupted, RunError, SpecErro
 from dualkit.core.exploration import EpsilonGreedy, epsilon_at, greedy
 from dualkit.core.interrupt import StopSignal
 from dualkit.core.replay import ReplayBuffer
-from dualkit.core.runs import MODEL_FILE, SPEC_FILE, prepare_run_dir, require_run_dir
+from dualkit.core.runs import MODEL_FILE, SPEC_FILE, one_writer, prepare_run_dir, require_run_dir
 from dualkit.core.runstate import RunState
 from dualkit.core.schedules import lr_at
 from dualkit.core.specs import load_json, save_json, to_dict
@@ -102,6 +102,7 @@ def checkpoint_meta(spec: DQNRunSpec, backend: ModuleType, info: EnvInfo, **extr
     }
 
 
+@one_writer
 def train(
     spec: DQNRunSpec,
     backend_name: str | None = None,
@@ -370,7 +371,7 @@ class DQNLoop:
         if c["best"] is None or res["return_mean"] > c["best"]["eval_return"] or not d.keep_best:
             c["best"] = {"eval_return": res["return_mean"], "env_steps": env_steps}
             self.best_weights = self.agent.get_weights()
-        self.log.record(rec, env_steps)
+        self.log.record(rec, env_steps, prefix="eval/")
         if self.run_dir is not None:
             meta = checkpoint_meta(self.spec, self.backend, self.info, env_steps=c["best"]["env_steps"],
                                    updates=len(self.losses), eval_return=c["best"]["eval_return"])
@@ -479,6 +480,7 @@ RESUMABLE_FIELDS = (
 )
 
 
+@one_writer
 def resume(
     run_dir: Path,
     backend_name: str | None = None,
@@ -587,7 +589,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     """A DQN run folder's spec and canonical checkpoint, checked to fit the spec's Q-network."""
     run_dir = require_run_dir(run_dir)
     spec = load_json(run_dir / SPEC_FILE)
-    if spec.task != "dqn":
+    if not isinstance(spec, DQNRunSpec):
         raise CheckpointError(f"{run_dir} holds a {spec.task!r} run, not a DQN agent")
     weights, meta = checkpoint.load(run_dir / MODEL_FILE)
     info = EnvInfo(spec.env.id, int(meta["obs_dim"]), int(meta["num_actions"]), None)

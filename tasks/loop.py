@@ -55,12 +55,13 @@ class RunLog:
         if self.events is not None:
             self.events.scalars(step, values, prefix="step/")
 
-    def record(self, record: dict[str, Any], step: int) -> None:
-        """One metric record: a line of metrics.jsonl, and its numbers as TensorBoard scalars at ``step``."""
+    def record(self, record: dict[str, Any], step: int, prefix: str = "epoch/") -> None:
+        """One metric record: a line of metrics.jsonl, and its numbers as TensorBoard scalars at ``step``
+        (tagged ``prefix`` + name: ``epoch/`` for epoch records, ``eval/`` for DQN's evaluations)."""
         if self.metrics is not None:
             self.metrics.append(record)
         if self.events is not None:  # the record's own position is the event's step, not a curve
-            self.events.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")}, prefix="epoch/")
+            self.events.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")}, prefix=prefix)
             self.events.flush()
 
     def result(self, result: dict[str, Any]) -> None:
