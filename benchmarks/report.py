@@ -12,6 +12,7 @@ import numpy as np
 from dualkit.benchmarks.conv_floor import KERNELS
 from dualkit.benchmarks.overhead import LOOP_FRAMEWORKS
 from dualkit.benchmarks.suite import SCHEMA_VERSION
+from dualkit.core.errors import ResultsError
 from dualkit.core.report import ABSENT, markdown_table, mean_std
 from dualkit.core.runs import atomic_write_text, write_json
 from dualkit.tasks import registry as task_registry
@@ -28,15 +29,15 @@ def validate(results: dict[str, Any]) -> dict[str, Any]:
     """Check a results dict against the schema this code writes; a clear error names what is wrong."""
     missing = [k for k in REQUIRED_KEYS if k not in results]
     if missing:
-        raise ValueError(f"not a dualkit benchmark results file: missing {', '.join(missing)}")
+        raise ResultsError(f"not a dualkit benchmark results file: missing {', '.join(missing)}")
     if results["schema_version"] > SCHEMA_VERSION:
-        raise ValueError(f"results schema {results['schema_version']} is newer than this dualkit reads ({SCHEMA_VERSION})")
+        raise ResultsError(f"results schema {results['schema_version']} is newer than this dualkit reads ({SCHEMA_VERSION})")
     for i, run in enumerate(results["runs"]):
         if results["schema_version"] < 2:
             run.setdefault("task", "classify")  # schema 1 benchmarked only the classifier
         absent = [k for k in RUN_KEYS if k not in run]
         if absent:
-            raise ValueError(f"run {i} lacks {', '.join(absent)}")
+            raise ResultsError(f"run {i} lacks {', '.join(absent)}")
     return results
 
 
@@ -44,9 +45,9 @@ def load_results(path: Path) -> dict[str, Any]:
     try:
         return validate(json.loads(Path(path).read_text()))
     except FileNotFoundError:
-        raise ValueError(f"results file {path} does not exist") from None
+        raise ResultsError(f"results file {path} does not exist") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON ({exc})") from None
+        raise ResultsError(f"{path} is not JSON ({exc})") from None
 
 
 def _groups(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:

@@ -33,6 +33,10 @@ class EnvError(DualkitError):
     """A Gymnasium environment that does not exist or whose spaces a task cannot handle."""
 
 
+class ResultsError(DualkitError, ValueError):
+    """A benchmark results file that is missing, not JSON or not of a schema this dualkit reads."""
+
+
 class Interrupted(DualkitError):
     """Training stopped by SIGINT/SIGTERM after writing a checkpoint; the message says how to resume."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import platform
 import sys
@@ -237,6 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error(exc: OSError) -> str:
+    """One line for an OSError a user can fix: what failed, on which file, and what to do."""
+    where = f" {exc.filename}" if exc.filename else ""
+    fixes = {
+        errno.ENOSPC: "free some space or write elsewhere (--out)",
+        errno.EDQUOT: "free some space or write elsewhere (--out)",
+        errno.EROFS: "the file system is read-only: write elsewhere (--out)",
+        errno.EACCES: "you may not write there: write elsewhere (--out) or change its permissions",
+        errno.EPERM: "you may not write there: write elsewhere (--out) or change its permissions",
+        errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+        errno.EISDIR: "a folder stands where a file is needed: choose a file name",
+        errno.ENOENT: "check the path",
+    }
+    fix = fixes.get(exc.errno, "check the path and try again")
+    return f"{exc.strerror or exc}:{where}; {fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     registry.set_verbose(args.verbose)
@@ -245,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DualkitError as exc:
         print(f"dualkit: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # Interrupted: 128 + the signal number
+    except OSError as exc:  # the file system said no: a full disk, a read-only folder, a file where a folder goes
+        print(f"dualkit: error: {os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dualkit: interrupted", file=sys.stderr)
         return 130

@@ -302,3 +302,27 @@ def test_two_trainings_started_together_into_one_folder(tmp_path):
     assert "being written by another dualkit process" in err or "already holds a run" in err, err
     epochs = [r["epoch"] for r in map(__import__("json").loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
     assert epochs == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- the file system says no
+
+
+@pytest.mark.parametrize("code, fix", [("ENOSPC", "free some space"), ("EROFS", "read-only"),
+                                       ("ENOTDIR", "a file stands where a folder is needed")])
+def test_an_os_error_is_one_line_that_says_what_to_do(tmp_path, capsys, monkeypatch, code, fix):
+    import errno
+
+    from dualkit import cli
+
+    def broken(args):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(tmp_path / "x.json"))
+
+    monkeypatch.setattr(cli, "cmd_info", broken)  # build_parser binds the command when main() runs
+    assert cli.main(["info"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("dualkit: error: ") and str(tmp_path / "x.json") in err and fix in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bench_compare_on_a_missing_file(tmp_path, capsys):
+    refused(capsys, ["bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")], "does not exist")
