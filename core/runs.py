@@ -142,8 +142,9 @@ class RunLock:
     (``kill -9`` included), so a lock is never stale. The file names the holder (pid, host, start time,
     command) for the message a second writer gets."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, create: bool = True) -> None:
         self.run_dir = Path(run_dir)
+        self.create = create
         self._fd: int | None = None
         self._made_dir = False
 
@@ -151,6 +152,8 @@ class RunLock:
         import fcntl
 
         path = self.run_dir
+        if not self.create and not path.is_dir():
+            return self  # nothing to lock: what is there is left to the caller's own checks (e.g. a resume's)
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} exists and is not a folder; choose another --out")
         self._made_dir = not path.exists()
@@ -201,17 +204,21 @@ def _describe(holder: str) -> str:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def one_writer(fn: F) -> F:
+def one_writer(fn: F | None = None, *, create: bool = True) -> Any:
     """Decorate a function with a ``run_dir`` parameter: while it runs, it holds the run folder's :class:`RunLock`
-    (nothing is locked when ``run_dir`` is None)."""
-    signature = inspect.signature(fn)
+    (nothing is locked when ``run_dir`` is None). ``create=False`` (resume) locks only a folder that exists."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        run_dir = signature.bind_partial(*args, **kwargs).arguments.get("run_dir")
-        if run_dir is None:
-            return fn(*args, **kwargs)
-        with RunLock(Path(run_dir)):
-            return fn(*args, **kwargs)
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
 
-    return wrapper  # type: ignore[return-value]
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            run_dir = signature.bind_partial(*args, **kwargs).arguments.get("run_dir")
+            if run_dir is None:
+                return fn(*args, **kwargs)
+            with RunLock(Path(run_dir), create=create):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(fn) if fn is not None else decorate

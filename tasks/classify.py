@@ -182,7 +182,7 @@ def _fit(
     return result
 
 
-@one_writer
+@one_writer(create=False)
 def resume(
     run_dir: Path,
     backend_name: str | None = None,

@@ -480,7 +480,7 @@ RESUMABLE_FIELDS = (
 )
 
 
-@one_writer
+@one_writer(create=False)
 def resume(
     run_dir: Path,
     backend_name: str | None = None,
