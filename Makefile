@@ -1,7 +1,7 @@
 # Two commands do all the setup on a fresh machine (see README):
 #   make bench    the main job: the default benchmark (cnn-digits, masked-digits, dqn-cartpole; both
 #                 backends, 3 seeds, parity levels, overhead); report in bench-results/<time>/
-#   make test     the test suite (CI runs this)
+#   make test     lint (ruff) and the test suite (CI runs this)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -24,6 +24,8 @@ parity: $(STAMP)
 	$(BIN)/dualkit parity cnn-digits
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -ra
 
 clean:

@@ -12,7 +12,8 @@ a step that overlaps kernels on the thread pool can come in a little under the s
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,7 @@ def torch_kernels(x: np.ndarray, w: np.ndarray, gy: np.ndarray) -> dict[str, Ker
             for _ in range(n - 1):
                 fn()  # dropped at once, as a step frees what it no longer needs
             return fn().numpy()
+
         return run
 
     return {
@@ -82,18 +84,21 @@ def tf_kernels(x: np.ndarray, w: np.ndarray, gy: np.ndarray) -> dict[str, Kernel
 
     def input_grad() -> tf.Tensor:
         return tf.raw_ops.Conv2DBackpropInput(
-            input_sizes=tf.shape(xt), filter=wt, out_backprop=gyt, strides=strides, padding="SAME")
+            input_sizes=tf.shape(xt), filter=wt, out_backprop=gyt, strides=strides, padding="SAME"
+        )
 
     def filter_grad() -> tf.Tensor:
         return tf.raw_ops.Conv2DBackpropFilter(
-            input=xt, filter_sizes=tf.shape(wt), out_backprop=gyt, strides=strides, padding="SAME")
+            input=xt, filter_sizes=tf.shape(wt), out_backprop=gyt, strides=strides, padding="SAME"
+        )
 
     def repeat(fn: Callable[[], tf.Tensor], convert: Callable[[np.ndarray], np.ndarray] = lambda a: a) -> Kernel:
         @tf.function(input_signature=[tf.TensorSpec((), tf.int32)])
         def loop(n):
             # one iteration at a time: parallel iterations would overlap the kernels being timed
-            return tf.while_loop(lambda i, _: i < n, lambda i, _: (i + 1, fn()), (tf.constant(0), fn()),
-                                 parallel_iterations=1)[1]
+            return tf.while_loop(
+                lambda i, _: i < n, lambda i, _: (i + 1, fn()), (tf.constant(0), fn()), parallel_iterations=1
+            )[1]
 
         return lambda n: convert(loop(tf.constant(n - 1, tf.int32)).numpy())
 
@@ -118,8 +123,13 @@ def _best_time(kernel: Kernel, warmup: int, reps: int, rounds: int) -> float:
 
 
 def conv_floor(
-    backend: str, model: ModelSpec, image_shape: tuple[int, int, int], batch: int,
-    warmup: int = 3, reps: int = 10, rounds: int = 3,
+    backend: str,
+    model: ModelSpec,
+    image_shape: tuple[int, int, int],
+    batch: int,
+    warmup: int = 3,
+    reps: int = 10,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     """Seconds of each conv kernel of a training step (best of ``rounds`` x ``reps``) and their sum."""
     layers = []
@@ -128,6 +138,12 @@ def conv_floor(
         if i == 0:
             del kernels["input_grad"]  # the images need no gradient; no step computes it
         times = {k: _best_time(fn, warmup, reps, rounds) for k, fn in kernels.items()}
-        layers.append({"name": layer.name, "input": [batch, layer.height, layer.width, layer.in_channels],
-                       "out_channels": layer.out_channels, "s": times})
+        layers.append(
+            {
+                "name": layer.name,
+                "input": [batch, layer.height, layer.width, layer.in_channels],
+                "out_channels": layer.out_channels,
+                "s": times,
+            }
+        )
     return {"layers": layers, "s_per_step": sum(sum(layer["s"].values()) for layer in layers)}

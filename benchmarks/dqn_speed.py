@@ -23,9 +23,18 @@ from dualkit.core.runs import write_json
 from dualkit.tasks import presets
 from dualkit.tasks.dqn import train, with_budget
 
-
-HEADERS = ["backend", "seed", "env steps", "updates", "wall s", "steps/s", "steps/s w/o eval", "steps/cpu-s",
-           "solved at", "test return"]
+HEADERS = [
+    "backend",
+    "seed",
+    "env steps",
+    "updates",
+    "wall s",
+    "steps/s",
+    "steps/s w/o eval",
+    "steps/cpu-s",
+    "solved at",
+    "test return",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,22 +58,50 @@ def main(argv: list[str] | None = None) -> int:
             r = train(base.__class__(**{**base.__dict__, "seed": seed}), name, progress=False)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
             rec = {
-                "backend": name, "seed": seed, "env_steps": r.env_steps, "updates": r.updates,
-                "train_wall_s": r.wall_s, "steps_per_s": r.steps_per_s, "steps_per_cpu_s": r.env_steps / cpu,
-                "solved_at": r.solved_at, "test_return": r.test["return_mean"], "total_wall_s": wall,
-                "eval_s": r.eval_s, "steps_per_s_without_eval": r.env_steps / max(r.wall_s - r.eval_s, 1e-9),
+                "backend": name,
+                "seed": seed,
+                "env_steps": r.env_steps,
+                "updates": r.updates,
+                "train_wall_s": r.wall_s,
+                "steps_per_s": r.steps_per_s,
+                "steps_per_cpu_s": r.env_steps / cpu,
+                "solved_at": r.solved_at,
+                "test_return": r.test["return_mean"],
+                "total_wall_s": wall,
+                "eval_s": r.eval_s,
+                "steps_per_s_without_eval": r.env_steps / max(r.wall_s - r.eval_s, 1e-9),
             }
             records.append(rec)
-            rows.append([name, seed, r.env_steps, r.updates, r.wall_s, r.steps_per_s, rec["steps_per_s_without_eval"],
-                         rec["steps_per_cpu_s"], r.solved_at or "-", r.test["return_mean"]])
+            rows.append(
+                [
+                    name,
+                    seed,
+                    r.env_steps,
+                    r.updates,
+                    r.wall_s,
+                    r.steps_per_s,
+                    rec["steps_per_s_without_eval"],
+                    rec["steps_per_cpu_s"],
+                    r.solved_at or "-",
+                    r.test["return_mean"],
+                ]
+            )
             print(markdown_table(HEADERS, rows[-1:]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(HEADERS, rows)
-    info = {"preset": args.preset, "full": args.full, "machine": platform.machine(), "cpus": os.cpu_count(),
-            "load_avg": os.getloadavg(), "threads": os.environ.get("DUALKIT_THREADS", str(registry.DEFAULT_THREADS))}
+    info = {
+        "preset": args.preset,
+        "full": args.full,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "threads": os.environ.get("DUALKIT_THREADS", str(registry.DEFAULT_THREADS)),
+    }
     write_json(out / "dqn_speed.json", {**info, "runs": records})
-    (out / "dqn_speed.md").write_text(f"# DQN speed: {args.preset}\n\n{table}\n\nload average at the end: {info['load_avg']}\n")
+    (out / "dqn_speed.md").write_text(
+        f"# DQN speed: {args.preset}\n\n{table}\n\nload average at the end: {info['load_avg']}\n"
+    )
     print(table)
     return 0
 

@@ -8,19 +8,24 @@ fp32 matmul rate, so achieved FLOP/s can be put against it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from dualkit.benchmarks.conv_floor import conv_floor
 from dualkit.core import registry
 from dualkit.core.flops import classifier_train_flops
-from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.core.weights import init_classifier
+from dualkit.tasks.classify_spec import ClassifyRunSpec
 
-
-LOOP_FRAMEWORKS = {"toolkit torch": "torch", "bare torch loop": "torch", "toolkit tf": "tf",
-                   "bare tf.function loop": "tf", "keras fit": "tf"}
+LOOP_FRAMEWORKS = {
+    "toolkit torch": "torch",
+    "bare torch loop": "torch",
+    "toolkit tf": "tf",
+    "bare tf.function loop": "tf",
+    "keras fit": "tf",
+}
 # speed-up name -> (toolkit loop, the loop of the same framework it is measured against)
 SPEEDUPS = {
     "torch toolkit / bare loop": ("toolkit torch", "bare torch loop"),
@@ -115,7 +120,9 @@ def bare_torch_step_time(spec: ClassifyRunSpec, image_shape, x, y, warmup: int, 
     net(xt[0])  # materialise lazy layers
     o = spec.optim
     if o.name == "sgd":
-        opt = torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+        opt = torch.optim.SGD(
+            net.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
     else:
         opt = torch.optim.Adam(net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.train.label_smoothing)
@@ -219,7 +226,7 @@ def run_overhead(
     loops: dict[str, float] = {}
     floors: dict[str, dict[str, Any]] = {}
     for r in range(max(1, rounds)):
-        for name in (list(timers) if r % 2 == 0 else list(reversed(timers))):
+        for name in list(timers) if r % 2 == 0 else list(reversed(timers)):
             loops[name] = min(loops.get(name, float("inf")), timers[name]())
         # the floor in every round too, so it sees the same machine as the loops (a shared one drifts)
         for b in backends:

@@ -18,8 +18,21 @@ from dualkit.core.runs import atomic_write_text, write_json
 from dualkit.tasks import registry as task_registry
 
 REQUIRED_KEYS = ("schema_version", "created", "config", "environment", "runs", "parity", "overhead", "wall_s")
-RUN_KEYS = ("preset", "task", "backend", "seed", "device", "metric", "value", "curve_x", "curve_y", "throughput",
-            "throughput_unit", "wall_s", "peak_rss_mb")
+RUN_KEYS = (
+    "preset",
+    "task",
+    "backend",
+    "seed",
+    "device",
+    "metric",
+    "value",
+    "curve_x",
+    "curve_y",
+    "throughput",
+    "throughput_unit",
+    "wall_s",
+    "peak_rss_mb",
+)
 # Targets from the benchmark issue: toolkit step vs bare loops, and CNN FLOP/s vs the matmul rate.
 TARGETS = {"torch toolkit / bare loop": 1.0, "tf toolkit / bare tf.function loop": 1.0, "tf toolkit / keras fit": 1.5}
 MATMUL_FRACTION_TARGET = 0.5
@@ -31,7 +44,9 @@ def validate(results: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise ResultsError(f"not a dualkit benchmark results file: missing {', '.join(missing)}")
     if results["schema_version"] > SCHEMA_VERSION:
-        raise ResultsError(f"results schema {results['schema_version']} is newer than this dualkit reads ({SCHEMA_VERSION})")
+        raise ResultsError(
+            f"results schema {results['schema_version']} is newer than this dualkit reads ({SCHEMA_VERSION})"
+        )
     for i, run in enumerate(results["runs"]):
         if results["schema_version"] < 2:
             run.setdefault("task", "classify")  # schema 1 benchmarked only the classifier
@@ -69,13 +84,32 @@ def task_table(results: dict[str, Any], task_name: str) -> str:
     groups = {k: v for k, v in _groups(results["runs"]).items() if v[0]["task"] == task_name}
     first = next(iter(groups.values()))[0]
     extra = task.report_columns([r for rs in groups.values() for r in rs])
-    headers = ["preset", "backend", "device", "seeds", task.metric_label or first["metric"], *extra,
-               "wall s", f"throughput ({first['throughput_unit']})", "peak RSS MB"]
+    headers = [
+        "preset",
+        "backend",
+        "device",
+        "seeds",
+        task.metric_label or first["metric"],
+        *extra,
+        "wall s",
+        f"throughput ({first['throughput_unit']})",
+        "peak RSS MB",
+    ]
     rows = []
     for (preset, backend, device), runs in groups.items():
-        rows.append([preset, backend, device, len(runs), mean_std([r["value"] for r in runs], task.metric_decimals),
-                     *task.report_cells(runs, extra), float(np.mean([r["wall_s"] for r in runs])),
-                     mean_std([r["throughput"] for r in runs], 0), int(round(max(r["peak_rss_mb"] for r in runs)))])
+        rows.append(
+            [
+                preset,
+                backend,
+                device,
+                len(runs),
+                mean_std([r["value"] for r in runs], task.metric_decimals),
+                *task.report_cells(runs, extra),
+                float(np.mean([r["wall_s"] for r in runs])),
+                mean_std([r["throughput"] for r in runs], 0),
+                int(round(max(r["peak_rss_mb"] for r in runs))),
+            ]
+        )
     return markdown_table(headers, rows)
 
 
@@ -94,52 +128,101 @@ def markdown_report(results: dict[str, Any], plots: dict[str, str] | None = None
         "",
         f"Created {results['created']} in {results['wall_s']:.0f} s. Python {env['python']} on {env['machine']}, "
         f"{env['cpu_count']} CPUs, {env['threads']} threads; "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+        + ".",
     ]
     if results.get("parts"):
         rows = [[k, float(v["wall_s"]), float(v["cpu_s"])] for k, v in results["parts"].items()]
         rows.append(["total", float(sum(r[1] for r in rows)), float(sum(r[2] for r in rows))])
-        lines += ["", "## Time by part", "", "CPU s counts the bench process and its run processes: on a shared "
-                  "machine it is close to what each part takes alone.", "",
-                  markdown_table(["part", "wall s", "CPU s"], rows)]
+        lines += [
+            "",
+            "## Time by part",
+            "",
+            "CPU s counts the bench process and its run processes: on a shared "
+            "machine it is close to what each part takes alone.",
+            "",
+            markdown_table(["part", "wall s", "CPU s"], rows),
+        ]
     for task in _tasks(results["runs"]):
         lines += ["", f"## {task_registry.get(task).title} runs (mean ± std over seeds)", "", task_table(results, task)]
     if results["parity"]:
-        rows = [[c["preset"], c["device"], c["level"], c["dtype"], c["name"], c["value"], c["bound"],
-                 "PASS" if c["passed"] else "FAIL"] for c in results["parity"]]
+        rows = [
+            [
+                c["preset"],
+                c["device"],
+                c["level"],
+                c["dtype"],
+                c["name"],
+                c["value"],
+                c["bound"],
+                "PASS" if c["passed"] else "FAIL",
+            ]
+            for c in results["parity"]
+        ]
         failed = sum(not c["passed"] for c in results["parity"])
-        lines += ["", f"## Parity ({len(rows) - failed} passed, {failed} failed)", "",
-                  markdown_table(["preset", "device", "level", "checks", "passed", "verdict"],
-                                 parity_verdicts(results["parity"])), "",
-                  markdown_table(["preset", "device", "level", "dtype", "check", "measured", "bound", "verdict"], rows)]
+        lines += [
+            "",
+            f"## Parity ({len(rows) - failed} passed, {failed} failed)",
+            "",
+            markdown_table(
+                ["preset", "device", "level", "checks", "passed", "verdict"], parity_verdicts(results["parity"])
+            ),
+            "",
+            markdown_table(["preset", "device", "level", "dtype", "check", "measured", "bound", "verdict"], rows),
+        ]
     ov = results.get("overhead")
     if ov:
         rate = ov["matmul"]["flops_per_s"]
         floors = ov.get("conv_floor", {})  # absent in results written before the floor was measured
         ceilings = ov.get("speedup_ceiling", {})
-        loop_cols = ["loop", "ms/step", "images/s", "GFLOP/s", "fraction of matmul"] + (["in conv kernels"] if floors else [])
-        rows = [[name, r["s_per_step"] * 1e3, r["images_per_s"], r["flops_per_s"] / 1e9, r["fraction_of_matmul"]]
-                + ([r["conv_floor_fraction"]] if floors else []) for name, r in ov["loops"].items()]
+        loop_cols = ["loop", "ms/step", "images/s", "GFLOP/s", "fraction of matmul"] + (
+            ["in conv kernels"] if floors else []
+        )
+        rows = [
+            [name, r["s_per_step"] * 1e3, r["images_per_s"], r["flops_per_s"] / 1e9, r["fraction_of_matmul"]]
+            + ([r["conv_floor_fraction"]] if floors else [])
+            for name, r in ov["loops"].items()
+        ]
         speed_cols = ["speed-up (toolkit vs loop)", "measured"] + (["ceiling"] if ceilings else []) + ["target", "met"]
-        speed_rows = [[k, v] + ([ceilings[k]] if ceilings else []) + [TARGETS[k], v >= TARGETS[k]]
-                      for k, v in ov["speedup"].items()]
-        lines += ["", f"## Overhead: {ov['preset']} architecture, batch {ov['batch_size']}, synthetic "
-                  f"{'x'.join(map(str, ov['image_shape']))} images, {ov['steps']} timed steps"
-                  + (f" per round, best of {ov['rounds']} rounds" if ov.get("rounds", 1) > 1 else ""), "",
-                  f"Measured fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s ({ov['matmul']['n']}x{ov['matmul']['n']}; the "
-                  "fastest of " + ", ".join(f"{lib} {r / 1e9:.1f}" for lib, r in ov["matmul"]["by_library"].items()) + ").", "",
-                  markdown_table(loop_cols, rows), "", markdown_table(speed_cols, speed_rows)]
+        speed_rows = [
+            [k, v] + ([ceilings[k]] if ceilings else []) + [TARGETS[k], v >= TARGETS[k]]
+            for k, v in ov["speedup"].items()
+        ]
+        lines += [
+            "",
+            f"## Overhead: {ov['preset']} architecture, batch {ov['batch_size']}, synthetic "
+            f"{'x'.join(map(str, ov['image_shape']))} images, {ov['steps']} timed steps"
+            + (f" per round, best of {ov['rounds']} rounds" if ov.get("rounds", 1) > 1 else ""),
+            "",
+            f"Measured fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s ({ov['matmul']['n']}x{ov['matmul']['n']}; the "
+            "fastest of " + ", ".join(f"{lib} {r / 1e9:.1f}" for lib, r in ov["matmul"]["by_library"].items()) + ").",
+            "",
+            markdown_table(loop_cols, rows),
+            "",
+            markdown_table(speed_cols, speed_rows),
+        ]
         if floors:
-            lines += ["", "\"in conv kernels\": the share of the step that its framework's conv kernels take when each is "
-                      "timed alone on the step's shapes (the conv-kernel floor below). \"ceiling\": the loop's time over "
-                      "that floor, the speed-up of a step that cost nothing beyond its conv kernels.", "",
-                      markdown_table(["backend", "conv", "input", "out channels", "forward ms", "input-grad ms",
-                                      "filter-grad ms"], conv_floor_rows(floors)), "",
-                      "Conv-kernel floor per step: " + ", ".join(f"{b} {f['s_per_step'] * 1e3:.1f} ms"
-                                                                  for b, f in floors.items()) + "."]
+            lines += [
+                "",
+                '"in conv kernels": the share of the step that its framework\'s conv kernels take when each is '
+                "timed alone on the step's shapes (the conv-kernel floor below). \"ceiling\": the loop's time over "
+                "that floor, the speed-up of a step that cost nothing beyond its conv kernels.",
+                "",
+                markdown_table(
+                    ["backend", "conv", "input", "out channels", "forward ms", "input-grad ms", "filter-grad ms"],
+                    conv_floor_rows(floors),
+                ),
+                "",
+                "Conv-kernel floor per step: "
+                + ", ".join(f"{b} {f['s_per_step'] * 1e3:.1f} ms" for b, f in floors.items())
+                + ".",
+            ]
         best = max((r["fraction_of_matmul"] for n, r in ov["loops"].items() if n.startswith("toolkit")), default=0.0)
-        lines += ["", f"Best toolkit backend reaches {best:.0%} of the matmul rate "
-                  f"(target {MATMUL_FRACTION_TARGET:.0%}: {'met' if best >= MATMUL_FRACTION_TARGET else 'not met'})."]
+        lines += [
+            "",
+            f"Best toolkit backend reaches {best:.0%} of the matmul rate "
+            f"(target {MATMUL_FRACTION_TARGET:.0%}: {'met' if best >= MATMUL_FRACTION_TARGET else 'not met'}).",
+        ]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(lines) + "\n"
@@ -151,8 +234,15 @@ def conv_floor_rows(floors: dict[str, Any]) -> list[list[Any]]:
     for backend, floor in floors.items():
         for layer in floor["layers"]:
             ms = [layer["s"][k] * 1e3 if k in layer["s"] else ABSENT for k in KERNELS]
-            rows.append([backend, layer["name"].removesuffix(".weight"), "x".join(map(str, layer["input"])),
-                         layer["out_channels"], *ms])
+            rows.append(
+                [
+                    backend,
+                    layer["name"].removesuffix(".weight"),
+                    "x".join(map(str, layer["input"])),
+                    layer["out_channels"],
+                    *ms,
+                ]
+            )
     return rows
 
 
@@ -179,8 +269,14 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
         labelled: set[str] = set()
         marker = "." if max(len(r["curve_x"]) for r in mine) < 30 else None  # points only where they stay apart
         for r in mine:
-            ax.plot(r["curve_x"], r["curve_y"], color=COLORS.get(r["backend"], "gray"), alpha=0.7, marker=marker,
-                    label=None if r["backend"] in labelled else r["backend"])
+            ax.plot(
+                r["curve_x"],
+                r["curve_y"],
+                color=COLORS.get(r["backend"], "gray"),
+                alpha=0.7,
+                marker=marker,
+                label=None if r["backend"] in labelled else r["backend"],
+            )
             labelled.add(r["backend"])
         ax.set_title(f"{preset} ({device})")
         ax.set_xlabel(mine[0].get("curve_xlabel", "epoch"))
@@ -202,16 +298,37 @@ def plot_throughput(results: dict[str, Any], path: Path) -> Path:
     # per panel: (axes, title, [(tick label, mean, std over seeds, backend or loop name)])
     bars: list[tuple[Any, str, list[tuple[str, float, float, str]]]] = []
     for ax, preset in zip(axes, presets):
-        groups = [(f"{b}\n{d}", float(np.mean([r["throughput"] for r in rs])), float(np.std([r["throughput"] for r in rs])), b)
-                  for (p, b, d), rs in _groups(results["runs"]).items() if p == preset]
+        groups = [
+            (
+                f"{b}\n{d}",
+                float(np.mean([r["throughput"] for r in rs])),
+                float(np.std([r["throughput"] for r in rs])),
+                b,
+            )
+            for (p, b, d), rs in _groups(results["runs"]).items()
+            if p == preset
+        ]
         unit = next(r["throughput_unit"] for r in results["runs"] if r["preset"] == preset)
         bars.append((ax, f"{preset}\n({unit}, ± std over seeds)", groups))
     if ov:
-        bars.append((axes[len(presets)], f"overhead: {ov['preset']} step\n(images/s)",
-                     [(name.replace(" ", "\n", 1), r["images_per_s"], 0.0, name) for name, r in ov["loops"].items()]))
+        bars.append(
+            (
+                axes[len(presets)],
+                f"overhead: {ov['preset']} step\n(images/s)",
+                [(name.replace(" ", "\n", 1), r["images_per_s"], 0.0, name) for name, r in ov["loops"].items()],
+            )
+        )
     for ax, title, rows in bars:
-        ax.bar(range(len(rows)), [r[1] for r in rows], yerr=[r[2] for r in rows], capsize=3,
-               color=["tab:red" if "torch" in r[3] else "tab:blue" if "tf" in r[3] or "keras" in r[3] else "gray" for r in rows])
+        ax.bar(
+            range(len(rows)),
+            [r[1] for r in rows],
+            yerr=[r[2] for r in rows],
+            capsize=3,
+            color=[
+                "tab:red" if "torch" in r[3] else "tab:blue" if "tf" in r[3] or "keras" in r[3] else "gray"
+                for r in rows
+            ],
+        )
         ax.set_xticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
         ax.set_title(title, fontsize=9)
         for i, r in enumerate(rows):
@@ -222,8 +339,14 @@ def plot_throughput(results: dict[str, Any], path: Path) -> Path:
         ax = axes[len(presets)]
         for i, name in enumerate(ov["loops"]):
             floor_s = ov["conv_floor"][LOOP_FRAMEWORKS[name]]["s_per_step"]
-            ax.hlines(ov["batch_size"] / floor_s, i - 0.4, i + 0.4, colors="black", linestyles="--",
-                      label="conv kernels alone" if i == 0 else None)
+            ax.hlines(
+                ov["batch_size"] / floor_s,
+                i - 0.4,
+                i + 0.4,
+                colors="black",
+                linestyles="--",
+                label="conv kernels alone" if i == 0 else None,
+            )
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -254,11 +377,39 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
             continue
         va, vb = np.mean([r["value"] for r in a]), np.mean([r["value"] for r in b])
         ta, tb = np.mean([r["throughput"] for r in a]), np.mean([r["throughput"] for r in b])
-        rows.append([*key, b[0]["metric"], float(va), float(vb), float(vb - va), float(ta),
-                     f"{float(tb):.1f} ({(tb / ta - 1) * 100:+.1f}%)", b[0]["throughput_unit"]])
-    parts = ["# Benchmark comparison", "", f"old: {old['created']}  new: {new['created']}", "",
-             markdown_table(["preset", "backend", "device", "metric", "old", "new", "change", "throughput old",
-                             "throughput new", "unit"], rows)]
+        rows.append(
+            [
+                *key,
+                b[0]["metric"],
+                float(va),
+                float(vb),
+                float(vb - va),
+                float(ta),
+                f"{float(tb):.1f} ({(tb / ta - 1) * 100:+.1f}%)",
+                b[0]["throughput_unit"],
+            ]
+        )
+    parts = [
+        "# Benchmark comparison",
+        "",
+        f"old: {old['created']}  new: {new['created']}",
+        "",
+        markdown_table(
+            [
+                "preset",
+                "backend",
+                "device",
+                "metric",
+                "old",
+                "new",
+                "change",
+                "throughput old",
+                "throughput new",
+                "unit",
+            ],
+            rows,
+        ),
+    ]
     verdict_old = {(c["preset"], c["device"], c["level"], c["dtype"], c["name"]): c for c in old["parity"]}
     changes = []
     for c in new["parity"]:
@@ -268,10 +419,12 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
             was = "absent" if o is None else ("PASS" if o["passed"] else "FAIL")
             changes.append([*key, was, "PASS" if c["passed"] else "FAIL", c["value"]])
     parts += ["", "## Parity verdicts that changed", ""]
-    parts += [markdown_table(["preset", "device", "level", "dtype", "check", "old", "new", "measured"], changes)
-              if changes else "none"]
+    parts += [
+        markdown_table(["preset", "device", "level", "dtype", "check", "old", "new", "measured"], changes)
+        if changes
+        else "none"
+    ]
     if old.get("overhead") and new.get("overhead"):
         rows = [[k, old["overhead"]["speedup"].get(k, float("nan")), v] for k, v in new["overhead"]["speedup"].items()]
         parts += ["", "## Overhead speed-ups", "", markdown_table(["ratio", "old", "new"], rows)]
     return "\n".join(parts) + "\n"
-

@@ -15,11 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
-
+from typing import Any
 
 from dualkit.core import registry
 from dualkit.tasks import presets
@@ -42,7 +42,9 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     devices: list[str] = field(default_factory=lambda: ["cpu"])
     overrides: list[str] = field(default_factory=list)  # applied to every preset (e.g. data.root=...)
-    preset_overrides: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in FAST_OVERRIDES.items()})
+    preset_overrides: dict[str, list[str]] = field(
+        default_factory=lambda: {k: list(v) for k, v in FAST_OVERRIDES.items()}
+    )
     parity: bool = True
     overhead: bool = True
     overhead_preset: str = "cnn-cifar10"  # its architecture, on synthetic data of its image shape
@@ -63,8 +65,10 @@ def full_config(data_root: str) -> BenchConfig:
     """The fast presets plus CIFAR-10 (classifier and masked pretraining) from ``data_root``, 5 seeds, and
     the masked presets' fine-tunes too."""
     return BenchConfig(
-        presets=[*FAST_PRESETS, "masked-cifar10", "cnn-cifar10"], seeds=[0, 1, 2, 3, 4],
-        overrides=[f"data.root={json.dumps(data_root)}"], preset_overrides={},
+        presets=[*FAST_PRESETS, "masked-cifar10", "cnn-cifar10"],
+        seeds=[0, 1, 2, 3, 4],
+        overrides=[f"data.root={json.dumps(data_root)}"],
+        preset_overrides={},
     )
 
 
@@ -92,7 +96,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         env = {**os.environ, "DUALKIT_SINGLE_BACKEND": "1"}
         proc = subprocess.run(
             [sys.executable, "-m", "dualkit.benchmarks.worker", str(job_path), str(out_path)],
-            capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
         )
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -166,7 +173,10 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         task_registry.for_spec(spec).check_inputs(spec)
     jobs = [
         {"preset": p, "overrides": _preset_overrides(p, config), "backend": b, "seed": s, "device": d}
-        for p in config.presets for d in config.devices for b in config.backends for s in config.seeds
+        for p in config.presets
+        for d in config.devices
+        for b in config.backends
+        for s in config.seeds
     ]
     bar = progress_bar(len(jobs), "bench runs", enabled=progress)
     runs = []
@@ -191,7 +201,10 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         with parts("overhead"):
             spec = presets.load(config.overhead_preset)
             shape = {"cifar10": (32, 32, 3), "idx": (28, 28, 1), "digits": (8, 8, 1)}[spec.data.name]
-            overhead = {"preset": config.overhead_preset, **run_overhead(spec, shape, steps=config.overhead_steps, rounds=config.overhead_rounds)}
+            overhead = {
+                "preset": config.overhead_preset,
+                **run_overhead(spec, shape, steps=config.overhead_steps, rounds=config.overhead_rounds),
+            }
     return {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One benchmark run: the preset (with the job's overrides and seed) trained by its task in one backend."""
     from dualkit.core import registry

@@ -75,6 +75,7 @@ def check_fits(tensors: dict[str, np.ndarray], expected: dict[str, tuple[int, ..
         problems.append("wrong shape: " + "; ".join(misshaped))
     if problems:
         raise CheckpointError(
-            f"checkpoint does not fit {what}:\n  " + "\n  ".join(problems)
+            f"checkpoint does not fit {what}:\n  "
+            + "\n  ".join(problems)
             + "\nit was written for a different model spec; evaluate it with the run's own spec.json"
         )

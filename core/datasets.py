@@ -86,8 +86,14 @@ def _stratified_take(y: np.ndarray, fraction: float, stream: str) -> tuple[np.nd
 
 
 def _finish(
-    name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-    classes: tuple[str, ...], source: str, spec: DataSpec,
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: tuple[str, ...],
+    source: str,
+    spec: DataSpec,
 ) -> Dataset:
     """Carve the validation split out of the training part, then apply ``limit_train``."""
     rest, val = _stratified_take(y, spec.val_fraction, "split/val")
@@ -168,7 +174,8 @@ def find_cifar10(root: str | Path) -> Path:
             if (base / sub).is_dir():
                 return (base / sub).resolve()
     raise DataError(
-        "CIFAR-10 not found; looked in:\n  " + "\n  ".join(looked)
+        "CIFAR-10 not found; looked in:\n  "
+        + "\n  ".join(looked)
         + f"\nFix: --set data.root=PATH pointing at the folder holding {CIFAR_BIN_DIR} or {CIFAR_PY_DIR}"
         " (or at that folder itself)"
     )
@@ -210,10 +217,14 @@ def _read_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
 # to: numpy's array reconstruction. Nothing else is ever looked up, so a planted file cannot run code (pickle calls only
 # what find_class returns).
 _PICKLE_GLOBALS = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("_codecs", "encode"),  # how Python 3's protocols 0-2 write bytes: encodes a string, runs nothing else
 }
 
@@ -226,7 +237,7 @@ class _CifarUnpickler(pickle.Unpickler):
         if (module, name) not in _PICKLE_GLOBALS:
             raise _Forbidden(f"{module}.{name}")
         if module.startswith("numpy.core"):  # numpy 2 moved numpy.core to numpy._core
-            module = "numpy._core" + module[len("numpy.core"):] if hasattr(np, "_core") else module
+            module = "numpy._core" + module[len("numpy.core") :] if hasattr(np, "_core") else module
         return getattr(importlib.import_module(module), name)
 
 
@@ -247,7 +258,9 @@ def _unpickle(path: Path) -> dict:
             f"binary version ({CIFAR_BIN_DIR})"
         ) from None
     except Exception as exc:  # any unpickling failure means a damaged file
-        raise DataError(f"{path} is not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc}); re-extract it") from exc
+        raise DataError(
+            f"{path} is not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc}); re-extract it"
+        ) from exc
     if not isinstance(obj, dict):
         raise DataError(f"{path} is not a CIFAR-10 pickle: it holds a {type(obj).__name__}, not a dict")
     return obj
@@ -350,11 +363,15 @@ def load_idx(root: str | Path) -> Arrays:
     """(x_train, y_train, x_test, y_test, classes) from MNIST-layout IDX files (raw or .gz)."""
     folder = Path(root).expanduser()
     if not folder.is_dir():
-        raise DataError(f"IDX folder {folder} does not exist; fix: --set data.root=PATH (the folder holding the IDX files)")
+        raise DataError(
+            f"IDX folder {folder} does not exist; fix: --set data.root=PATH (the folder holding the IDX files)"
+        )
     x_train, y_train = _load_idx_pair(folder, IDX_FILES["train_images"], IDX_FILES["train_labels"])
     x_test, y_test = _load_idx_pair(folder, IDX_FILES["test_images"], IDX_FILES["test_labels"])
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(f"IDX train images are {x_train.shape[1:3]} but test images are {x_test.shape[1:3]} in {folder}")
+        raise DataError(
+            f"IDX train images are {x_train.shape[1:3]} but test images are {x_test.shape[1:3]} in {folder}"
+        )
     top = max([int(y.max()) for y in (y_train, y_test) if y.size], default=0)
     classes = tuple(str(i) for i in range(max(10, top + 1)))
     return x_train, y_train, x_test, y_test, classes

@@ -8,8 +8,8 @@ Gymnasium is numpy-level, so it lives in core. Two rules decide what a transitio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -45,10 +45,14 @@ def check_spaces(env_id: str, observation_space: spaces.Space, action_space: spa
             f"{SUPPORTED}. For continuous actions use an actor-critic method (not part of dualkit)."
         )
     if int(action_space.start) != 0:
-        raise EnvError(f"env {env_id!r} has actions Discrete({action_space.n}, start={action_space.start}); {SUPPORTED} starting at 0")
+        raise EnvError(
+            f"env {env_id!r} has actions Discrete({action_space.n}, start={action_space.start}); "
+            f"{SUPPORTED} starting at 0"
+        )
     if not isinstance(observation_space, spaces.Box):
         raise EnvError(
-            f"env {env_id!r} has a {type(observation_space).__name__} observation space {observation_space}; {SUPPORTED}. "
+            f"env {env_id!r} has a {type(observation_space).__name__} observation space {observation_space}; "
+            f"{SUPPORTED}. "
             "Wrap it into a Box (e.g. gymnasium.wrappers.FlattenObservation / one-hot) to use it."
         )
     shape = tuple(observation_space.shape)
@@ -251,8 +255,14 @@ class VectorRollout:
         if valid.all():
             return Transitions(obs, actions, rewards, next_obs, terminated, truncated, out_returns, out_lengths)
         return Transitions(
-            obs[valid], actions[valid], rewards[valid], next_obs[valid], terminated[valid], truncated[valid],
-            out_returns, out_lengths,
+            obs[valid],
+            actions[valid],
+            rewards[valid],
+            next_obs[valid],
+            terminated[valid],
+            truncated[valid],
+            out_returns,
+            out_lengths,
         )
 
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]] | None:
@@ -261,8 +271,13 @@ class VectorRollout:
         snaps = [snapshot_env(env) for env in self.envs.envs]
         if any(s is None for s in snaps):
             return None
-        arrays = {"obs": self.obs.copy(), "pending_reset": self.pending_reset.copy(), "ep_return": self.ep_return.copy(),
-                  "ep_length": self.ep_length.copy(), "autoreset": self.envs.autoreset.copy()}
+        arrays = {
+            "obs": self.obs.copy(),
+            "pending_reset": self.pending_reset.copy(),
+            "ep_return": self.ep_return.copy(),
+            "ep_length": self.ep_length.copy(),
+            "autoreset": self.envs.autoreset.copy(),
+        }
         return {"envs": snaps}, arrays
 
     def set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:

@@ -37,7 +37,9 @@ def conv_layers(model: ModelSpec, image_shape: tuple[int, int, int]) -> list[Con
 
 def classifier_forward_flops(model: ModelSpec, image_shape: tuple[int, int, int]) -> int:
     """Forward FLOPs per image of the CNN: 3x3 convs and dense layers (pooling/BN/ReLU are negligible)."""
-    flops = sum(2 * c.height * c.width * c.out_channels * c.in_channels * c.kernel**2 for c in conv_layers(model, image_shape))
+    flops = sum(
+        2 * c.height * c.width * c.out_channels * c.in_channels * c.kernel**2 for c in conv_layers(model, image_shape)
+    )
     for name, shape in classifier_shapes(model, image_shape).items():
         if name.startswith("head.") and name.endswith(".weight"):
             flops += 2 * shape[0] * shape[1]

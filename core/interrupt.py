@@ -46,7 +46,11 @@ class StopSignal:
         if self.signum is not None:
             raise KeyboardInterrupt  # a second signal: stop waiting for the safe point
         self.signum = signum
-        print(f"\ndualkit: {self.name} received; {self.what} (send it again to abort at once)", file=sys.stderr, flush=True)
+        print(
+            f"\ndualkit: {self.name} received; {self.what} (send it again to abort at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     @property
     def requested(self) -> bool:

@@ -45,7 +45,8 @@ def init_state(spec: OptimSpec, params: dict[str, np.ndarray]) -> dict[str, np.n
 
 
 def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> tuple[dict[str, np.ndarray], float]:
-    """torch.nn.utils.clip_grad_norm_: scale all grads by min(1, max_norm / (total + 1e-6)); return the pre-clip total."""
+    """torch.nn.utils.clip_grad_norm_: scale all grads by min(1, max_norm / (total + 1e-6)); return the pre-clip
+    total."""
     if max_norm < 0:
         raise ValueError(f"max_norm must be >= 0, got {max_norm}")
     g64 = {k: np.asarray(g, dtype=np.float64) for k, g in grads.items()}

@@ -108,10 +108,13 @@ def _startup_quiet() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             held.seek(0)
-            kept = b"".join(line for line in held.read().splitlines(keepends=True)
-                            if not _STARTUP_NOISE.fullmatch(line.rstrip(b"\r\n")))
+            kept = b"".join(
+                line
+                for line in held.read().splitlines(keepends=True)
+                if not _STARTUP_NOISE.fullmatch(line.rstrip(b"\r\n"))
+            )
             while kept:
-                kept = kept[os.write(2, kept):]
+                kept = kept[os.write(2, kept) :]
 
 
 def resolve_name(name: str | None = None) -> str:
@@ -150,8 +153,12 @@ def get_backend(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         single = os.environ.get("DUALKIT_SINGLE_BACKEND") == "1"  # a process that will never load torch
         with _startup_quiet():
-            if (key == "tf" and not single and "torch" not in sys.modules
-                    and importlib.util.find_spec("torch") is not None):
+            if (
+                key == "tf"
+                and not single
+                and "torch" not in sys.modules
+                and importlib.util.find_spec("torch") is not None
+            ):
                 # Both frameworks in one process only work reliably when torch is loaded first.
                 importlib.import_module("torch")
             module = importlib.import_module(package)

@@ -37,7 +37,9 @@ class PackedBatch(Batch):
 
     def __init__(self, rows: np.ndarray, obs_dim: int):
         d = obs_dim
-        super().__init__(rows[:, :d], rows[:, 2 * d + 2].astype(np.int64), rows[:, 2 * d], rows[:, d : 2 * d], rows[:, 2 * d + 1])
+        super().__init__(
+            rows[:, :d], rows[:, 2 * d + 2].astype(np.int64), rows[:, 2 * d], rows[:, d : 2 * d], rows[:, 2 * d + 1]
+        )
         object.__setattr__(self, "_rows", rows)
 
     def packed(self) -> np.ndarray:
@@ -131,7 +133,9 @@ class ReplayBuffer:
     def load_state(self, counters: dict[str, int], rows: np.ndarray) -> None:
         size = int(counters["size"])
         if rows.shape != (size, self.data.shape[1]) or size > self.capacity:
-            raise ValueError(f"saved replay rows {rows.shape} do not fit a buffer of {self.capacity} x {self.data.shape[1]}")
+            raise ValueError(
+                f"saved replay rows {rows.shape} do not fit a buffer of {self.capacity} x {self.data.shape[1]}"
+            )
         self.data[:] = 0
         self.data[:size] = rows
         self.pos, self.size, self.added = int(counters["pos"]), size, int(counters["added"])

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +35,7 @@ MAX_DECIMALS = 4  # the most decimals of a fixed-point column; a column needing 
 LARGE = 1e7  # a column whose largest float reaches this prints in scientific notation
 SCIENTIFIC = "e"  # the format of a scientific column (and the value that forces it in ``precision``)
 
-Format = Union[int, str]  # decimals, or SCIENTIFIC
+Format = int | str  # decimals, or SCIENTIFIC
 
 
 def column_format(values: Iterable[Any]) -> Format:

@@ -10,8 +10,9 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from dualkit.core.errors import RunError
 
@@ -168,8 +169,10 @@ class RunLock:
             except OSError:
                 holder = os.read(fd, 4096).decode(errors="replace")
                 os.close(fd)
-                raise RunError(f"{path} is being written by another dualkit process ({_describe(holder)}); wait for "
-                               "it to finish or stop it, or choose another --out") from None
+                raise RunError(
+                    f"{path} is being written by another dualkit process ({_describe(holder)}); wait for "
+                    "it to finish or stop it, or choose another --out"
+                ) from None
             try:  # the file locked must still be the one at the path (a finishing writer removes its own)
                 if os.stat(path / LOCK_FILE).st_ino == os.fstat(fd).st_ino:
                     break
@@ -177,8 +180,17 @@ class RunLock:
                 pass
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime(
-            "%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:500]}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "command": " ".join(sys.argv)[:500],
+                }
+            ).encode(),
+        )
         self._fd = fd
         return self
 

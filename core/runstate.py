@@ -38,7 +38,15 @@ import numpy as np
 
 from dualkit.core import checkpoint, optim_ref
 from dualkit.core.errors import CheckpointError, RunError, SpecError
-from dualkit.core.runs import CHECKPOINT_DIR, METRICS_FILE, RESULT_FILE, SPEC_FILE, atomic_write_text, read_json, require_run_dir
+from dualkit.core.runs import (
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    RESULT_FILE,
+    SPEC_FILE,
+    atomic_write_text,
+    read_json,
+    require_run_dir,
+)
 from dualkit.core.specs import apply_overrides, from_dict, save_json, to_dict
 
 RUNSTATE_VERSION = 1
@@ -168,7 +176,13 @@ def save(
     tensors.update({EXTRA_PREFIX + k: np.asarray(v) for k, v in (extra or {}).items()})
     tensors[STATE_PREFIX + "step_losses"] = np.asarray(state.step_losses, dtype=np.float64).reshape(-1)
     # the task's own "kind" (what the weights are, e.g. "classifier") is kept as "model_kind"
-    header = {**meta, "model_kind": meta.get("kind"), "kind": KIND, "runstate_version": RUNSTATE_VERSION, "state": state.to_meta()}
+    header = {
+        **meta,
+        "model_kind": meta.get("kind"),
+        "kind": KIND,
+        "runstate_version": RUNSTATE_VERSION,
+        "state": state.to_meta(),
+    }
     path = checkpoint_path(run_dir, state.step)
     checkpoint.save(path, tensors, header)
     prune(run_dir, keep)
@@ -216,11 +230,13 @@ def load(path: Path) -> RunCheckpoint:
         raise CheckpointError(f"{path} has no run state in its metadata; the file is damaged")
 
     def part(prefix: str) -> dict[str, np.ndarray]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     state = RunState.from_meta(meta["state"], tensors.get(STATE_PREFIX + "step_losses"))
     if len(state.step_losses) != state.step:
-        raise CheckpointError(f"{path}: {len(state.step_losses)} step losses for step {state.step}; the file is damaged")
+        raise CheckpointError(
+            f"{path}: {len(state.step_losses)} step losses for step {state.step}; the file is damaged"
+        )
     weights = {k: v for k, v in tensors.items() if not k.startswith(_PREFIXES)}
     return RunCheckpoint(Path(path), state, weights, part(OPTIM_PREFIX), part(RNG_PREFIX), part(EXTRA_PREFIX), meta)
 
@@ -268,7 +284,9 @@ def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, An
     return [(k, a.get(k), b.get(k)) for k in list(a) + [k for k in b if k not in a] if a.get(k) != b.get(k)]
 
 
-def check_resumable(old: dict[str, Any], new: dict[str, Any], may_change: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+def check_resumable(
+    old: dict[str, Any], new: dict[str, Any], may_change: tuple[str, ...]
+) -> list[tuple[str, Any, Any]]:
     """Refuse a spec change a run cannot continue under, naming the field; return the allowed changes."""
     changes = spec_changes(old, new)
     for name, before, after in changes:
@@ -294,8 +312,14 @@ class ResumeRequest:
     changes: list[tuple[str, Any, Any]]
 
 
-def open_for_resume(run_dir: Path, task: str, model_kind: str, what: str, overrides: list[str] | tuple[str, ...],
-                    may_change: tuple[str, ...]) -> ResumeRequest:
+def open_for_resume(
+    run_dir: Path,
+    task: str,
+    model_kind: str,
+    what: str,
+    overrides: list[str] | tuple[str, ...],
+    may_change: tuple[str, ...],
+) -> ResumeRequest:
     """Read a run folder for ``task`` (a ``what`` run, e.g. "DQN"), its newest checkpoint (of ``model_kind``) and
     the overridden spec; refuse, naming the problem, a folder that is not such a run or a change not in
     ``may_change``. Reads only: nothing in the folder is written."""
@@ -340,8 +364,11 @@ def reopen_run_dir(req: ResumeRequest, history: list[dict[str, Any]]) -> None:
 def report_resume(req: ResumeRequest, backend: str, where: str, notes: list[str] = ()) -> None:
     """What a resume tells the user on stderr: from where, in which framework, what changed, what was skipped."""
     ckpt = req.ckpt
-    print(f"dualkit: resuming {req.run_dir} from {ckpt.path.name} at {where} in {backend}"
-          + (f" (trained in {ckpt.backend} so far)" if ckpt.backend != backend else ""), file=sys.stderr)
+    print(
+        f"dualkit: resuming {req.run_dir} from {ckpt.path.name} at {where} in {backend}"
+        + (f" (trained in {ckpt.backend} so far)" if ckpt.backend != backend else ""),
+        file=sys.stderr,
+    )
     for note in notes:
         print(f"dualkit: {note}", file=sys.stderr)
     for name, before, after in req.changes:

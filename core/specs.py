@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from dualkit.core.errors import SpecError
 
@@ -116,7 +117,6 @@ class MaskSpec:
     ratio: float = 0.6  # fraction of the coarsest-grid patches hidden from the encoder, in (0, 1)
     patch_size: int = 0  # 0 = the encoder's total downsampling (2 ** blocks); anything else must equal it
     norm_pix: bool = True  # targets normalised per patch (MAE's norm_pix_loss)
-
 
 
 DTYPES = ("float32", "float64")
@@ -235,7 +235,6 @@ def optim_checks(optim: OptimSpec) -> list[tuple[bool, str]]:
     ]
 
 
-
 def train_checks(train: TrainSpec) -> list[tuple[bool, str]]:
     return [
         (train.epochs >= 1 and train.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),
@@ -308,7 +307,9 @@ def apply_overrides(spec: Any, overrides: list[str]) -> Any:
                 raise SpecError(f"unknown key {'.'.join(path)} in --set; valid keys here: {valid}")
             if i == len(path) - 1:
                 if dataclasses.is_dataclass(hints[part]):
-                    raise SpecError(f"{'.'.join(path)} is a section; set one of its fields, e.g. {'.'.join(path)}.<key>=...")
+                    raise SpecError(
+                        f"{'.'.join(path)} is a section; set one of its fields, e.g. {'.'.join(path)}.<key>=..."
+                    )
                 node[part] = value
             else:
                 if not dataclasses.is_dataclass(hints[part]):
@@ -326,4 +327,3 @@ def save_json(spec: Any, path: Path) -> None:
 
 def load_json(path: Path) -> Any:
     return from_dict(json.loads(Path(path).read_text()))
-

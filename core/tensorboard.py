@@ -31,7 +31,6 @@ from typing import Any
 
 from dualkit.core.runs import TB_DIR
 
-
 _import_lock = threading.Lock()
 _file_numbers = itertools.count()  # makes event file names unique within a process (see EventLog.__init__)
 

@@ -98,7 +98,9 @@ QNET_PREFIX = "q"  # the online network's canonical names: q.fc{i}.weight|bias, 
 TARGET_PREFIX = "target"  # the target network: the same names under target.
 
 
-def qnet_shapes(hidden: tuple[int, ...], obs_dim: int, num_actions: int, prefix: str = QNET_PREFIX) -> dict[str, tuple[int, ...]]:
+def qnet_shapes(
+    hidden: tuple[int, ...], obs_dim: int, num_actions: int, prefix: str = QNET_PREFIX
+) -> dict[str, tuple[int, ...]]:
     """Every canonical tensor of the Q-network MLP (dense kernels (out, in)), in a fixed order."""
     shapes: dict[str, tuple[int, ...]] = {}
     fan_in = obs_dim
@@ -130,7 +132,7 @@ def init_qnet(
 def target_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The online weights renamed as the target network's (a copy: the target is its own tensors)."""
     head = QNET_PREFIX + "."
-    return {TARGET_PREFIX + "." + k[len(head):]: np.array(v) for k, v in weights.items() if k.startswith(head)}
+    return {TARGET_PREFIX + "." + k[len(head) :]: np.array(v) for k, v in weights.items() if k.startswith(head)}
 
 
 # -- masked image pretraining: the decoder -----------------------------------------------------------
@@ -182,7 +184,9 @@ def masked_shapes(model: ModelSpec, decoder, in_channels: int) -> dict[str, tupl
     return {**encoder_shapes(model, in_channels), **decoder_shapes(model, decoder, in_channels)}
 
 
-def init_decoder(model: ModelSpec, decoder, in_channels: int, seed: int, dtype: str = "float32") -> dict[str, np.ndarray]:
+def init_decoder(
+    model: ModelSpec, decoder, in_channels: int, seed: int, dtype: str = "float32"
+) -> dict[str, np.ndarray]:
     """He-normal convs, zero biases (init_weights), and the mask token drawn N(0, 0.02) as MAE's."""
     shapes = decoder_shapes(model, decoder, in_channels)
     out = init_weights({k: v for k, v in shapes.items() if k != MASK_TOKEN}, seed, dtype, stream="init/decoder")
@@ -192,7 +196,9 @@ def init_decoder(model: ModelSpec, decoder, in_channels: int, seed: int, dtype: 
     return {k: out[k] for k in shapes}
 
 
-def init_masked(model: ModelSpec, decoder, in_channels: int, seed: int, dtype: str = "float32") -> dict[str, np.ndarray]:
+def init_masked(
+    model: ModelSpec, decoder, in_channels: int, seed: int, dtype: str = "float32"
+) -> dict[str, np.ndarray]:
     """The encoder exactly as ``init_classifier`` draws it for the same seed (so the random-init
     baseline is the pretraining's starting point), then the decoder from its own streams."""
     encoder = init_weights(encoder_shapes(model, in_channels), seed, dtype)

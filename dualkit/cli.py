@@ -8,8 +8,8 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from dualkit.core import registry
 from dualkit.core.errors import DualkitError
@@ -27,10 +27,17 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
 
 
 def _spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
-    p.add_argument("preset", nargs="?" if optional else None,
-                   help=f"a preset name ({', '.join(presets.names())}) or a .toml file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec field, e.g. --set optim.lr=0.01 (repeatable)")
+    p.add_argument(
+        "preset", nargs="?" if optional else None, help=f"a preset name ({', '.join(presets.names())}) or a .toml file"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. --set optim.lr=0.01 (repeatable)",
+    )
 
 
 def _task_of_preset(args: argparse.Namespace):
@@ -56,21 +63,27 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     """``dualkit train [PRESET] --resume RUN [--backend B] [--set train.epochs=N]``."""
     if args.out or args.overwrite or getattr(args, "init_from", None):
-        raise DualkitError("--resume continues a run in its own folder from its own checkpoint; "
-                           "drop --out, --overwrite and --init-from")
+        raise DualkitError(
+            "--resume continues a run in its own folder from its own checkpoint; "
+            "drop --out, --overwrite and --init-from"
+        )
     run_dir = Path(args.resume)
     task = task_registry.for_run(run_dir)
     if args.preset:
         preset_task = presets.load(args.preset).task
         if preset_task != task.name:
-            raise DualkitError(f"{args.resume} is a {task.name!r} run, but preset {args.preset!r} is a "
-                               f"{preset_task!r} task; drop the preset (--resume takes the spec from the run) or "
-                               "name the run's own")
+            raise DualkitError(
+                f"{args.resume} is a {task.name!r} run, but preset {args.preset!r} is a "
+                f"{preset_task!r} task; drop the preset (--resume takes the spec from the run) or "
+                "name the run's own"
+            )
     result = task.resume(run_dir, args.backend, overrides=args.overrides, device=args.device, progress=not args.quiet)
     task.show(result)
     backends = " -> ".join(seg["backend"] for seg in result.extra.get("segments", []))
-    print(f"run folder: {run_dir}  (resumed from step {result.extra.get('resumed_step')}; backends: {backends}; "
-          f"{result.wall_s:.1f} s in all)")
+    print(
+        f"run folder: {run_dir}  (resumed from step {result.extra.get('resumed_step')}; backends: {backends}; "
+        f"{result.wall_s:.1f} s in all)"
+    )
     return 0
 
 
@@ -81,21 +94,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise DualkitError("name a preset to train (e.g. dualkit train cnn-digits), or --resume RUN to continue a run")
     spec, task = _task_of_preset(args)
     if args.command == "pretrain" and not task.pretraining:
-        raise DualkitError(f"`dualkit pretrain` runs pretraining presets; {args.preset} is a {task.name!r} task: "
-                           f"use `dualkit train {args.preset}`")
+        raise DualkitError(
+            f"`dualkit pretrain` runs pretraining presets; {args.preset} is a {task.name!r} task: "
+            f"use `dualkit train {args.preset}`"
+        )
     backend = registry.resolve_name(args.backend)
     run_dir = Path(args.out) if args.out else default_run_dir(Path(args.preset).stem, backend)
     init_from = getattr(args, "init_from", None)
-    result = task.train(spec, backend, run_dir=run_dir, device=args.device, progress=not args.quiet,
-                        overwrite=args.overwrite, init_from=Path(init_from) if init_from else None)
+    result = task.train(
+        spec,
+        backend,
+        run_dir=run_dir,
+        device=args.device,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        init_from=Path(init_from) if init_from else None,
+    )
     task.show(result)
     print(f"run folder: {run_dir}  ({result.wall_s:.1f} s)")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    options = EvalOptions(split=args.split, episodes=args.episodes, seed=args.seed, finetune=not args.no_finetune,
-                          progress=not args.quiet)
+    options = EvalOptions(
+        split=args.split, episodes=args.episodes, seed=args.seed, finetune=not args.no_finetune, progress=not args.quiet
+    )
     task_registry.for_run(Path(args.run)).evaluate(Path(args.run), args.backend, args.device, options)
     return 0
 
@@ -126,9 +149,14 @@ def cmd_parity(args: argparse.Namespace) -> int:
     rows = [[c.level, c.dtype, c.name, c.value, c.bound, "PASS" if c.passed else "FAIL", c.detail] for c in checks]
     print(markdown_table(["level", "dtype", "check", "measured", "bound", "verdict", "detail"], rows))
     failed = [c for c in checks if not c.passed]
-    print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed ({time.perf_counter() - t0:.0f} s on {args.device})")
+    print(
+        f"\n{len(checks) - len(failed)} passed, {len(failed)} failed "
+        f"({time.perf_counter() - t0:.0f} s on {args.device})"
+    )
     if args.json:
-        write_json(Path(args.json), {"preset": args.preset, "device": args.device, "checks": [c.to_dict() for c in checks]})
+        write_json(
+            Path(args.json), {"preset": args.preset, "device": args.device, "checks": [c.to_dict() for c in checks]}
+        )
     return 1 if failed else 0
 
 
@@ -140,8 +168,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(report.compare(old, new))
         return 0
     if args.full and not args.data_root:
-        raise DualkitError("--full trains on CIFAR-10: name its folder with --data-root PATH "
-                           "(the folder holding cifar-10-batches-bin or cifar-10-batches-py)")
+        raise DualkitError(
+            "--full trains on CIFAR-10: name its folder with --data-root PATH "
+            "(the folder holding cifar-10-batches-bin or cifar-10-batches-py)"
+        )
     config = suite.full_config(args.data_root) if args.full else suite.fast_config()
     if args.presets:
         config.presets = [p.strip() for p in args.presets.split(",")]
@@ -166,9 +196,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dualkit", description="One core, two backends (PyTorch, TensorFlow/Keras 3).")
-    parser.add_argument("--verbose", action="store_true",
-                        help=f"show the frameworks' start-up lines on stderr (or set ${registry.VERBOSE_ENV_VAR}=1)")
+    parser = argparse.ArgumentParser(
+        prog="dualkit", description="One core, two backends (PyTorch, TensorFlow/Keras 3)."
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"show the frameworks' start-up lines on stderr (or set ${registry.VERBOSE_ENV_VAR}=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="versions, devices and usable backends")
@@ -180,10 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/<preset>-<backend>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--init-from", metavar="RUN", help="start the classifier's encoder from a pretraining run "
-                   "(its encoder.safetensors; the head starts fresh)")
-    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest checkpoint (the spec is the run's own; "
-                   "--set may change train.epochs and checkpointing; --backend may name the other framework)")
+    p.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start the classifier's encoder from a pretraining run (its encoder.safetensors; the head starts fresh)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue RUN from its newest checkpoint (the spec is the run's own; "
+        "--set may change train.epochs and checkpointing; --backend may name the other framework)",
+    )
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("pretrain", help="masked image pretraining of the CNN encoder (then linear probe and fine-tune)")
@@ -224,8 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="the benchmark suite: runs, parity levels, overhead; JSON, Markdown and plots")
     p.add_argument("--full", action="store_true", help="CIFAR-10 too (needs --data-root), 5 seeds, masked fine-tunes")
     p.add_argument("--data-root", help="folder holding cifar-10-batches-bin or cifar-10-batches-py")
-    p.add_argument("--presets", help="comma-separated presets (default: cnn-digits, masked-digits, dqn-cartpole; "
-                   "--full adds masked-cifar10, cnn-cifar10)")
+    p.add_argument(
+        "--presets",
+        help="comma-separated presets (default: cnn-digits, masked-digits, dqn-cartpole; "
+        "--full adds masked-cifar10, cnn-cifar10)",
+    )
     p.add_argument("--seeds", type=int, default=0, help="seeds per backend (default 3; 5 with --full)")
     p.add_argument("--device", default="auto", choices=registry.DEVICES, help="auto = cpu, plus gpu where present")
     p.add_argument("--no-overhead", action="store_true", help="skip the bare-loop overhead benchmark")

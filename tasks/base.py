@@ -51,12 +51,20 @@ class Task:
     native_suffix: dict[str, str] = {"torch": ".pt", "tf": ".keras"}  # ``dualkit port`` artifacts
 
     # -- running ---------------------------------------------------------------------------------------
-    def train(self, spec: Any, backend: str, *, run_dir: Path | None, device: str, progress: bool,
-              overwrite: bool, init_from: Path | None = None) -> Any:
+    def train(
+        self,
+        spec: Any,
+        backend: str,
+        *,
+        run_dir: Path | None,
+        device: str,
+        progress: bool,
+        overwrite: bool,
+        init_from: Path | None = None,
+    ) -> Any:
         raise NotImplementedError
 
-    def resume(self, run_dir: Path, backend: str | None, *, overrides: list[str], device: str,
-               progress: bool) -> Any:
+    def resume(self, run_dir: Path, backend: str | None, *, overrides: list[str], device: str, progress: bool) -> Any:
         raise NotImplementedError
 
     def show(self, result: Any) -> None:
@@ -100,8 +108,17 @@ class Task:
         return []
 
 
-def run_summary(task: Task, value: float, curve_x: list[Any], curve_y: list[float], curve_label: str,
-                curve_xlabel: str, throughput: float, wall_s: float, **extra: Any) -> dict[str, Any]:
+def run_summary(
+    task: Task,
+    value: float,
+    curve_x: list[Any],
+    curve_y: list[float],
+    curve_label: str,
+    curve_xlabel: str,
+    throughput: float,
+    wall_s: float,
+    **extra: Any,
+) -> dict[str, Any]:
     """What every benchmark run reports: the task's metric, its curve, throughput and wall time, plus the
     task's own extras."""
     return {

@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from dualkit.core import checkpoint, registry
 from dualkit.core.batches import Normalizer, eval_batches
 from dualkit.core.datasets import Dataset, load_dataset
@@ -54,7 +55,11 @@ def prepare_data(spec: ClassifyRunSpec) -> tuple[Dataset, Normalizer]:
 
 
 def build_classifier(
-    backend: ModuleType, spec: ClassifyRunSpec, image_shape: tuple[int, int, int], weights: dict[str, np.ndarray], device: str
+    backend: ModuleType,
+    spec: ClassifyRunSpec,
+    image_shape: tuple[int, int, int],
+    weights: dict[str, np.ndarray],
+    device: str,
 ):
     return backend.Classifier(
         spec.model, image_shape, weights, spec.optim, spec.train.label_smoothing, spec.dtype, device
@@ -64,20 +69,26 @@ def build_classifier(
 def predict_logits(clf, x_uint8: np.ndarray, normalizer: Normalizer, spec: ClassifyRunSpec) -> np.ndarray:
     """Eval-mode logits for a whole split, in order, batch by batch."""
     dummy = np.zeros(len(x_uint8), dtype=np.int64)
-    parts = [clf.predict(xb) for xb, _ in eval_batches(x_uint8, dummy, spec.train.eval_batch_size, normalizer, spec.dtype)]
+    parts = [
+        clf.predict(xb) for xb, _ in eval_batches(x_uint8, dummy, spec.train.eval_batch_size, normalizer, spec.dtype)
+    ]
     if not parts:
         return np.zeros((0, spec.model.num_classes))
     return np.concatenate(parts)
 
 
-def evaluate_split(clf, x_uint8: np.ndarray, y: np.ndarray, normalizer: Normalizer, spec: ClassifyRunSpec) -> dict[str, float]:
+def evaluate_split(
+    clf, x_uint8: np.ndarray, y: np.ndarray, normalizer: Normalizer, spec: ClassifyRunSpec
+) -> dict[str, float]:
     if len(y) == 0:
         return {}
     logits = predict_logits(clf, x_uint8, normalizer, spec)
     return classification_metrics(logits, y, spec.model.num_classes, spec.train.label_smoothing)
 
 
-def checkpoint_meta(spec: ClassifyRunSpec, backend: ModuleType, normalizer: Normalizer, data: Dataset, **extra: Any) -> dict[str, Any]:
+def checkpoint_meta(
+    spec: ClassifyRunSpec, backend: ModuleType, normalizer: Normalizer, data: Dataset, **extra: Any
+) -> dict[str, Any]:
     return {
         "kind": "classifier",
         "spec": to_dict(spec),
@@ -101,7 +112,8 @@ def train(
     overwrite: bool = False,
     init_weights: dict[str, np.ndarray] | None = None,
 ) -> TrainResult:
-    """Train ``spec`` on one backend. With ``run_dir`` it writes spec.json, metrics.jsonl, checkpoints and result.json."""
+    """Train ``spec`` on one backend. With ``run_dir`` it writes spec.json, metrics.jsonl, checkpoints, TensorBoard
+    events and result.json."""
     backend = registry.get_backend(backend_name, device)
     device = registry.resolve_device(backend, device)
     backend.seed(spec.seed)
@@ -121,8 +133,12 @@ def train(
 # the learning-rate schedule then follows the new total), checkpointing, and where the data lives
 # (the training data itself is checked by content). Any other change is refused, naming the field.
 RESUMABLE_FIELDS = (
-    "train.epochs", "train.checkpoint_every", "train.checkpoint_every_steps", "train.checkpoint_every_minutes",
-    "train.keep_checkpoints", "data.root",
+    "train.epochs",
+    "train.checkpoint_every",
+    "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes",
+    "train.keep_checkpoints",
+    "data.root",
 )
 
 
@@ -146,8 +162,11 @@ def _fit(
         rec.update({f"val_{k}": v for k, v in evaluate_split(clf, data.x_val, data.y_val, normalizer, spec).items()})
 
     def save_model(epoch: int, step: int) -> None:
-        checkpoint.save(run_dir / MODEL_FILE, clf.get_weights(),
-                        checkpoint_meta(spec, backend, normalizer, data, epoch=epoch, step=step))
+        checkpoint.save(
+            run_dir / MODEL_FILE,
+            clf.get_weights(),
+            checkpoint_meta(spec, backend, normalizer, data, epoch=epoch, step=step),
+        )
 
     task = EpochTask(model=clf, step=clf.train_step, record=record, save_model=save_model, desc="epoch")
     try:
@@ -163,20 +182,22 @@ def _fit(
             run_dir=run_dir,
             extra={"segments": out.segments},
         )
-        log.result({
-            "task": spec.task,
-            "backend": backend.NAME,
-            "device": device,
-            "seed": spec.seed,
-            "versions": backend.versions(),
-            "steps": state.step,
-            "epochs": spec.train.epochs,
-            "wall_s": result.wall_s,
-            "images_per_s": result.images_per_s,
-            "test": test,
-            "history": state.history,
-            "segments": out.segments,  # one per session: a resumed run has several, a hand-over changes backend
-        })
+        log.result(
+            {
+                "task": spec.task,
+                "backend": backend.NAME,
+                "device": device,
+                "seed": spec.seed,
+                "versions": backend.versions(),
+                "steps": state.step,
+                "epochs": spec.train.epochs,
+                "wall_s": result.wall_s,
+                "images_per_s": result.images_per_s,
+                "test": test,
+                "history": state.history,
+                "segments": out.segments,  # one per session: a resumed run has several, a hand-over changes backend
+            }
+        )
     finally:
         log.close()
     return result
@@ -198,8 +219,17 @@ def resume(
     ``overrides`` applied; only :data:`RESUMABLE_FIELDS` may differ from the checkpointed spec. Every check
     runs before anything in the run folder is written, so a refused resume leaves the folder as it was.
     """
-    r = open_epoch_resume(run_dir, "classify", "classifier", "classify", overrides, RESUMABLE_FIELDS, backend_name,
-                          device, lambda spec, shape: classifier_shapes(spec.model, shape))
+    r = open_epoch_resume(
+        run_dir,
+        "classify",
+        "classifier",
+        "classify",
+        overrides,
+        RESUMABLE_FIELDS,
+        backend_name,
+        device,
+        lambda spec, shape: classifier_shapes(spec.model, shape),
+    )
     clf = build_classifier(r.backend, r.spec, r.data.image_shape, r.req.ckpt.weights, r.device)
     r.restore(clf)
     resumed = r.begin(progress)  # every check passed: from here on the run folder is written
@@ -232,14 +262,23 @@ def load_classifier(run: LoadedRun, backend_name: str, device: str = "cpu"):
     return build_classifier(backend, run.spec, run.image_shape, run.weights, registry.resolve_device(backend, device))
 
 
-def evaluate_run(run_dir: Path, backend_name: str | None = None, device: str = "cpu", split: str = "test") -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path, backend_name: str | None = None, device: str = "cpu", split: str = "test"
+) -> dict[str, Any]:
     """Evaluate a run's checkpoint in any backend (not only the one that trained it)."""
     run = load_run(run_dir)
     clf = load_classifier(run, registry.resolve_name(backend_name), device)
     data = load_dataset(run.spec.data)
-    x, y = {"test": (data.x_test, data.y_test), "val": (data.x_val, data.y_val), "train": (data.x_train, data.y_train)}[split]
+    x, y = {"test": (data.x_test, data.y_test), "val": (data.x_val, data.y_val), "train": (data.x_train, data.y_train)}[
+        split
+    ]
     metrics = evaluate_split(clf, x, y, run.normalizer, run.spec)
-    return {"split": split, "backend": registry.resolve_name(backend_name), "trained_in": run.meta["backend"], **metrics}
+    return {
+        "split": split,
+        "backend": registry.resolve_name(backend_name),
+        "trained_in": run.meta["backend"],
+        **metrics,
+    }
 
 
 NATIVE_SUFFIX = {"torch": ".pt", "tf": ".keras"}

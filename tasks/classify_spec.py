@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dualkit.core.specs import (
-    DataSpec, ModelSpec, OptimSpec, ScheduleSpec, TrainSpec, check_choices, optim_checks, register_task, train_checks,
+    DataSpec,
+    ModelSpec,
+    OptimSpec,
+    ScheduleSpec,
+    TrainSpec,
+    check_choices,
+    optim_checks,
+    register_task,
+    train_checks,
 )
 
 
@@ -31,17 +39,21 @@ IMAGE_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 def image_checks(spec) -> list[tuple[bool, str]]:
     """The checks of a spec with data, model, optim, schedule and train sections (classifier, masked)."""
     check_choices(spec, IMAGE_CHOICES)
-    return optim_checks(spec.optim) + train_checks(spec.train) + [
-        (0.0 <= spec.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
-        (0.0 < spec.data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)"),
-        (spec.data.crop_padding >= 0, "data.crop_padding must be >= 0"),
-        (len(spec.model.channels) >= 1, "model.channels needs at least one block"),
-        (all(c > 0 for c in spec.model.channels + spec.model.hidden), "model sizes must be > 0"),
-        (spec.model.convs_per_block >= 1, "model.convs_per_block must be >= 1"),
-        (0.0 <= spec.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
-        (spec.model.num_classes >= 2, "model.num_classes must be >= 2"),
-        (spec.schedule.step_size >= 1, "schedule.step_size must be >= 1"),
-    ]
+    return (
+        optim_checks(spec.optim)
+        + train_checks(spec.train)
+        + [
+            (0.0 <= spec.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+            (0.0 < spec.data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)"),
+            (spec.data.crop_padding >= 0, "data.crop_padding must be >= 0"),
+            (len(spec.model.channels) >= 1, "model.channels needs at least one block"),
+            (all(c > 0 for c in spec.model.channels + spec.model.hidden), "model sizes must be > 0"),
+            (spec.model.convs_per_block >= 1, "model.convs_per_block must be >= 1"),
+            (0.0 <= spec.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+            (spec.model.num_classes >= 2, "model.num_classes must be >= 2"),
+            (spec.schedule.step_size >= 1, "schedule.step_size must be >= 1"),
+        ]
+    )
 
 
 register_task("classify", ClassifyRunSpec, image_checks)

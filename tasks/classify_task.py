@@ -16,8 +16,16 @@ from dualkit.tasks.parity import Check
 
 
 def show_history(history: list[dict[str, Any]]) -> None:
-    rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h.get("val_accuracy", float("nan")),
-             h["images_per_s"]] for h in history]
+    rows = [
+        [
+            h["epoch"],
+            h["train_loss"],
+            h.get("val_loss", float("nan")),
+            h.get("val_accuracy", float("nan")),
+            h["images_per_s"],
+        ]
+        for h in history
+    ]
     print(markdown_table(["epoch", "train loss", "val loss", "val acc", "images/s"], rows))
 
 
@@ -34,8 +42,9 @@ class ClassifyTask(Task):
             from dualkit.tasks.probe import encoder_for_classifier
 
             init = encoder_for_classifier(Path(init_from), spec)
-        return classify.train(spec, backend, run_dir=run_dir, device=device, progress=progress, overwrite=overwrite,
-                              init_weights=init)
+        return classify.train(
+            spec, backend, run_dir=run_dir, device=device, progress=progress, overwrite=overwrite, init_weights=init
+        )
 
     def resume(self, run_dir, backend, *, overrides, device, progress):
         return classify.resume(run_dir, backend, overrides=overrides, device=device, progress=progress)
@@ -46,15 +55,35 @@ class ClassifyTask(Task):
 
     def evaluate(self, run_dir, backend, device, options: EvalOptions) -> None:
         res = classify.evaluate_run(Path(run_dir), backend, device, options.split)
-        print(markdown_table(["run", "trained in", "evaluated in", "split", "loss", "accuracy", "top5", "macro F1"],
-                             [[str(run_dir), res["trained_in"], res["backend"], res["split"], res["loss"],
-                               res["accuracy"], res["top5"], res["macro_f1"]]]))
+        print(
+            markdown_table(
+                ["run", "trained in", "evaluated in", "split", "loss", "accuracy", "top5", "macro F1"],
+                [
+                    [
+                        str(run_dir),
+                        res["trained_in"],
+                        res["backend"],
+                        res["split"],
+                        res["loss"],
+                        res["accuracy"],
+                        res["top5"],
+                        res["macro_f1"],
+                    ]
+                ],
+            )
+        )
 
     def port(self, run_dir, to, out, device) -> PortReport:
         rep = classify.port_run(Path(run_dir), to, out, device)
-        row = {"from": rep["from"], "to": rep["to"], "test images": rep["test_images"],
-               "identical classes": rep["identical_classes"], "max |logit diff|": rep["max_abs_logit_diff"],
-               "acc (from)": rep["accuracy_from"], "acc (to)": rep["accuracy_to"]}
+        row = {
+            "from": rep["from"],
+            "to": rep["to"],
+            "test images": rep["test_images"],
+            "identical classes": rep["identical_classes"],
+            "max |logit diff|": rep["max_abs_logit_diff"],
+            "acc (from)": rep["accuracy_from"],
+            "acc (to)": rep["accuracy_to"],
+        }
         return PortReport(row, Path(rep["artifact"]), rep["identical_classes"])
 
     def check_inputs(self, spec) -> None:
@@ -63,8 +92,12 @@ class ClassifyTask(Task):
     def parity(self, spec, levels, dtypes, device, seeds) -> list[Check]:
         checks: list[Check] = []
         for dtype in dtypes:
-            for level, fn in (("L0", parity.level0), ("L1", parity.level1), ("L2", parity.level2),
-                              ("L3", parity.level3)):
+            for level, fn in (
+                ("L0", parity.level0),
+                ("L1", parity.level1),
+                ("L2", parity.level2),
+                ("L3", parity.level3),
+            ):
                 if level in levels:
                     checks += fn(dtype, device)
             if "L4" in levels:
@@ -87,21 +120,39 @@ class ClassifyTask(Task):
         acc = {b: [r["value"] for r in runs if r["backend"] == b] for b in parity.BACKENDS}
         floor = parity.L5_MIN_ACCURACY if spec.data.name == "digits" else -np.inf
         out = [
-            Check("L5", f"{b} mean test accuracy", float(np.mean(v)), float(floor), bool(np.mean(v) >= floor),
-                  f"{len(v)} seeds (bound is a floor)")
+            Check(
+                "L5",
+                f"{b} mean test accuracy",
+                float(np.mean(v)),
+                float(floor),
+                bool(np.mean(v) >= floor),
+                f"{len(v)} seeds (bound is a floor)",
+            )
             for b, v in acc.items()
         ]
         gap = abs(np.mean(acc["torch"]) - np.mean(acc["tf"])) * 100
-        out.append(Check("L5", "mean accuracy gap (points)", float(gap), parity.L5_MAX_GAP_POINTS,
-                         bool(gap <= parity.L5_MAX_GAP_POINTS)))
+        out.append(
+            Check(
+                "L5",
+                "mean accuracy gap (points)",
+                float(gap),
+                parity.L5_MAX_GAP_POINTS,
+                bool(gap <= parity.L5_MAX_GAP_POINTS),
+            )
+        )
         return out
 
     def bench_run(self, spec, backend, device) -> dict[str, Any]:
         result = classify.train(spec, backend, device=device, progress=False)
         return run_summary(
-            self, result.test["accuracy"], [h["epoch"] for h in result.history],
-            [h.get("val_accuracy", float("nan")) for h in result.history], "validation accuracy per epoch", "epoch",
-            result.images_per_s, result.wall_s,
+            self,
+            result.test["accuracy"],
+            [h["epoch"] for h in result.history],
+            [h.get("val_accuracy", float("nan")) for h in result.history],
+            "validation accuracy per epoch",
+            "epoch",
+            result.images_per_s,
+            result.wall_s,
         )
 
 

@@ -54,7 +54,9 @@ class DQNResult:
     run_dir: Path | None = None
     actions: list[np.ndarray] = field(default_factory=list)  # with record=True: the actions of every vector step
     q_values: list[np.ndarray] = field(default_factory=list)  # with record=True: each step's Q-values (nan = not asked)
-    extra: dict[str, Any] = field(default_factory=dict)  # segments (backend per session) and, after a resume, where from
+    extra: dict[str, Any] = field(
+        default_factory=dict
+    )  # segments (backend per session) and, after a resume, where from
 
 
 def planned_updates(spec: DQNRunSpec) -> int:
@@ -131,14 +133,29 @@ def train(
     if run_dir is not None:
         run_dir = prepare_run_dir(Path(run_dir), overwrite)
         save_json(spec, run_dir / SPEC_FILE)
-    loop = DQNLoop(spec, backend, device, agent, info, RunState(task=spec.task), run_dir, progress=progress,
-                   record=record, max_updates=max_updates, test=test)
+    loop = DQNLoop(
+        spec,
+        backend,
+        device,
+        agent,
+        info,
+        RunState(task=spec.task),
+        run_dir,
+        progress=progress,
+        record=record,
+        max_updates=max_updates,
+        test=test,
+    )
     return loop.run()
 
 
 def _buffer_note(buffer: ReplayBuffer, saved: bool) -> str:
     size = f"{len(buffer):,} transitions, {buffer.nbytes / 2**20:.1f} MB"
-    return f"replay buffer ({size}) included" if saved else f"replay buffer ({size}) not included: dqn.checkpoint_buffer=false"
+    return (
+        f"replay buffer ({size}) included"
+        if saved
+        else f"replay buffer ({size}) not included: dqn.checkpoint_buffer=false"
+    )
 
 
 @dataclass
@@ -202,13 +219,32 @@ class DQNLoop:
         self.horizon = planned_updates(spec)
         c = self.counters
         if not c:
-            c.update(env_steps=0, next_train=d.train_freq, next_eval=d.eval_every or None, solved_at=None, done=False,
-                     eval_s=0.0, wall_s=0.0, last_loss_i=0, last_ep_i=0, ep_returns=[], ep_steps=[], best=None,
-                     refill_until=0, segments=[])
+            c.update(
+                env_steps=0,
+                next_train=d.train_freq,
+                next_eval=d.eval_every or None,
+                solved_at=None,
+                done=False,
+                eval_s=0.0,
+                wall_s=0.0,
+                last_loss_i=0,
+                last_ep_i=0,
+                ep_returns=[],
+                ep_steps=[],
+                best=None,
+                refill_until=0,
+                segments=[],
+            )
         else:
             self._restore(extra or {})
-        c["segments"].append({"backend": self.backend.NAME, "device": self.device, "from_step": self.state.step,
-                              "from_env_steps": c["env_steps"]})
+        c["segments"].append(
+            {
+                "backend": self.backend.NAME,
+                "device": self.device,
+                "from_step": self.state.step,
+                "from_env_steps": c["env_steps"],
+            }
+        )
         self.meta = checkpoint_meta(spec, self.backend, self.info) if self.run_dir is not None else {}
         self.cadence = Cadence(d.checkpoint_every_steps, d.checkpoint_every_minutes, c["env_steps"])
         self.wall_before = c["wall_s"]
@@ -267,8 +303,9 @@ class DQNLoop:
         ``max_updates``: act, store, learn, evaluate, checkpoint; then a last evaluation and checkpoint."""
         d, c = self.spec.dqn, self.counters
         n_envs = self.spec.env.num_envs
-        self.bar = progress_bar(total=d.total_steps, desc=f"{self.backend.NAME} dqn {self.spec.env.id}",
-                                enabled=self.progress)
+        self.bar = progress_bar(
+            total=d.total_steps, desc=f"{self.backend.NAME} dqn {self.spec.env.id}", enabled=self.progress
+        )
         self.bar.unit = "env step"
         self.bar.update(c["env_steps"])
         try:
@@ -312,8 +349,12 @@ class DQNLoop:
                         if d.stop_return and res["return_mean"] >= d.stop_return:
                             c["solved_at"], c["done"] = env_steps, True
                     # The checkpoint at the run's end is written below, after the last evaluation.
-                    if (self.run_dir is not None and not c["done"] and env_steps < d.total_steps
-                            and (self.stop.requested or self.cadence.due(env_steps))):
+                    if (
+                        self.run_dir is not None
+                        and not c["done"]
+                        and env_steps < d.total_steps
+                        and (self.stop.requested or self.cadence.due(env_steps))
+                    ):
                         path = self.save_run()
                         if self.stop.requested:
                             raise self.stopped_error(path)
@@ -334,8 +375,12 @@ class DQNLoop:
         d = self.spec.dqn
         lr = lr_at(self.spec.schedule, self.spec.optim.lr, len(self.losses), self.horizon)
         loss = self.agent.update(self.buffer.sample(d.batch_size, self.replay_rng), lr)
-        check_finite(loss, "TD loss", f"update {len(self.losses) + 1} ({env_steps} env steps)",
-                     "training stopped. Lower optim.lr, set optim.clip_norm or use dqn.loss=huber.")
+        check_finite(
+            loss,
+            "TD loss",
+            f"update {len(self.losses) + 1} ({env_steps} env steps)",
+            "training stopped. Lower optim.lr, set optim.clip_norm or use dqn.loss=huber.",
+        )
         self.losses.append(loss)
         self.log.step(len(self.losses), {"loss": loss, "lr": lr})
         if len(self.losses) % d.target_update == 0:
@@ -349,8 +394,8 @@ class DQNLoop:
         t_eval = time.perf_counter()
         res = evaluate(self.agent, self.evaluator)  # the module-level greedy evaluation
         c["eval_s"] += time.perf_counter() - t_eval
-        recent_losses = self.losses[c["last_loss_i"]:]
-        recent_eps = c["ep_returns"][c["last_ep_i"]:]
+        recent_losses = self.losses[c["last_loss_i"] :]
+        recent_eps = c["ep_returns"][c["last_ep_i"] :]
         c["last_loss_i"], c["last_ep_i"] = len(self.losses), len(c["ep_returns"])
         env_steps, now = c["env_steps"], self.wall()
         rec = {
@@ -373,8 +418,14 @@ class DQNLoop:
             self.best_weights = self.agent.get_weights()
         self.log.record(rec, env_steps, prefix="eval/")
         if self.run_dir is not None:
-            meta = checkpoint_meta(self.spec, self.backend, self.info, env_steps=c["best"]["env_steps"],
-                                   updates=len(self.losses), eval_return=c["best"]["eval_return"])
+            meta = checkpoint_meta(
+                self.spec,
+                self.backend,
+                self.info,
+                env_steps=c["best"]["env_steps"],
+                updates=len(self.losses),
+                eval_return=c["best"]["eval_return"],
+            )
             checkpoint.save(self.run_dir / MODEL_FILE, self.best_weights, meta)
         self.bar.set_postfix(eval=f"{res['return_mean']:.1f}", refresh=False)
         return res
@@ -384,8 +435,10 @@ class DQNLoop:
         d, c = self.spec.dqn, self.counters
         c["wall_s"] = self.wall()
         self.state.step = len(self.losses)
-        self.state.rngs = {"explore": runstate.capture_rng(self.explorer.rng),
-                           "replay": runstate.capture_rng(self.replay_rng)}
+        self.state.rngs = {
+            "explore": runstate.capture_rng(self.explorer.rng),
+            "replay": runstate.capture_rng(self.replay_rng),
+        }
         tensors: dict[str, np.ndarray] = {}
         c["buffer"] = None
         if d.checkpoint_buffer:
@@ -397,16 +450,25 @@ class DQNLoop:
             tensors.update({f"rollout.{k}": v for k, v in snap[1].items()})
         if self.best_weights is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_weights.items()})
-        path = runstate.save(self.run_dir, self.state, self.agent.get_weights(), self.agent.get_optimizer_state(),
-                             meta=self.meta, extra=tensors, keep=d.keep_checkpoints)
+        path = runstate.save(
+            self.run_dir,
+            self.state,
+            self.agent.get_weights(),
+            self.agent.get_optimizer_state(),
+            meta=self.meta,
+            extra=tensors,
+            keep=d.keep_checkpoints,
+        )
         self.cadence.saved(c["env_steps"])
         return path
 
     def stopped_error(self, path: Path) -> Interrupted:
         """What the run stops with after Ctrl-C / SIGTERM, once checkpoint ``path`` is written."""
         d, c = self.spec.dqn, self.counters
-        where = (f"env step {c['env_steps']:,} of {d.total_steps:,}, update {len(self.losses):,}; "
-                 f"{_buffer_note(self.buffer, d.checkpoint_buffer)}")
+        where = (
+            f"env step {c['env_steps']:,} of {d.total_steps:,}, update {len(self.losses):,}; "
+            f"{_buffer_note(self.buffer, d.checkpoint_buffer)}"
+        )
         return interrupted(self.stop, path, where, self.run_dir, self.backend.NAME)
 
     def finish(self) -> DQNResult:
@@ -444,39 +506,48 @@ class DQNLoop:
             extra={"segments": c["segments"]},
         )
         if self.run_dir is not None:
-            self.log.result({
-                "task": spec.task,
-                "backend": self.backend.NAME,
-                "device": self.device,
-                "versions": self.backend.versions(),
-                "env_id": self.info.id,
-                "env_steps": env_steps,
-                "updates": updates,
-                "episodes": len(c["ep_returns"]),
-                "wall_s": total_wall,
-                "steps_per_s": result.steps_per_s,
-                "eval_s": c["eval_s"],
-                "solved_at": c["solved_at"],
-                "kept": c["best"] if d.keep_best else "last",
-                "test": test_res,
-                "history": self.evals,
-                "segments": c["segments"],  # one per session: a resumed run has several, a hand-over changes backend
-            })
-            plot_learning_curve(result, self.run_dir / CURVE_FILE,
-                                f"{spec.env.id} DQN ({self.backend.NAME}, seed {spec.seed})")
+            self.log.result(
+                {
+                    "task": spec.task,
+                    "backend": self.backend.NAME,
+                    "device": self.device,
+                    "versions": self.backend.versions(),
+                    "env_id": self.info.id,
+                    "env_steps": env_steps,
+                    "updates": updates,
+                    "episodes": len(c["ep_returns"]),
+                    "wall_s": total_wall,
+                    "steps_per_s": result.steps_per_s,
+                    "eval_s": c["eval_s"],
+                    "solved_at": c["solved_at"],
+                    "kept": c["best"] if d.keep_best else "last",
+                    "test": test_res,
+                    "history": self.evals,
+                    "segments": c[
+                        "segments"
+                    ],  # one per session: a resumed run has several, a hand-over changes backend
+                }
+            )
+            plot_learning_curve(
+                result, self.run_dir / CURVE_FILE, f"{spec.env.id} DQN ({self.backend.NAME}, seed {spec.seed})"
+            )
         return result
 
 
 def _part(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """The tensors under ``prefix``, named without it."""
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 # Fields a resumed run may change: the budget (more env steps, or fewer down to those already taken; the
 # epsilon and learning-rate schedules then follow the new total), the early stop, and checkpointing.
 RESUMABLE_FIELDS = (
-    "dqn.total_steps", "dqn.stop_return", "dqn.checkpoint_every_steps", "dqn.checkpoint_every_minutes",
-    "dqn.keep_checkpoints", "dqn.checkpoint_buffer",
+    "dqn.total_steps",
+    "dqn.stop_return",
+    "dqn.checkpoint_every_steps",
+    "dqn.checkpoint_every_minutes",
+    "dqn.keep_checkpoints",
+    "dqn.checkpoint_buffer",
 )
 
 
@@ -503,10 +574,13 @@ def resume(
     d = spec.dqn
     solved = c["solved_at"] is not None and d.stop_return > 0 and c["best"]["eval_return"] >= d.stop_return
     if c["done"] and (solved or c["env_steps"] >= d.total_steps):
-        why = (f"it reached dqn.stop_return={d.stop_return} at {c['solved_at']} env steps; to train on, resume with "
-               f"--set dqn.stop_return=0 --set dqn.total_steps=N (N > {c['env_steps']})" if solved else
-               f"{c['env_steps']} env steps of {d.total_steps}; to train it longer, resume with "
-               f"--set dqn.total_steps=N (N > {c['env_steps']})")
+        why = (
+            f"it reached dqn.stop_return={d.stop_return} at {c['solved_at']} env steps; to train on, resume with "
+            f"--set dqn.stop_return=0 --set dqn.total_steps=N (N > {c['env_steps']})"
+            if solved
+            else f"{c['env_steps']} env steps of {d.total_steps}; to train it longer, resume with "
+            f"--set dqn.total_steps=N (N > {c['env_steps']})"
+        )
         raise RunError(f"{run_dir} is already complete ({why})")
     if d.total_steps < c["env_steps"]:
         raise SpecError(
@@ -517,11 +591,16 @@ def resume(
     device = registry.resolve_device(backend, device)
     info = env_info(spec.env)
     if (info.obs_dim, info.num_actions) != (ckpt.meta.get("obs_dim"), ckpt.meta.get("num_actions")):
-        raise CheckpointError(f"{spec.env.id} no longer has the spaces the run was trained on "
-                              f"(obs {ckpt.meta.get('obs_dim')}, actions {ckpt.meta.get('num_actions')})")
+        raise CheckpointError(
+            f"{spec.env.id} no longer has the spaces the run was trained on "
+            f"(obs {ckpt.meta.get('obs_dim')}, actions {ckpt.meta.get('num_actions')})"
+        )
     shapes = qnet_shapes(spec.qnet.hidden, info.obs_dim, info.num_actions)
-    checkpoint.check_fits(ckpt.weights, {**shapes, **qnet_shapes(spec.qnet.hidden, info.obs_dim, info.num_actions, TARGET_PREFIX)},
-                          "the run's Q-networks")
+    checkpoint.check_fits(
+        ckpt.weights,
+        {**shapes, **qnet_shapes(spec.qnet.hidden, info.obs_dim, info.num_actions, TARGET_PREFIX)},
+        "the run's Q-networks",
+    )
     runstate.check_optimizer_state(ckpt, spec.optim, list(shapes))
     backend.seed(spec.seed)
     agent = build_agent(backend, spec, info, ckpt.weights, device)
@@ -532,10 +611,15 @@ def resume(
     if progress:
         notes = []
         if c.get("buffer") is None:
-            notes.append(f"the checkpoint has no replay buffer; {d.learning_starts} transitions are collected before updates resume")
+            notes.append(
+                f"the checkpoint has no replay buffer; {d.learning_starts} transitions are collected before updates "
+                "resume"
+            )
         if c.get("rollout") is None:
-            notes.append(f"warning: {spec.env.id}'s state cannot be saved; the episodes in progress start over, so this run "
-                         "no longer matches an uninterrupted one step for step")
+            notes.append(
+                f"warning: {spec.env.id}'s state cannot be saved; the episodes in progress start over, so this run "
+                "no longer matches an uninterrupted one step for step"
+            )
         runstate.report_resume(req, backend.NAME, f"env step {c['env_steps']:,} (update {st.step:,})", notes)
     c["done"] = False
     result = DQNLoop(spec, backend, device, agent, info, st, run_dir, progress=progress, extra=ckpt.extra).run()
@@ -548,17 +632,20 @@ def plot_learning_curve(result: DQNResult, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import io
+
     import matplotlib.pyplot as plt
 
     from dualkit.core.runs import atomic_write_bytes
-    import io
 
     fig, ax = plt.subplots(figsize=(7, 4))
     if result.episode_returns:
         x, y = np.array(result.episode_steps), np.array(result.episode_returns)
         ax.plot(x, y, ".", ms=2, alpha=0.3, color="tab:blue", label="training episode")
         k = min(20, len(y))
-        ax.plot(x[k - 1 :], np.convolve(y, np.ones(k) / k, mode="valid"), color="tab:blue", label=f"training, mean of {k}")
+        ax.plot(
+            x[k - 1 :], np.convolve(y, np.ones(k) / k, mode="valid"), color="tab:blue", label=f"training, mean of {k}"
+        )
     if result.evals:
         ex = [e["env_steps"] for e in result.evals]
         em = np.array([e["eval_return"] for e in result.evals])
@@ -604,7 +691,11 @@ def load_agent(run: LoadedRun, backend_name: str | None, device: str = "cpu"):
 
 
 def evaluate_run(
-    run_dir: Path, backend_name: str | None = None, device: str = "cpu", episodes: int | None = None, seed: int | None = None
+    run_dir: Path,
+    backend_name: str | None = None,
+    device: str = "cpu",
+    episodes: int | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Greedy returns of a run's agent in any backend, on seeded episodes (default: the held-out test seeds)."""
     run = load_run(run_dir)
@@ -619,8 +710,14 @@ def evaluate_run(
         res = evaluate(agent, evaluator)
     finally:
         evaluator.close()
-    return {"env_id": run.spec.env.id, "backend": registry.resolve_name(backend_name), "trained_in": run.meta["backend"],
-            "episodes": episodes, "seed": seed, **res}
+    return {
+        "env_id": run.spec.env.id,
+        "backend": registry.resolve_name(backend_name),
+        "trained_in": run.meta["backend"],
+        "episodes": episodes,
+        "seed": seed,
+        **res,
+    }
 
 
 NATIVE_SUFFIX = {"torch": ".pt", "tf": ".keras"}

@@ -21,8 +21,8 @@ from dualkit.core.batches import make_rng
 from dualkit.core.exploration import q_margin
 from dualkit.core.replay import Batch
 from dualkit.core.specs import OptimSpec, QNetSpec
-from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.core.weights import QNET_PREFIX, init_qnet, target_names
+from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.tasks.parity import BACKENDS, Check, bound, check, max_rel_diff, rel_diff
 
 L5_MIN_RETURN = 475.0  # CartPole-v1's "solved" threshold, on the mean of 20 greedy episodes
@@ -79,7 +79,9 @@ def probe_weights(qnet: QNetSpec, seed: int, dtype: str) -> dict[str, np.ndarray
 def _agents(qnet: QNetSpec, loss: str, double: bool, optim: OptimSpec, dtype: str, device: str, seed: int):
     weights = probe_weights(qnet, seed, dtype)
     return [
-        registry.get_backend(name, device).DQNAgent(qnet, OBS_DIM, NUM_ACTIONS, weights, optim, GAMMA, loss, double, dtype, device)
+        registry.get_backend(name, device).DQNAgent(
+            qnet, OBS_DIM, NUM_ACTIONS, weights, optim, GAMMA, loss, double, dtype, device
+        )
         for name in BACKENDS
     ], weights
 
@@ -97,8 +99,16 @@ def level0(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[C
                     arrays.append(p["next_q_online"])
                 got = backend.numpy_loss("td_loss", *arrays, gamma=GAMMA, kind=kind, device=device)
                 want = ref_losses.td_loss(*arrays, gamma=GAMMA, kind=kind)
-                out.append(check("L0", f"{name} td {kind}{' double' if double else ''}", rel_diff(got, want), dtype, device,
-                                 f"{len(p['actions'])} rows: terminated, truncated, ordinary"))
+                out.append(
+                    check(
+                        "L0",
+                        f"{name} td {kind}{' double' if double else ''}",
+                        rel_diff(got, want),
+                        dtype,
+                        device,
+                        f"{len(p['actions'])} rows: terminated, truncated, ordinary",
+                    )
+                )
     return out
 
 
@@ -108,8 +118,16 @@ def level1(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[C
     obs = probe_batch(seed, dtype, 128).obs
     for variant, qnet in QNET_VARIANTS.items():
         a, b = _agents(qnet, "huber", False, OptimSpec(), dtype, device, seed)[0]
-        out.append(check("L1", variant, float(np.abs(a.act_values(obs) - b.act_values(obs)).max()), dtype, device,
-                         "max abs Q-value diff"))
+        out.append(
+            check(
+                "L1",
+                variant,
+                float(np.abs(a.act_values(obs) - b.act_values(obs)).max()),
+                dtype,
+                device,
+                "max abs Q-value diff",
+            )
+        )
     return out
 
 
@@ -124,19 +142,26 @@ def level2_3(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list
         agents, w0 = _agents(qnet, loss, double, optim, dtype, device, seed)
         (la, ga), (lb, gb) = (ag.loss_and_grads(batch) for ag in agents)
         worst, tensor = max_rel_diff(gb, ga)
-        out.append(check("L2", f"{variant}", max(worst, rel_diff(lb, la)), dtype, device, f"loss {la:.5g}, worst: {tensor}"))
+        out.append(
+            check("L2", f"{variant}", max(worst, rel_diff(lb, la)), dtype, device, f"loss {la:.5g}, worst: {tensor}")
+        )
         online0 = {k: v for k, v in w0.items() if k.startswith(QNET_PREFIX + ".")}
         new = []
         for name, ag, grads in zip(BACKENDS, agents, (ga, gb)):
             ag.update(batch, lr)
             got = {k: v for k, v in ag.get_weights().items() if k.startswith(QNET_PREFIX + ".")}
             ref, _ = optim_ref.step(
-                optim, {k: v.astype(np.float64) for k, v in online0.items()},
-                {k: g.astype(np.float64) for k, g in grads.items()}, optim_ref.init_state(optim, online0), lr,
+                optim,
+                {k: v.astype(np.float64) for k, v in online0.items()},
+                {k: g.astype(np.float64) for k, g in grads.items()},
+                optim_ref.init_state(optim, online0),
+                lr,
             )
             worst, tensor = max_rel_diff(got, ref)
             out.append(check("L3", f"{name} {variant} vs reference step", worst, dtype, device, f"worst: {tensor}"))
-            target_kept = all(np.array_equal(v, w0[k]) for k, v in ag.get_weights().items() if not k.startswith(QNET_PREFIX + "."))
+            target_kept = all(
+                np.array_equal(v, w0[k]) for k, v in ag.get_weights().items() if not k.startswith(QNET_PREFIX + ".")
+            )
             if not target_kept:
                 out.append(Check("L3", f"{name} {variant} target untouched by the update", 1.0, 0.0, False, "", dtype))
             new.append(got)
@@ -190,8 +215,16 @@ def compare_runs(a, b, dtype: str, device: str, min_updates: int) -> Trajectory:
                 mismatches_before_tie += 1
         if first_tie is not None and first_mismatch is not None:
             break
-    return Trajectory(n, float(per.max()) if n else float("nan"), int(per.argmax()) + 1 if n else 0, first_tie,
-                      first_mismatch, mismatches_before_tie, tie_margin, tie_env_steps)
+    return Trajectory(
+        n,
+        float(per.max()) if n else float("nan"),
+        int(per.argmax()) + 1 if n else 0,
+        first_tie,
+        first_mismatch,
+        mismatches_before_tie,
+        tie_margin,
+        tie_env_steps,
+    )
 
 
 # float32 runs are chaotic: Adam turns gradient gaps into weight gaps that grow along the run, and from the
@@ -221,7 +254,11 @@ def l4_spec(base: DQNRunSpec, dtype: str, train_freq: int | None = L4_TRAIN_FREQ
 
 
 def level4(
-    base: DQNRunSpec, dtype: str = "float32", device: str = "cpu", min_updates: int = 1000, train_freq: int | None = L4_TRAIN_FREQ
+    base: DQNRunSpec,
+    dtype: str = "float32",
+    device: str = "cpu",
+    min_updates: int = 1000,
+    train_freq: int | None = L4_TRAIN_FREQ,
 ) -> tuple[list[Check], Trajectory]:
     """The same seeded CartPole run in both backends: the TD loss of each of the first ``min_updates``
     updates, and the actions taken, step by step, until the first near-tie of two Q-values.
@@ -229,21 +266,46 @@ def level4(
     from dualkit.tasks.dqn import train
 
     spec = l4_spec(base, dtype, train_freq)
-    runs = {name: train(spec, name, device=device, progress=False, record=True, max_updates=min_updates, test=False)
-            for name in BACKENDS}
+    runs = {
+        name: train(spec, name, device=device, progress=False, record=True, max_updates=min_updates, test=False)
+        for name in BACKENDS
+    }
     tr = compare_runs(runs["tf"], runs["torch"], dtype, device, min_updates)
-    where = "no near-tie" if tr.first_tie is None else f"first near-tie at vector step {tr.first_tie} (~{tr.tie_env_steps} env steps, margin {tr.tie_margin:.2e})"
-    diverge = "actions identical throughout" if tr.first_mismatch is None else f"first differing action at vector step {tr.first_mismatch}"
-    loss_check = check("L4", f"TD loss per update ({tr.updates} updates)", tr.worst_rel_loss, dtype, device,
-                       f"worst at update {tr.worst_at}; {diverge}; {where}")
+    where = (
+        "no near-tie"
+        if tr.first_tie is None
+        else f"first near-tie at vector step {tr.first_tie} (~{tr.tie_env_steps} env steps, margin {tr.tie_margin:.2e})"
+    )
+    diverge = (
+        "actions identical throughout"
+        if tr.first_mismatch is None
+        else f"first differing action at vector step {tr.first_mismatch}"
+    )
+    loss_check = check(
+        "L4",
+        f"TD loss per update ({tr.updates} updates)",
+        tr.worst_rel_loss,
+        dtype,
+        device,
+        f"worst at update {tr.worst_at}; {diverge}; {where}",
+    )
     loss_check.passed = loss_check.passed and tr.updates >= min_updates
-    actions_check = Check("L4", "actions identical until the first near-tie", float(tr.mismatches_before_tie), 0.0,
-                          tr.mismatches_before_tie == 0, f"{diverge}; {where}", dtype)
+    actions_check = Check(
+        "L4",
+        "actions identical until the first near-tie",
+        float(tr.mismatches_before_tie),
+        0.0,
+        tr.mismatches_before_tie == 0,
+        f"{diverge}; {where}",
+        dtype,
+    )
     return [loss_check, actions_check], tr
 
 
 # -- L5: the outcome -------------------------------------------------------------------------------------
-def level5(base: DQNRunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2)) -> tuple[list[Check], dict[str, list[dict[str, Any]]]]:
+def level5(
+    base: DQNRunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2)
+) -> tuple[list[Check], dict[str, list[dict[str, Any]]]]:
     """Each backend trained per seed within the preset's budget: greedy return on 20 held-out episodes."""
     from dualkit.tasks.dqn import train
 
@@ -251,24 +313,50 @@ def level5(base: DQNRunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1
     for name in BACKENDS:
         for seed in seeds:
             r = train(replace(base, seed=seed), name, device=device, progress=False)
-            runs[name].append({"seed": seed, "return": r.test["return_mean"], "min": r.test["return_min"],
-                               "env_steps": r.env_steps, "solved_at": r.solved_at, "wall_s": r.wall_s,
-                               "steps_per_s": r.steps_per_s})
+            runs[name].append(
+                {
+                    "seed": seed,
+                    "return": r.test["return_mean"],
+                    "min": r.test["return_min"],
+                    "env_steps": r.env_steps,
+                    "solved_at": r.solved_at,
+                    "wall_s": r.wall_s,
+                    "steps_per_s": r.steps_per_s,
+                }
+            )
     out = []
     need = min(L5_MIN_SEEDS, len(seeds))
     for name in BACKENDS:
         solved = sum(r["return"] >= L5_MIN_RETURN for r in runs[name])
-        detail = "; ".join(f"seed {r['seed']}: {r['return']:.1f} after {r['env_steps']} steps, {r['wall_s']:.0f} s" for r in runs[name])
-        out.append(Check("L5", f"{name} seeds with greedy return >= {L5_MIN_RETURN:g}", float(solved), float(need),
-                         solved >= need, detail + f" (bound is a floor; budget {base.dqn.total_steps} env steps)"))
+        detail = "; ".join(
+            f"seed {r['seed']}: {r['return']:.1f} after {r['env_steps']} steps, {r['wall_s']:.0f} s" for r in runs[name]
+        )
+        out.append(
+            Check(
+                "L5",
+                f"{name} seeds with greedy return >= {L5_MIN_RETURN:g}",
+                float(solved),
+                float(need),
+                solved >= need,
+                detail + f" (bound is a floor; budget {base.dqn.total_steps} env steps)",
+            )
+        )
     return out, runs
 
 
 # -- port ------------------------------------------------------------------------------------------------
 def port_spec(base: DQNRunSpec, total_steps: int = 5000) -> DQNRunSpec:
     """A short run of the preset: the port is about carrying an agent over, not about its quality."""
-    return replace(base, dqn=replace(base.dqn, total_steps=total_steps, learning_starts=min(base.dqn.learning_starts, total_steps // 4),
-                                     eval_every=0, stop_return=0.0))
+    return replace(
+        base,
+        dqn=replace(
+            base.dqn,
+            total_steps=total_steps,
+            learning_starts=min(base.dqn.learning_starts, total_steps // 4),
+            eval_every=0,
+            stop_return=0.0,
+        ),
+    )
 
 
 def port_checks(base: DQNRunSpec, device: str = "cpu", total_steps: int = 5000) -> list[Check]:
@@ -282,15 +370,23 @@ def port_checks(base: DQNRunSpec, device: str = "cpu", total_steps: int = 5000) 
             run_dir = Path(tmp) / f"run-{src}"
             train(spec, src, run_dir=run_dir, device=device, progress=False, test=False)
             rep = port_run(run_dir, dst, Path(tmp) / f"model{NATIVE_SUFFIX[dst]}", device=device)
-            c = check("port", f"{src} -> {dst}", rep["max_rel_q_diff"], base.dtype, device,
-                      f"{rep['episodes']} episodes, returns {rep['return_from']:.1f} vs {rep['return_to']:.1f}, "
-                      f"identical returns: {rep['identical_returns']}, {rep['observations']} observations")
+            c = check(
+                "port",
+                f"{src} -> {dst}",
+                rep["max_rel_q_diff"],
+                base.dtype,
+                device,
+                f"{rep['episodes']} episodes, returns {rep['return_from']:.1f} vs {rep['return_to']:.1f}, "
+                f"identical returns: {rep['identical_returns']}, {rep['observations']} observations",
+            )
             c.passed = c.passed and rep["identical_returns"]
             out.append(c)
     return out
 
 
-def run_levels(base: DQNRunSpec, levels: list[str], dtypes: list[str], device: str = "cpu", seeds: int = 3) -> list[Check]:
+def run_levels(
+    base: DQNRunSpec, levels: list[str], dtypes: list[str], device: str = "cpu", seeds: int = 3
+) -> list[Check]:
     """The requested levels (L0..L5, port) for ``dualkit parity <dqn preset>``; L0-L4 in each dtype."""
     checks: list[Check] = []
     for dtype in dtypes:

@@ -29,34 +29,69 @@ class DQNTask(Task):
 
     def train(self, spec, backend, *, run_dir, device, progress, overwrite, init_from=None):
         if init_from is not None:
-            raise DualkitError(f"--init-from starts a classifier from a pretrained encoder; this is a {self.name!r} task")
+            raise DualkitError(
+                f"--init-from starts a classifier from a pretrained encoder; this is a {self.name!r} task"
+            )
         return dqn.train(spec, backend, run_dir=run_dir, device=device, progress=progress, overwrite=overwrite)
 
     def resume(self, run_dir, backend, *, overrides, device, progress):
         return dqn.resume(run_dir, backend, overrides=overrides, device=device, progress=progress)
 
     def show(self, result) -> None:
-        rows = [[e["env_steps"], e["updates"], e["epsilon"], e["loss"], e["train_return"], e["eval_return"],
-                 e["steps_per_s"]] for e in result.evals]
-        print(markdown_table(["env steps", "updates", "epsilon", "loss", "train return", "eval return", "steps/s"],
-                             rows))
+        rows = [
+            [
+                e["env_steps"],
+                e["updates"],
+                e["epsilon"],
+                e["loss"],
+                e["train_return"],
+                e["eval_return"],
+                e["steps_per_s"],
+            ]
+            for e in result.evals
+        ]
+        print(
+            markdown_table(["env steps", "updates", "epsilon", "loss", "train return", "eval return", "steps/s"], rows)
+        )
         t = result.test
         solved = f"; solved at {result.solved_at} env steps" if result.solved_at else ""
-        print(f"test: greedy return {t['return_mean']:.1f} +- {t['return_std']:.1f} (min {t['return_min']:.0f}) "
-              f"over {len(t['returns'])} held-out episodes{solved}")
+        print(
+            f"test: greedy return {t['return_mean']:.1f} +- {t['return_std']:.1f} (min {t['return_min']:.0f}) "
+            f"over {len(t['returns'])} held-out episodes{solved}"
+        )
 
     def evaluate(self, run_dir, backend, device, options: EvalOptions) -> None:
         res = dqn.evaluate_run(Path(run_dir), backend, device, options.episodes, options.seed)
-        print(markdown_table(
-            ["run", "trained in", "evaluated in", "env", "episodes", "first seed", "mean return", "std", "min"],
-            [[str(run_dir), res["trained_in"], res["backend"], res["env_id"], res["episodes"], res["seed"],
-              res["return_mean"], res["return_std"], res["return_min"]]]))
+        print(
+            markdown_table(
+                ["run", "trained in", "evaluated in", "env", "episodes", "first seed", "mean return", "std", "min"],
+                [
+                    [
+                        str(run_dir),
+                        res["trained_in"],
+                        res["backend"],
+                        res["env_id"],
+                        res["episodes"],
+                        res["seed"],
+                        res["return_mean"],
+                        res["return_std"],
+                        res["return_min"],
+                    ]
+                ],
+            )
+        )
 
     def port(self, run_dir, to, out, device) -> PortReport:
         rep = dqn.port_run(Path(run_dir), to, out, device)
-        row = {"from": rep["from"], "to": rep["to"], "episodes": rep["episodes"],
-               "identical returns": rep["identical_returns"], "max rel |Q diff|": rep["max_rel_q_diff"],
-               "return (from)": rep["return_from"], "return (to)": rep["return_to"]}
+        row = {
+            "from": rep["from"],
+            "to": rep["to"],
+            "episodes": rep["episodes"],
+            "identical returns": rep["identical_returns"],
+            "max rel |Q diff|": rep["max_rel_q_diff"],
+            "return (from)": rep["return_from"],
+            "return (to)": rep["return_to"],
+        }
         return PortReport(row, Path(rep["artifact"]), rep["identical_returns"])
 
     def check_inputs(self, spec) -> None:
@@ -81,11 +116,19 @@ class DQNTask(Task):
             mine = [r for r in runs if r["backend"] == b]
             need = min(dqn_parity.L5_MIN_SEEDS, len(mine))
             solved = sum(r["value"] >= dqn_parity.L5_MIN_RETURN for r in mine)
-            detail = "; ".join(f"seed {r['seed']}: {r['value']:.1f} after {r.get('env_steps', '?')} steps"
-                               for r in mine)
-            out.append(Check("L5", f"{b} seeds with greedy return >= {dqn_parity.L5_MIN_RETURN:g}", float(solved),
-                             float(need), solved >= need,
-                             detail + f" (bound is a floor; budget {spec.dqn.total_steps} env steps)"))
+            detail = "; ".join(
+                f"seed {r['seed']}: {r['value']:.1f} after {r.get('env_steps', '?')} steps" for r in mine
+            )
+            out.append(
+                Check(
+                    "L5",
+                    f"{b} seeds with greedy return >= {dqn_parity.L5_MIN_RETURN:g}",
+                    float(solved),
+                    float(need),
+                    solved >= need,
+                    detail + f" (bound is a floor; budget {spec.dqn.total_steps} env steps)",
+                )
+            )
         return out
 
     def bench_run(self, spec, backend, device) -> dict[str, Any]:
@@ -95,9 +138,14 @@ class DQNTask(Task):
         result = dqn.train(spec, backend, device=device, progress=False)
         solve_s = next((e["wall_s"] for e in result.evals if e["env_steps"] == result.solved_at), None)
         return run_summary(
-            self, result.test["return_mean"], [e["env_steps"] for e in result.evals],
-            [e["eval_return"] for e in result.evals], "greedy evaluation return", "environment steps",
-            result.steps_per_s, result.wall_s,
+            self,
+            result.test["return_mean"],
+            [e["env_steps"] for e in result.evals],
+            [e["eval_return"] for e in result.evals],
+            "greedy evaluation return",
+            "environment steps",
+            result.steps_per_s,
+            result.wall_s,
             test_return_min=result.test["return_min"],
             eval_s=result.eval_s,
             env_steps=result.env_steps,
@@ -110,10 +158,12 @@ class DQNTask(Task):
         return [f"seeds >= {dqn_parity.L5_MIN_RETURN:g}", "solved at (env steps)", "time to solve s", "env steps"]
 
     def report_cells(self, runs, columns) -> list[Any]:
-        return [f"{sum(r['value'] >= dqn_parity.L5_MIN_RETURN for r in runs)}/{len(runs)}",
-                mean_or_absent([r.get("solved_at") for r in runs], count=True),
-                mean_or_absent([r.get("time_to_solve_s") for r in runs]),
-                mean_or_absent([r.get("env_steps") for r in runs], count=True)]
+        return [
+            f"{sum(r['value'] >= dqn_parity.L5_MIN_RETURN for r in runs)}/{len(runs)}",
+            mean_or_absent([r.get("solved_at") for r in runs], count=True),
+            mean_or_absent([r.get("time_to_solve_s") for r in runs]),
+            mean_or_absent([r.get("env_steps") for r in runs], count=True),
+        ]
 
 
 TASK = DQNTask()

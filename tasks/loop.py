@@ -15,10 +15,11 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -206,8 +207,13 @@ def run_epochs(
         state.rngs["batches"] = epoch_start
         state.rngs.update({name: runstate.capture_rng(gen) for name, gen in task.streams.items()})
         path = runstate.save(
-            run_dir, state, task.model.get_weights(), task.model.get_optimizer_state(), meta=meta,
-            framework_rng=task.model.get_rng_state(), keep=tr.keep_checkpoints,
+            run_dir,
+            state,
+            task.model.get_weights(),
+            task.model.get_optimizer_state(),
+            meta=meta,
+            framework_rng=task.model.get_rng_state(),
+            keep=tr.keep_checkpoints,
         )
         cadence.saved(state.step)
         return path
@@ -225,13 +231,19 @@ def run_epochs(
             todo = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)  # max_steps may cut the last
             epoch_start = runstate.capture_rng(rng)
             batches = epoch_batches(
-                data.x_train, data.y_train, tr.batch_size, rng, normalizer,
-                crop_padding=spec.data.crop_padding, flip=spec.data.flip, dtype=spec.dtype,
+                data.x_train,
+                data.y_train,
+                tr.batch_size,
+                rng,
+                normalizer,
+                crop_padding=spec.data.crop_padding,
+                flip=spec.data.flip,
+                dtype=spec.dtype,
             )
             done = state.batch
             for _ in itertools.islice(batches, done):
                 pass  # the batches trained before a resume: drawn again (same permutation and augmentation), skipped
-            epoch_losses = state.step_losses[len(state.step_losses) - done:]
+            epoch_losses = state.step_losses[len(state.step_losses) - done :]
             bar = progress_bar(total=todo, desc=f"{backend} {task.desc} {epoch}/{epochs}", enabled=progress)
             bar.update(done)
             t0 = time.perf_counter() - c["epoch_s"]
@@ -240,8 +252,12 @@ def run_epochs(
                 loss = task.step(xb, yb, lr)
                 if not math.isfinite(loss):
                     good = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
-                    check_finite(loss, task.loss_name, f"step {state.step + 1} (epoch {epoch})",
-                                 f"{task.verb} stopped and {good}. Lower optim.lr or set optim.clip_norm.")
+                    check_finite(
+                        loss,
+                        task.loss_name,
+                        f"step {state.step + 1} (epoch {epoch})",
+                        f"{task.verb} stopped and {good}. Lower optim.lr or set optim.clip_norm.",
+                    )
                 state.step_losses.append(loss)
                 epoch_losses.append(loss)
                 state.step += 1
@@ -336,8 +352,11 @@ class EpochResume:
             st.history.pop()  # an epoch that max_steps cut goes on: its record is written again once it is finished
         runstate.reopen_run_dir(self.req, st.history)
         if progress:
-            where = (f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})" if st.batch
-                     else f"the end of epoch {st.epoch}")
+            where = (
+                f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})"
+                if st.batch
+                else f"the end of epoch {st.epoch}"
+            )
             runstate.report_resume(self.req, self.backend.NAME, where)
         return {"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped}
 
@@ -393,10 +412,16 @@ def open_epoch_resume(
     expected = shapes(spec, data.image_shape)
     checkpoint.check_fits(ckpt.weights, expected, f"the {what} run's model")
     runstate.check_optimizer_state(ckpt, spec.optim, [n for n in expected if not is_buffer(n)])
-    if (st.batch > steps_per_epoch or st.step != st.epoch * steps_per_epoch + st.batch
-            or len(st.history) - st.epoch not in ((0, 1) if st.batch else (0,)) or set(st.rngs) != set(streams)):
-        raise CheckpointError(f"{ckpt.path}: run state (step {st.step}, epoch {st.epoch}, batch {st.batch}) is "
-                              "inconsistent")
+    if (
+        st.batch > steps_per_epoch
+        or st.step != st.epoch * steps_per_epoch + st.batch
+        or len(st.history) - st.epoch not in ((0, 1) if st.batch else (0,))
+        or set(st.rngs) != set(streams)
+    ):
+        raise CheckpointError(
+            f"{ckpt.path}: run state (step {st.step}, epoch {st.epoch}, batch {st.batch}) is inconsistent"
+        )
     backend.seed(spec.seed)
-    return EpochResume(req, backend, device, data, Normalizer.from_dict(ckpt.meta["normalizer"]), steps_per_epoch,
-                       total_steps)
+    return EpochResume(
+        req, backend, device, data, Normalizer.from_dict(ckpt.meta["normalizer"]), steps_per_epoch, total_steps
+    )

@@ -22,9 +22,9 @@ from dualkit.core.batches import make_rng, num_batches
 from dualkit.core.datasets import load_dataset
 from dualkit.core.masking import random_masks
 from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec, ScheduleSpec
-from dualkit.tasks.masked_spec import MaskedRunSpec
 from dualkit.core.weights import init_masked
 from dualkit.tasks.classify import prepare_data
+from dualkit.tasks.masked_spec import MaskedRunSpec
 from dualkit.tasks.parity import BACKENDS, Check, check, level3, max_rel_diff, rel_diff
 from dualkit.tasks.pretrain import pretrain
 from dualkit.tasks.probe import extract_features, linear_probe, load_encoder
@@ -39,7 +39,11 @@ RATIO = 0.5
 # with and without the hierarchical decoder's skips
 VARIANTS: dict[str, tuple[ModelSpec, DecoderSpec, bool]] = {
     "plain-token-normpix": (ModelSpec(channels=(8, 16)), DecoderSpec(), True),
-    "bn2-token-normpix": (ModelSpec(channels=(8, 16), convs_per_block=2, batchnorm=True), DecoderSpec(channels=(12, 6)), True),
+    "bn2-token-normpix": (
+        ModelSpec(channels=(8, 16), convs_per_block=2, batchnorm=True),
+        DecoderSpec(channels=(12, 6)),
+        True,
+    ),
     "bn-notoken-raw": (ModelSpec(channels=(8, 16), batchnorm=True), DecoderSpec(mask_token=False), False),
     "bn-token-skips-normpix": (ModelSpec(channels=(8, 16), batchnorm=True), DecoderSpec(skips=True), True),
 }
@@ -59,8 +63,9 @@ def _pair(variant: str, dtype: str, device: str, seed: int):
             r = make_rng(seed, "parity-masked/" + name).uniform(0.5, 1.5, weights[name].shape)
             weights[name] = (r if name.endswith("var") else r - 1.0).astype(dtype)
     return [
-        registry.get_backend(name, device).MaskedAutoencoder(model, decoder, PROBE_SHAPE, weights, OptimSpec(name="sgd"),
-                                                             norm_pix, dtype, device)
+        registry.get_backend(name, device).MaskedAutoencoder(
+            model, decoder, PROBE_SHAPE, weights, OptimSpec(name="sgd"), norm_pix, dtype, device
+        )
         for name in BACKENDS
     ]
 
@@ -75,9 +80,13 @@ def level0(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[C
     for name in BACKENDS:
         backend = registry.get_backend(name, device)
         for norm_pix in (False, True):
-            got = backend.numpy_loss("masked_mse", pred, images, mask, patch_size=PATCH, norm_pix=norm_pix, device=device)
+            got = backend.numpy_loss(
+                "masked_mse", pred, images, mask, patch_size=PATCH, norm_pix=norm_pix, device=device
+            )
             want = ref_losses.masked_mse(pred, images, mask, PATCH, norm_pix)
-            out.append(check("L0", f"{name} masked MSE norm_pix={str(norm_pix).lower()}", rel_diff(got, want), dtype, device))
+            out.append(
+                check("L0", f"{name} masked MSE norm_pix={str(norm_pix).lower()}", rel_diff(got, want), dtype, device)
+            )
     return out
 
 
@@ -90,8 +99,16 @@ def level1(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[C
         a, b = _pair(variant, dtype, device, seed)
         for training in (True, False):
             diff = float(np.abs(a.forward(x, mask, training) - b.forward(x, mask, training)).max())
-            out.append(check("L1", f"{variant} reconstruction {'train' if training else 'eval'}", diff, dtype, device,
-                             "max abs diff"))
+            out.append(
+                check(
+                    "L1",
+                    f"{variant} reconstruction {'train' if training else 'eval'}",
+                    diff,
+                    dtype,
+                    device,
+                    "max abs diff",
+                )
+            )
         diff = float(np.abs(a.features(x) - b.features(x)).max())
         out.append(check("L1", f"{variant} probe features", diff, dtype, device, "max abs diff, eval mode, no mask"))
     return out
@@ -105,7 +122,9 @@ def level2(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[C
         a, b = _pair(variant, dtype, device, seed)
         (la, ga), (lb, gb) = a.loss_and_grads(x, mask), b.loss_and_grads(x, mask)
         worst, name = max_rel_diff(gb, ga)
-        out.append(check("L2", variant, max(worst, rel_diff(lb, la)), dtype, device, f"{len(ga)} tensors, worst: {name}"))
+        out.append(
+            check("L2", variant, max(worst, rel_diff(lb, la)), dtype, device, f"{len(ga)} tensors, worst: {name}")
+        )
     return out
 
 
@@ -118,8 +137,9 @@ L4_SCHEDULE = ScheduleSpec(name="cosine", warmup_steps=20)
 def l4_spec(base: MaskedRunSpec, dtype: str, min_steps: int) -> MaskedRunSpec:
     n_train = len(load_dataset(base.data).y_train)
     epochs = -(-min_steps // num_batches(n_train, base.train.batch_size, drop_last=False))
-    return replace(base, optim=L4_OPTIM, schedule=L4_SCHEDULE, max_steps=0,
-                   dtype=dtype, train=replace(base.train, epochs=epochs))
+    return replace(
+        base, optim=L4_OPTIM, schedule=L4_SCHEDULE, max_steps=0, dtype=dtype, train=replace(base.train, epochs=epochs)
+    )
 
 
 def level4(base: MaskedRunSpec, dtype: str = "float32", device: str = "cpu", min_steps: int = 200) -> list[Check]:
@@ -128,14 +148,17 @@ def level4(base: MaskedRunSpec, dtype: str = "float32", device: str = "cpu", min
     runs = {name: pretrain(spec, name, device=device, progress=False, evaluate=False) for name in BACKENDS}
     a, b = np.array(runs["tf"].step_losses), np.array(runs["torch"].step_losses)
     per_step = np.abs(a - b) / np.abs(b)
-    detail = (f"{len(b)} steps, worst at step {int(per_step.argmax()) + 1}, "
-              f"loss {b[0]:.4f} -> torch {b[-1]:.4f} / tf {a[-1]:.4f}")
+    detail = (
+        f"{len(b)} steps, worst at step {int(per_step.argmax()) + 1}, "
+        f"loss {b[0]:.4f} -> torch {b[-1]:.4f} / tf {a[-1]:.4f}"
+    )
     return [check("L4", "pretraining trajectory", float(per_step.max()), dtype, device, detail)]
 
 
 def _probe_only(base: MaskedRunSpec, seed: int) -> MaskedRunSpec:
-    return replace(base, seed=seed, probe=replace(base.probe, enabled=True),
-                   finetune=replace(base.finetune, fractions=()))
+    return replace(
+        base, seed=seed, probe=replace(base.probe, enabled=True), finetune=replace(base.finetune, fractions=())
+    )
 
 
 def level5(base: MaskedRunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2)) -> tuple[list[Check], dict]:
@@ -150,9 +173,18 @@ def level5(base: MaskedRunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0
             margin[name].append(ev["margin_points"])
     out = []
     for name in BACKENDS:
-        out.append(Check("L5", f"{name} mean probe accuracy", float(np.mean(acc[name])), float("-inf"), True,
-                         "per seed: " + ", ".join(f"{a:.4f}" for a in acc[name])
-                         + f"; margin over random init {np.mean(margin[name]):+.2f} points (reported, no bound)"))
+        out.append(
+            Check(
+                "L5",
+                f"{name} mean probe accuracy",
+                float(np.mean(acc[name])),
+                float("-inf"),
+                True,
+                "per seed: "
+                + ", ".join(f"{a:.4f}" for a in acc[name])
+                + f"; margin over random init {np.mean(margin[name]):+.2f} points (reported, no bound)",
+            )
+        )
     gap = abs(np.mean(acc["torch"]) - np.mean(acc["tf"])) * 100
     out.append(Check("L5", "mean probe accuracy gap (points)", float(gap), L5_MAX_GAP_POINTS, gap <= L5_MAX_GAP_POINTS))
     return out, {"accuracy": acc, "margin_points": margin}
@@ -171,17 +203,28 @@ def port_checks(base: MaskedRunSpec, device: str = "cpu", epochs: int = 2) -> li
             encoder, meta = load_encoder(run_dir)
             a = linear_probe(src, spec, encoder, data, normalizer, device)
             b = linear_probe(dst, spec, encoder, data, normalizer, device)
-            fa, fb = (extract_features(n, spec, encoder, data.x_test, normalizer, data.image_shape, device) for n in (src, dst))
+            fa, fb = (
+                extract_features(n, spec, encoder, data.x_test, normalizer, data.image_shape, device)
+                for n in (src, dst)
+            )
             same = bool(np.array_equal(a["predictions"], b["predictions"]))
-            c = check("port", f"{src} -> {dst}", rel_diff(fb, fa), spec.dtype, device,
-                      f"probe accuracy {a['accuracy']:.4f} in {src}, {b['accuracy']:.4f} in {dst}; "
-                      f"identical probe predictions: {same}; value = relative feature diff")
+            c = check(
+                "port",
+                f"{src} -> {dst}",
+                rel_diff(fb, fa),
+                spec.dtype,
+                device,
+                f"probe accuracy {a['accuracy']:.4f} in {src}, {b['accuracy']:.4f} in {dst}; "
+                f"identical probe predictions: {same}; value = relative feature diff",
+            )
             c.passed = c.passed and same and a["accuracy"] == b["accuracy"]
             out.append(c)
     return out
 
 
-def run_levels(base: MaskedRunSpec, levels: list[str], dtypes: list[str], device: str = "cpu", seeds: int = 3) -> list[Check]:
+def run_levels(
+    base: MaskedRunSpec, levels: list[str], dtypes: list[str], device: str = "cpu", seeds: int = 3
+) -> list[Check]:
     """The requested levels (L0..L5, port) for ``dualkit parity <masked preset>``; L0-L4 in each dtype.
     L3 (one optimizer update vs core's reference) is the classifier's: pretraining uses the same Optimizer."""
     checks: list[Check] = []

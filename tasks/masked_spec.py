@@ -6,7 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dualkit.core.specs import (
-    DataSpec, DecoderSpec, MaskSpec, ModelSpec, OptimSpec, ScheduleSpec, TrainSpec, check_choices, optim_checks,
+    DataSpec,
+    DecoderSpec,
+    MaskSpec,
+    ModelSpec,
+    OptimSpec,
+    ScheduleSpec,
+    TrainSpec,
+    check_choices,
+    optim_checks,
     register_task,
 )
 from dualkit.tasks.classify_spec import image_checks
@@ -47,29 +55,44 @@ class MaskedRunSpec:
     max_steps: int = 0  # stop pretraining after this many steps (0 = train.epochs full epochs); the schedule ends there
 
 
-
-
 def _masked_checks(spec: MaskedRunSpec) -> list[tuple[bool, str]]:
     check_choices(spec.finetune, {("schedule", "name"): ("constant", "step", "cosine")})
     m, d, ft = spec.mask, spec.decoder, spec.finetune
     blocks = len(spec.model.channels)
     downsampling = 2**blocks
-    return image_checks(spec) + optim_checks(ft.optim) + [
-        (0.0 < m.ratio < 1.0, f"mask.ratio must be in (0, 1) (exclusive), got {m.ratio}"),
-        (m.patch_size in (0, downsampling),
-         f"mask.patch_size={m.patch_size} does not match the encoder's downsampling: {blocks} pooling blocks "
-         f"downsample by 2^{blocks} = {downsampling}; set mask.patch_size={downsampling} (or 0 for automatic)"),
-        (len(d.channels) in (0, blocks),
-         f"decoder.channels needs one entry per encoder block ({blocks}), got {len(d.channels)}; () = automatic"),
-        (all(c > 0 for c in d.channels), "decoder.channels must be > 0"),
-        (spec.probe.limit_train >= 0 and spec.probe.max_iter >= 1, "probe.limit_train must be >= 0 and probe.max_iter >= 1"),
-        (len(spec.probe.c_grid) >= 1 and all(c > 0 for c in spec.probe.c_grid), "probe.c_grid needs one or more values > 0"),
-        (all(0.0 < f <= 1.0 for f in ft.fractions), f"finetune.fractions must be in (0, 1], got {list(ft.fractions)}"),
-        (ft.epochs >= 1 and ft.batch_size >= 1, "finetune.epochs and finetune.batch_size must be >= 1"),
-        (0.0 <= ft.label_smoothing < 1.0, "finetune.label_smoothing must be in [0, 1)"),
-        (ft.schedule.step_size >= 1, "finetune.schedule.step_size must be >= 1"),
-        (spec.max_steps >= 0, "max_steps must be >= 0 (0 = train.epochs full epochs)"),
-    ]
+    return (
+        image_checks(spec)
+        + optim_checks(ft.optim)
+        + [
+            (0.0 < m.ratio < 1.0, f"mask.ratio must be in (0, 1) (exclusive), got {m.ratio}"),
+            (
+                m.patch_size in (0, downsampling),
+                f"mask.patch_size={m.patch_size} does not match the encoder's downsampling: {blocks} pooling blocks "
+                f"downsample by 2^{blocks} = {downsampling}; set mask.patch_size={downsampling} (or 0 for automatic)",
+            ),
+            (
+                len(d.channels) in (0, blocks),
+                f"decoder.channels needs one entry per encoder block ({blocks}), got {len(d.channels)}; () = automatic",
+            ),
+            (all(c > 0 for c in d.channels), "decoder.channels must be > 0"),
+            (
+                spec.probe.limit_train >= 0 and spec.probe.max_iter >= 1,
+                "probe.limit_train must be >= 0 and probe.max_iter >= 1",
+            ),
+            (
+                len(spec.probe.c_grid) >= 1 and all(c > 0 for c in spec.probe.c_grid),
+                "probe.c_grid needs one or more values > 0",
+            ),
+            (
+                all(0.0 < f <= 1.0 for f in ft.fractions),
+                f"finetune.fractions must be in (0, 1], got {list(ft.fractions)}",
+            ),
+            (ft.epochs >= 1 and ft.batch_size >= 1, "finetune.epochs and finetune.batch_size must be >= 1"),
+            (0.0 <= ft.label_smoothing < 1.0, "finetune.label_smoothing must be in [0, 1)"),
+            (ft.schedule.step_size >= 1, "finetune.schedule.step_size must be >= 1"),
+            (spec.max_steps >= 0, "max_steps must be >= 0 (0 = train.epochs full epochs)"),
+        ]
+    )
 
 
 register_task("masked", MaskedRunSpec, _masked_checks)

@@ -24,13 +24,29 @@ def show_evaluation(ev: dict[str, Any]) -> None:
     rows = []
     if "probe" in ev:
         p = ev["probe"]
-        rows.append(["linear probe", p["pretrained"]["train_images"], p["pretrained"]["accuracy"],
-                     p["random"]["accuracy"], p["margin_points"]])
+        rows.append(
+            [
+                "linear probe",
+                p["pretrained"]["train_images"],
+                p["pretrained"]["accuracy"],
+                p["random"]["accuracy"],
+                p["margin_points"],
+            ]
+        )
     for frac, f in ev.get("finetune", {}).items():
-        rows.append([f"fine-tune {frac} of labels", f["pretrained"]["train_images"], f["pretrained"]["accuracy"],
-                     f["random"]["accuracy"], f["margin_points"]])
+        rows.append(
+            [
+                f"fine-tune {frac} of labels",
+                f["pretrained"]["train_images"],
+                f["pretrained"]["accuracy"],
+                f["random"]["accuracy"],
+                f["margin_points"],
+            ]
+        )
     if rows:
-        print(markdown_table(["protocol", "train images", "pretrained acc", "random-init acc", "margin (points)"], rows))
+        print(
+            markdown_table(["protocol", "train images", "pretrained acc", "random-init acc", "margin (points)"], rows)
+        )
 
 
 class MaskedTask(Task):
@@ -43,23 +59,26 @@ class MaskedTask(Task):
 
     def train(self, spec, backend, *, run_dir, device, progress, overwrite, init_from=None):
         if init_from is not None:
-            raise DualkitError(f"--init-from starts a classifier from a pretrained encoder; this is a {self.name!r} task")
-        return pretrain.pretrain(spec, backend, run_dir=run_dir, device=device, progress=progress,
-                                 overwrite=overwrite)
+            raise DualkitError(
+                f"--init-from starts a classifier from a pretrained encoder; this is a {self.name!r} task"
+            )
+        return pretrain.pretrain(spec, backend, run_dir=run_dir, device=device, progress=progress, overwrite=overwrite)
 
     def resume(self, run_dir, backend, *, overrides, device, progress):
         return pretrain.resume(run_dir, backend, overrides=overrides, device=device, progress=progress)
 
     def show(self, result) -> None:
-        rows = [[h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h["images_per_s"]]
-                for h in result.history]
+        rows = [
+            [h["epoch"], h["train_loss"], h.get("val_loss", float("nan")), h["images_per_s"]] for h in result.history
+        ]
         print(markdown_table(["epoch", "masked loss", "val masked loss", "images/s"], rows))
         show_evaluation(result.evaluation)
         print(f"reconstructions: {result.grid}")
 
     def evaluate(self, run_dir, backend, device, options: EvalOptions) -> None:
-        res = pretrain.evaluate_run(Path(run_dir), backend, device, progress=options.progress,
-                                    finetune=options.finetune)
+        res = pretrain.evaluate_run(
+            Path(run_dir), backend, device, progress=options.progress, finetune=options.finetune
+        )
         print(f"encoder pretrained in {res['trained_in']}, evaluated in {res['backend']}")
         show_evaluation(res)
 
@@ -92,12 +111,28 @@ class MaskedTask(Task):
         out = []
         for b, v in acc.items():
             margin = np.mean([r.get("margin_points", np.nan) for r in runs if r["backend"] == b])
-            out.append(Check("L5", f"{b} mean probe accuracy", float(np.mean(v)), float("-inf"), True,
-                             "per seed: " + ", ".join(f"{a:.4f}" for a in v)
-                             + f"; margin over random init {margin:+.2f} points (reported, no bound)"))
+            out.append(
+                Check(
+                    "L5",
+                    f"{b} mean probe accuracy",
+                    float(np.mean(v)),
+                    float("-inf"),
+                    True,
+                    "per seed: "
+                    + ", ".join(f"{a:.4f}" for a in v)
+                    + f"; margin over random init {margin:+.2f} points (reported, no bound)",
+                )
+            )
         gap = abs(np.mean(acc["torch"]) - np.mean(acc["tf"])) * 100
-        out.append(Check("L5", "mean probe accuracy gap (points)", float(gap), masked_parity.L5_MAX_GAP_POINTS,
-                         bool(gap <= masked_parity.L5_MAX_GAP_POINTS)))
+        out.append(
+            Check(
+                "L5",
+                "mean probe accuracy gap (points)",
+                float(gap),
+                masked_parity.L5_MAX_GAP_POINTS,
+                bool(gap <= masked_parity.L5_MAX_GAP_POINTS),
+            )
+        )
         return out
 
     def bench_run(self, spec, backend, device) -> dict[str, Any]:
@@ -110,14 +145,22 @@ class MaskedTask(Task):
         ev = result.evaluation
         probe = ev.get("probe", {})
         finetune = {
-            fraction: {"accuracy": r["pretrained"]["accuracy"], "random_accuracy": r["random"]["accuracy"],
-                       "margin_points": r["margin_points"]}
+            fraction: {
+                "accuracy": r["pretrained"]["accuracy"],
+                "random_accuracy": r["random"]["accuracy"],
+                "margin_points": r["margin_points"],
+            }
             for fraction, r in ev.get("finetune", {}).items()
         }
         return run_summary(
-            self, probe["pretrained"]["accuracy"] if probe else float("nan"),
-            [h["epoch"] for h in result.history], [h["train_loss"] for h in result.history],
-            "masked loss (train) per epoch", "epoch", result.images_per_s, total_s,
+            self,
+            probe["pretrained"]["accuracy"] if probe else float("nan"),
+            [h["epoch"] for h in result.history],
+            [h["train_loss"] for h in result.history],
+            "masked loss (train) per epoch",
+            "epoch",
+            result.images_per_s,
+            total_s,
             random_accuracy=probe["random"]["accuracy"] if probe else float("nan"),
             margin_points=probe["margin_points"] if probe else float("nan"),
             finetune=finetune,
@@ -128,12 +171,15 @@ class MaskedTask(Task):
     def report_columns(self, runs) -> list[str]:
         fractions = sorted({f for r in runs for f in r.get("finetune", {})}, key=float)
         return ["random-init probe", "margin (points)", "final masked loss"] + [
-            f"fine-tune {f} of labels" for f in fractions]
+            f"fine-tune {f} of labels" for f in fractions
+        ]
 
     def report_cells(self, runs, columns) -> list[Any]:
-        cells: list[Any] = [mean_std([r["random_accuracy"] for r in runs]),
-                            f"{np.mean([r['margin_points'] for r in runs]):+.2f}",
-                            mean_or_absent([r.get("final_loss") for r in runs])]
+        cells: list[Any] = [
+            mean_std([r["random_accuracy"] for r in runs]),
+            f"{np.mean([r['margin_points'] for r in runs]):+.2f}",
+            mean_or_absent([r.get("final_loss") for r in runs]),
+        ]
         for col in columns[3:]:
             f = col.removeprefix("fine-tune ").removesuffix(" of labels")
             accs = [r["finetune"][f]["accuracy"] for r in runs if f in r.get("finetune", {})]

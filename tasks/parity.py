@@ -18,9 +18,9 @@ from dualkit.core import optim_ref, registry
 from dualkit.core.batches import make_rng, num_batches
 from dualkit.core.datasets import load_dataset
 from dualkit.core.specs import ModelSpec, OptimSpec, ScheduleSpec
-from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.core.weights import init_classifier
 from dualkit.tasks.classify import port_run, train
+from dualkit.tasks.classify_spec import ClassifyRunSpec
 
 BACKENDS = ("torch", "tf")
 # CPU bounds (DESIGN.md); float64 bounds show that any float32 gap is rounding, not semantics.
@@ -100,7 +100,9 @@ def _probe(seed: int, n: int, dtype: str, shape=PROBE_SHAPE, classes: int = 10) 
 def _pair(model: ModelSpec, optim: OptimSpec, dtype: str, device: str, seed: int, label_smoothing: float = 0.0):
     weights = init_classifier(model, PROBE_SHAPE, seed, dtype)
     return [
-        registry.get_backend(name, device).Classifier(model, PROBE_SHAPE, weights, optim, label_smoothing, dtype, device)
+        registry.get_backend(name, device).Classifier(
+            model, PROBE_SHAPE, weights, optim, label_smoothing, dtype, device
+        )
         for name in BACKENDS
     ]
 
@@ -180,7 +182,8 @@ def l4_spec(base: ClassifyRunSpec, variant: str, dtype: str, epochs: int) -> Cla
         model=replace(base.model, dropout=0.0, batchnorm=True),
         optim=optim,
         schedule=schedule,
-        dtype=dtype, train=replace(base.train, epochs=epochs),
+        dtype=dtype,
+        train=replace(base.train, epochs=epochs),
     )
 
 
@@ -195,13 +198,18 @@ def level4(base: ClassifyRunSpec, dtype: str = "float32", device: str = "cpu", m
         runs = {name: train(spec, name, device=device, progress=False) for name in BACKENDS}
         a, b = np.array(runs["tf"].step_losses), np.array(runs["torch"].step_losses)
         per_step = np.abs(a - b) / np.abs(b)
-        detail = f"{len(b)} steps, worst at step {int(per_step.argmax()) + 1}, final loss torch {b[-1]:.4f} tf {a[-1]:.4f}"
+        detail = (
+            f"{len(b)} steps, worst at step {int(per_step.argmax()) + 1}, final loss torch {b[-1]:.4f} tf {a[-1]:.4f}"
+        )
         out.append(check("L4", variant, float(per_step.max()), dtype, device, detail))
     return out
 
 
 def level5(
-    base: ClassifyRunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2), min_accuracy: float | None = L5_MIN_ACCURACY
+    base: ClassifyRunSpec,
+    device: str = "cpu",
+    seeds: tuple[int, ...] = (0, 1, 2),
+    min_accuracy: float | None = L5_MIN_ACCURACY,
 ) -> tuple[list[Check], dict[str, list[float]]]:
     """Each backend trained end to end per seed: mean test accuracy floor (if given), and the gap between means."""
     acc: dict[str, list[float]] = {name: [] for name in BACKENDS}
@@ -213,8 +221,16 @@ def level5(
     for name in BACKENDS:
         mean = float(np.mean(acc[name]))
         floor = -np.inf if min_accuracy is None else min_accuracy
-        out.append(Check("L5", f"{name} mean test accuracy", mean, float(floor), bool(mean >= floor),
-                         "per seed: " + ", ".join(f"{a:.4f}" for a in acc[name]) + " (bound is a floor)"))
+        out.append(
+            Check(
+                "L5",
+                f"{name} mean test accuracy",
+                mean,
+                float(floor),
+                bool(mean >= floor),
+                "per seed: " + ", ".join(f"{a:.4f}" for a in acc[name]) + " (bound is a floor)",
+            )
+        )
     gap = abs(np.mean(acc["torch"]) - np.mean(acc["tf"])) * 100
     out.append(Check("L5", "mean accuracy gap (points)", float(gap), L5_MAX_GAP_POINTS, gap <= L5_MAX_GAP_POINTS))
     return out, acc
@@ -230,8 +246,14 @@ def port_checks(base: ClassifyRunSpec, device: str = "cpu", epochs: int = 2) -> 
             train(spec, src, run_dir=run_dir, device=device, progress=False)
             suffix = ".pt" if dst == "torch" else ".keras"
             rep = port_run(run_dir, dst, Path(tmp) / f"model{suffix}", device=device)
-            c = check("port", f"{src} -> {dst}", rep["max_abs_logit_diff"], base.dtype, device,
-                      f"{rep['test_images']} test images, identical classes: {rep['identical_classes']}")
+            c = check(
+                "port",
+                f"{src} -> {dst}",
+                rep["max_abs_logit_diff"],
+                base.dtype,
+                device,
+                f"{rep['test_images']} test images, identical classes: {rep['identical_classes']}",
+            )
             c.passed = c.passed and rep["identical_classes"]
             out.append(c)
     return out

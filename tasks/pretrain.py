@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from dualkit.core import checkpoint, registry
 from dualkit.core.batches import Normalizer, make_rng
 from dualkit.core.datasets import Dataset, load_dataset
@@ -73,10 +74,16 @@ class PretrainResult:
     extra: dict[str, Any] = field(default_factory=dict)  # segments (one per session), resumed_step, ...
 
 
-def build_autoencoder(backend: ModuleType, spec: MaskedRunSpec, image_shape: tuple[int, int, int],
-                      weights: dict[str, np.ndarray], device: str):
-    return backend.MaskedAutoencoder(spec.model, spec.decoder, image_shape, weights, spec.optim,
-                                     spec.mask.norm_pix, spec.dtype, device)
+def build_autoencoder(
+    backend: ModuleType,
+    spec: MaskedRunSpec,
+    image_shape: tuple[int, int, int],
+    weights: dict[str, np.ndarray],
+    device: str,
+):
+    return backend.MaskedAutoencoder(
+        spec.model, spec.decoder, image_shape, weights, spec.optim, spec.mask.norm_pix, spec.dtype, device
+    )
 
 
 def val_loss(mae, spec: MaskedRunSpec, data: Dataset, normalizer: Normalizer, patch: int) -> float:
@@ -84,16 +91,21 @@ def val_loss(mae, spec: MaskedRunSpec, data: Dataset, normalizer: Normalizer, pa
     x = data.x_val[:VAL_LOSS_IMAGES]
     if len(x) == 0:
         return float("nan")
-    masks = random_masks(len(x), grid_shape(data.image_shape, patch), spec.mask.ratio, make_rng(VAL_MASK_SEED, "masks/val"))
+    masks = random_masks(
+        len(x), grid_shape(data.image_shape, patch), spec.mask.ratio, make_rng(VAL_MASK_SEED, "masks/val")
+    )
     total, bs = 0.0, spec.train.eval_batch_size
     for i in range(0, len(x), bs):
-        xb = normalizer.apply(x[i:i + bs], spec.dtype)
-        total += masked_mse(mae.reconstruct(xb, masks[i:i + bs]), xb, masks[i:i + bs], patch, spec.mask.norm_pix) * len(xb)
+        xb = normalizer.apply(x[i : i + bs], spec.dtype)
+        total += masked_mse(
+            mae.reconstruct(xb, masks[i : i + bs]), xb, masks[i : i + bs], patch, spec.mask.norm_pix
+        ) * len(xb)
     return total / len(x)
 
 
-def checkpoint_meta(spec: MaskedRunSpec, backend: ModuleType, normalizer: Normalizer, data: Dataset, patch: int,
-                    kind: str, **extra: Any) -> dict[str, Any]:
+def checkpoint_meta(
+    spec: MaskedRunSpec, backend: ModuleType, normalizer: Normalizer, data: Dataset, patch: int, kind: str, **extra: Any
+) -> dict[str, Any]:
     return {
         "kind": kind,  # "masked" (encoder + decoder) or "encoder"
         "spec": to_dict(spec),
@@ -119,7 +131,6 @@ def write_grid(path: Path, mae, spec: MaskedRunSpec, data: Dataset, normalizer: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     x_u8 = data.x_test[:GRID_IMAGES]
     n = len(x_u8)
@@ -219,8 +230,11 @@ def _fit(
     grid = grid_shape(data.image_shape, patch)
     mask_rng = make_rng(spec.seed, "masks")
     log = RunLog(run_dir)
-    meta = checkpoint_meta(spec, backend, normalizer, data, patch, "masked",
-                           data_fingerprint=data_fingerprint(data)) if run_dir else {}
+    meta = (
+        checkpoint_meta(spec, backend, normalizer, data, patch, "masked", data_fingerprint=data_fingerprint(data))
+        if run_dir
+        else {}
+    )
 
     def step(xb: np.ndarray, _: np.ndarray, lr: float) -> float:
         return mae.train_step(xb, random_masks(len(xb), grid, spec.mask.ratio, mask_rng), lr)
@@ -230,14 +244,26 @@ def _fit(
             rec["val_loss"] = val_loss(mae, spec, data, normalizer, patch)
 
     def save_model(epoch: int, step: int) -> None:
-        save_checkpoints(run_dir, mae.get_weights(),
-                         checkpoint_meta(spec, backend, normalizer, data, patch, "masked", epoch=epoch, step=step))
+        save_checkpoints(
+            run_dir,
+            mae.get_weights(),
+            checkpoint_meta(spec, backend, normalizer, data, patch, "masked", epoch=epoch, step=step),
+        )
 
-    task = EpochTask(model=mae, step=step, record=record, save_model=save_model, streams={"masks": mask_rng},
-                     loss_name="masked loss", verb="pretraining", desc="pretrain")
+    task = EpochTask(
+        model=mae,
+        step=step,
+        record=record,
+        save_model=save_model,
+        streams={"masks": mask_rng},
+        loss_name="masked loss",
+        verb="pretraining",
+        desc="pretrain",
+    )
     try:
-        out = run_epochs(spec, backend.NAME, device, task, data, normalizer, state, log, meta, progress,
-                         max_steps=spec.max_steps)
+        out = run_epochs(
+            spec, backend.NAME, device, task, data, normalizer, state, log, meta, progress, max_steps=spec.max_steps
+        )
         t_after = time.perf_counter()
         final = mae.get_weights()
         result = PretrainResult(
@@ -255,25 +281,27 @@ def _fit(
             encoder = {k: v for k, v in final.items() if k.startswith("encoder.")}
             result.evaluation = evaluate_encoder(backend.NAME, spec, encoder, data, normalizer, device, progress)
         history = state.history
-        log.result({
-            "task": spec.task,
-            "backend": backend.NAME,
-            "device": device,
-            "seed": spec.seed,
-            "versions": backend.versions(),
-            "steps": state.step,
-            "epochs": len(history),
-            "pretrain_wall_s": out.wall_s,
-            "wall_s": out.wall_s + time.perf_counter() - t_after,
-            "images_per_s": result.images_per_s,
-            "final_train_loss": history[-1]["train_loss"] if history else float("nan"),
-            "final_val_loss": history[-1].get("val_loss", float("nan")) if history else float("nan"),
-            "patch_size": patch,
-            "grid": GRID_FILE,
-            "evaluation": result.evaluation,
-            "history": history,
-            "segments": out.segments,  # one per session: a resumed run has several, a hand-over changes backend
-        })
+        log.result(
+            {
+                "task": spec.task,
+                "backend": backend.NAME,
+                "device": device,
+                "seed": spec.seed,
+                "versions": backend.versions(),
+                "steps": state.step,
+                "epochs": len(history),
+                "pretrain_wall_s": out.wall_s,
+                "wall_s": out.wall_s + time.perf_counter() - t_after,
+                "images_per_s": result.images_per_s,
+                "final_train_loss": history[-1]["train_loss"] if history else float("nan"),
+                "final_val_loss": history[-1].get("val_loss", float("nan")) if history else float("nan"),
+                "patch_size": patch,
+                "grid": GRID_FILE,
+                "evaluation": result.evaluation,
+                "history": history,
+                "segments": out.segments,  # one per session: a resumed run has several, a hand-over changes backend
+            }
+        )
     finally:
         log.close()
     return result
@@ -295,16 +323,26 @@ def resume(
     ``overrides`` applied; only :data:`RESUMABLE_FIELDS` may differ from the checkpointed spec. Every check
     runs before anything in the run folder is written, so a refused resume leaves the folder as it was.
     """
-    r = open_epoch_resume(run_dir, "masked", "masked", "masked-pretraining", overrides, RESUMABLE_FIELDS, backend_name,
-                          device, lambda spec, shape: masked_shapes(spec.model, spec.decoder, shape[2]),
-                          streams=("batches", "masks"))
+    r = open_epoch_resume(
+        run_dir,
+        "masked",
+        "masked",
+        "masked-pretraining",
+        overrides,
+        RESUMABLE_FIELDS,
+        backend_name,
+        device,
+        lambda spec, shape: masked_shapes(spec.model, spec.decoder, shape[2]),
+        streams=("batches", "masks"),
+    )
     spec, image_shape = r.spec, r.data.image_shape
     patch = patch_size_for(spec.model, image_shape, spec.mask.patch_size)
     mae = build_autoencoder(r.backend, spec, image_shape, r.req.ckpt.weights, r.device)
     r.restore(mae)
     resumed = r.begin(progress)  # every check passed: from here on the run folder is written
-    result = _fit(spec, r.backend, r.device, mae, r.data, r.normalizer, patch, r.state, r.req.run_dir, progress,
-                  evaluate=True)
+    result = _fit(
+        spec, r.backend, r.device, mae, r.data, r.normalizer, patch, r.state, r.req.run_dir, progress, evaluate=True
+    )
     result.extra.update(resumed)
     return result
 
@@ -324,12 +362,15 @@ def load_run(run_dir: Path) -> LoadedPretrainRun:
     spec = load_json(run_dir / SPEC_FILE)
     weights, meta = checkpoint.load(run_dir / MODEL_FILE)
     image_shape = tuple(meta["image_shape"])
-    checkpoint.check_fits(weights, masked_shapes(spec.model, spec.decoder, image_shape[2]), "the run's masked autoencoder")
+    checkpoint.check_fits(
+        weights, masked_shapes(spec.model, spec.decoder, image_shape[2]), "the run's masked autoencoder"
+    )
     return LoadedPretrainRun(spec, weights, meta, Normalizer.from_dict(meta["normalizer"]), image_shape)
 
 
-def evaluate_run(run_dir: Path, backend_name: str | None = None, device: str = "cpu", progress: bool = False,
-                 finetune: bool = True) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path, backend_name: str | None = None, device: str = "cpu", progress: bool = False, finetune: bool = True
+) -> dict[str, Any]:
     """Probe (and fine-tune) a masked run's encoder in any backend; writes eval-<backend>.json in the run."""
     run = load_run(run_dir)
     name = registry.resolve_name(backend_name)

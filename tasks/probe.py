@@ -13,9 +13,10 @@ initialisation (the pretraining's starting point, ``core.weights.init_masked``):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,9 +25,9 @@ from dualkit.core.batches import Normalizer, eval_batches
 from dualkit.core.datasets import Dataset
 from dualkit.core.errors import CheckpointError
 from dualkit.core.runs import MODEL_FILE
-from dualkit.tasks.masked_spec import MaskedRunSpec
-from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.core.weights import encoder_shapes, init_weights
+from dualkit.tasks.classify_spec import ClassifyRunSpec
+from dualkit.tasks.masked_spec import MaskedRunSpec
 
 ENCODER_FILE = "encoder.safetensors"
 
@@ -47,14 +48,15 @@ def load_encoder(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 path = path / name
                 break
         else:
-            raise CheckpointError(f"{path} holds neither {ENCODER_FILE} nor {MODEL_FILE}; pass a run folder written by "
-                                  "`dualkit pretrain` (or `dualkit train`) or a .safetensors file")
+            raise CheckpointError(
+                f"{path} holds neither {ENCODER_FILE} nor {MODEL_FILE}; pass a run folder written by "
+                "`dualkit pretrain` (or `dualkit train`) or a .safetensors file"
+            )
     tensors, meta = checkpoint.load(path)
     encoder = {k: v for k, v in tensors.items() if k.startswith("encoder.")}
     if not encoder:
         raise CheckpointError(f"{path} has no encoder.* tensors (it holds: {', '.join(list(tensors)[:6])}...)")
     return encoder, meta
-
 
 
 def encoder_for_classifier(path: Path, spec: ClassifyRunSpec) -> dict[str, np.ndarray]:
@@ -65,22 +67,37 @@ def encoder_for_classifier(path: Path, spec: ClassifyRunSpec) -> dict[str, np.nd
     encoder, meta = load_encoder(path)
     in_channels = load_dataset(spec.data).image_shape[2]
     m = spec.model
-    what = (f"the classifier's encoder (model.channels={list(m.channels)}, convs_per_block={m.convs_per_block}, "
-            f"batchnorm={str(m.batchnorm).lower()}, {in_channels} input channels); --init-from needs a run pretrained "
-            "with the same model.* settings on images with as many channels")
+    what = (
+        f"the classifier's encoder (model.channels={list(m.channels)}, convs_per_block={m.convs_per_block}, "
+        f"batchnorm={str(m.batchnorm).lower()}, {in_channels} input channels); --init-from needs a run pretrained "
+        "with the same model.* settings on images with as many channels"
+    )
     checkpoint.check_fits(encoder, encoder_shapes(m, in_channels), what)
     return encoder
 
+
 # -- linear probe ---------------------------------------------------------------------------------------
 def feature_extractor(
-    backend_name: str, spec: MaskedRunSpec, encoder: dict[str, np.ndarray], normalizer: Normalizer,
-    image_shape: tuple[int, int, int], device: str = "cpu",
+    backend_name: str,
+    spec: MaskedRunSpec,
+    encoder: dict[str, np.ndarray],
+    normalizer: Normalizer,
+    image_shape: tuple[int, int, int],
+    device: str = "cpu",
 ) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 images -> eval-mode GAP features (N, C) of the frozen encoder in the given backend. One model
     serves every call (TF traces its feature step once, not once per split)."""
     backend = registry.get_backend(backend_name, device)
-    mae = backend.MaskedAutoencoder(spec.model, spec.decoder, image_shape, encoder, spec.optim,
-                                    spec.mask.norm_pix, spec.dtype, registry.resolve_device(backend, device))
+    mae = backend.MaskedAutoencoder(
+        spec.model,
+        spec.decoder,
+        image_shape,
+        encoder,
+        spec.optim,
+        spec.mask.norm_pix,
+        spec.dtype,
+        registry.resolve_device(backend, device),
+    )
 
     def features(x_uint8: np.ndarray) -> np.ndarray:
         dummy = np.zeros(len(x_uint8), dtype=np.int64)
@@ -92,14 +109,21 @@ def feature_extractor(
 
 
 def extract_features(
-    backend_name: str, spec: MaskedRunSpec, encoder: dict[str, np.ndarray], x_uint8: np.ndarray,
-    normalizer: Normalizer, image_shape: tuple[int, int, int], device: str = "cpu",
+    backend_name: str,
+    spec: MaskedRunSpec,
+    encoder: dict[str, np.ndarray],
+    x_uint8: np.ndarray,
+    normalizer: Normalizer,
+    image_shape: tuple[int, int, int],
+    device: str = "cpu",
 ) -> np.ndarray:
     """Eval-mode GAP features (N, C) of whole images from the frozen encoder, in the given backend."""
     return feature_extractor(backend_name, spec, encoder, normalizer, image_shape, device)(x_uint8)
 
 
-def fit_logistic(f: np.ndarray, y: np.ndarray, num_classes: int, c: float, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+def fit_logistic(
+    f: np.ndarray, y: np.ndarray, num_classes: int, c: float, max_iter: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression by L-BFGS in float64: minimises mean cross-entropy
     + ||W||^2 / (2 C n) (scikit-learn's objective divided by n; the bias is not penalised). Deterministic."""
     from scipy.optimize import minimize
@@ -109,7 +133,7 @@ def fit_logistic(f: np.ndarray, y: np.ndarray, num_classes: int, c: float, max_i
     lam = 1.0 / (c * n)
 
     def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w, b = theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+        w, b = theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes :]
         logits = f @ w + b
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
@@ -119,14 +143,23 @@ def fit_logistic(f: np.ndarray, y: np.ndarray, num_classes: int, c: float, max_i
         g = (p - onehot) / n
         return loss, np.concatenate([(f.T @ g + lam * w).ravel(), g.sum(axis=0)])
 
-    res = minimize(loss_and_grad, np.zeros(d * num_classes + num_classes), jac=True, method="L-BFGS-B",
-                   options={"maxiter": max_iter, "gtol": 1e-6})
-    return res.x[: d * num_classes].reshape(d, num_classes), res.x[d * num_classes:]
+    res = minimize(
+        loss_and_grad,
+        np.zeros(d * num_classes + num_classes),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iter, "gtol": 1e-6},
+    )
+    return res.x[: d * num_classes].reshape(d, num_classes), res.x[d * num_classes :]
 
 
 def fit_probe(
-    train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-    c_grid: tuple[float, ...], max_iter: int, num_classes: int,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    c_grid: tuple[float, ...],
+    max_iter: int,
+    num_classes: int,
 ) -> dict[str, Any]:
     """Logistic regression on standardised features; C picked on val (the first on ties; without a val
     split, the first C), scored on test."""
@@ -152,7 +185,11 @@ def fit_probe(
 
 
 def linear_probe(
-    backend_name: str, spec: MaskedRunSpec, encoder: dict[str, np.ndarray], data: Dataset, normalizer: Normalizer,
+    backend_name: str,
+    spec: MaskedRunSpec,
+    encoder: dict[str, np.ndarray],
+    data: Dataset,
+    normalizer: Normalizer,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Probe test accuracy of a frozen encoder (see the module docstring); ``predictions`` are the test classes."""
@@ -161,8 +198,14 @@ def linear_probe(
     x_tr, y_tr = data.x_train[:n], data.y_train[:n]
 
     feats = feature_extractor(backend_name, spec, encoder, normalizer, data.image_shape, device)
-    out = fit_probe((feats(x_tr), y_tr), (feats(data.x_val), data.y_val), (feats(data.x_test), data.y_test),
-                    spec.probe.c_grid, spec.probe.max_iter, data.num_classes)
+    out = fit_probe(
+        (feats(x_tr), y_tr),
+        (feats(data.x_val), data.y_val),
+        (feats(data.x_test), data.y_test),
+        spec.probe.c_grid,
+        spec.probe.max_iter,
+        data.num_classes,
+    )
     return {**out, "backend": registry.resolve_name(backend_name), "wall_s": time.perf_counter() - t0}
 
 
@@ -182,8 +225,13 @@ def finetune_spec(spec: MaskedRunSpec, fraction: float, n_train: int) -> Classif
 
 
 def finetune(
-    backend_name: str, spec: MaskedRunSpec, encoder: dict[str, np.ndarray], fraction: float, n_train: int,
-    device: str = "cpu", progress: bool = False,
+    backend_name: str,
+    spec: MaskedRunSpec,
+    encoder: dict[str, np.ndarray],
+    fraction: float,
+    n_train: int,
+    device: str = "cpu",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune the whole classifier from ``encoder`` (fresh head) on a label fraction; test accuracy."""
     from dualkit.tasks.classify import train
@@ -202,13 +250,22 @@ def finetune(
 
 # -- both protocols, pretrained vs random ------------------------------------------------------------------
 def _pair(pretrained: dict[str, Any], random: dict[str, Any]) -> dict[str, Any]:
-    return {"pretrained": pretrained, "random": random,
-            "margin_points": 100.0 * (pretrained["accuracy"] - random["accuracy"])}
+    return {
+        "pretrained": pretrained,
+        "random": random,
+        "margin_points": 100.0 * (pretrained["accuracy"] - random["accuracy"]),
+    }
 
 
 def evaluate_encoder(
-    backend_name: str, spec: MaskedRunSpec, encoder: dict[str, np.ndarray], data: Dataset, normalizer: Normalizer,
-    device: str = "cpu", progress: bool = False, finetune_fractions: tuple[float, ...] | None = None,
+    backend_name: str,
+    spec: MaskedRunSpec,
+    encoder: dict[str, np.ndarray],
+    data: Dataset,
+    normalizer: Normalizer,
+    device: str = "cpu",
+    progress: bool = False,
+    finetune_fractions: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """The linear probe (if probe.enabled) and each fine-tune fraction, for ``encoder`` and for the same
     encoder at random init; margins in accuracy points (pretrained - random)."""
@@ -222,7 +279,9 @@ def evaluate_encoder(
     fractions = spec.finetune.fractions if finetune_fractions is None else finetune_fractions
     if fractions:
         out["finetune"] = {
-            f"{f:g}": _pair(*(finetune(backend_name, spec, w, f, len(data.y_train), device, progress) for w in (encoder, rand)))
+            f"{f:g}": _pair(
+                *(finetune(backend_name, spec, w, f, len(data.y_train), device, progress) for w in (encoder, rand))
+            )
             for f in fractions
         }
     return out

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from dualkit.cli import main
 from dualkit.core import registry
 from dualkit.core.runs import read_json
-from dualkit.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TORCH = registry.is_installed("torch")
@@ -68,7 +68,11 @@ def test_info_lists_both_backends(capsys):
 
 
 def test_info_shows_how_to_install_a_missing_framework(capsys, monkeypatch):
-    monkeypatch.setitem(registry.BACKENDS, "fakefw", ("dualkit.backends.fakefw", "dualkit_no_such_framework", "pip install dualkit-fakefw"))
+    monkeypatch.setitem(
+        registry.BACKENDS,
+        "fakefw",
+        ("dualkit.backends.fakefw", "dualkit_no_such_framework", "pip install dualkit-fakefw"),
+    )
     assert main(["info"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fakefw ")]
     assert len(row) == 1 and "not installed" in row[0] and "pip install dualkit-fakefw" in row[0]
@@ -80,7 +84,17 @@ def test_info_shows_how_to_install_a_missing_framework(capsys, monkeypatch):
 @needs_torch
 def test_train_prints_the_table_and_writes_the_run(tmp_path, capsys):
     out_dir = tmp_path / "run"
-    argv = ["train", "cnn-digits", "--set", "train.epochs=1", "--set", "data.limit_train=256", "--out", str(out_dir), "--quiet"]
+    argv = [
+        "train",
+        "cnn-digits",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.limit_train=256",
+        "--out",
+        str(out_dir),
+        "--quiet",
+    ]
     assert main(argv) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
@@ -90,7 +104,14 @@ def test_train_prints_the_table_and_writes_the_run(tmp_path, capsys):
     assert lines[3].startswith("test: loss ") and "accuracy" in lines[3]
     assert f"run folder: {out_dir}" in out
     assert "epoch 1/1" not in err  # --quiet: no progress bar
-    assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoints", "metrics.jsonl", "model.safetensors", "result.json", "spec.json", "tensorboard"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "checkpoints",
+        "metrics.jsonl",
+        "model.safetensors",
+        "result.json",
+        "spec.json",
+        "tensorboard",
+    ]
     assert read_json(out_dir / "result.json")["backend"] == "torch"
     assert read_json(out_dir / "spec.json")["data"]["limit_train"] == 256
 
@@ -99,8 +120,13 @@ def test_train_prints_the_table_and_writes_the_run(tmp_path, capsys):
 def test_second_train_into_the_same_out_is_refused(torch_run, tmp_path, capsys):
     run_dir = copy_run(torch_run, tmp_path / "run")
     before = snapshot(tmp_path)
-    refused(capsys, ["train", "cnn-digits", "--set", "train.epochs=1", "--out", str(run_dir), "--quiet"],
-            str(run_dir), "already holds a run", "--overwrite")
+    refused(
+        capsys,
+        ["train", "cnn-digits", "--set", "train.epochs=1", "--out", str(run_dir), "--quiet"],
+        str(run_dir),
+        "already holds a run",
+        "--overwrite",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -109,8 +135,18 @@ def test_train_overwrite_replaces_the_run_and_keeps_user_files(torch_run, tmp_pa
     run_dir = copy_run(torch_run, tmp_path / "run")
     (run_dir / "notes.txt").write_text("mine")
     old_model = (run_dir / "model.safetensors").read_bytes()
-    argv = ["train", "cnn-digits", "--set", "train.epochs=1", "--set", "data.limit_train=128",
-            "--out", str(run_dir), "--quiet", "--overwrite"]
+    argv = [
+        "train",
+        "cnn-digits",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.limit_train=128",
+        "--out",
+        str(run_dir),
+        "--quiet",
+        "--overwrite",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     assert (run_dir / "notes.txt").read_text() == "mine"
@@ -130,7 +166,9 @@ SPEC_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("argv, needles", SPEC_ERRORS, ids=["preset", "backend", "key", "type", "int", "no-equals", "range"])
+@pytest.mark.parametrize(
+    "argv, needles", SPEC_ERRORS, ids=["preset", "backend", "key", "type", "int", "no-equals", "range"]
+)
 def test_bad_arguments_exit_2_and_change_nothing(tmp_path, capsys, argv, needles):
     (tmp_path / "notes.txt").write_text("mine")
     out_dir = tmp_path / "run"
@@ -146,9 +184,23 @@ def test_missing_dataset_exits_2_and_changes_nothing(tmp_path, capsys):
     out_dir = tmp_path / "run"
     before = snapshot(tmp_path)
     missing = tmp_path / "no-cifar"
-    refused(capsys, ["train", "cnn-digits", "--set", 'data.name="cifar10"', "--set", f"data.root={missing}",
-                     "--out", str(out_dir), "--quiet"],
-            "CIFAR-10 not found", str(missing / "cifar-10-batches-bin"), "data.root")
+    refused(
+        capsys,
+        [
+            "train",
+            "cnn-digits",
+            "--set",
+            'data.name="cifar10"',
+            "--set",
+            f"data.root={missing}",
+            "--out",
+            str(out_dir),
+            "--quiet",
+        ],
+        "CIFAR-10 not found",
+        str(missing / "cifar-10-batches-bin"),
+        "data.root",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -182,7 +234,9 @@ def test_eval_junk_checkpoint_exits_2_and_changes_nothing(torch_run, tmp_path, c
     (run_dir / "model.safetensors").write_bytes(os.urandom(512))
     before = snapshot(tmp_path)
     refused(capsys, ["eval", str(run_dir)], "not a safetensors file", "model.safetensors")
-    refused(capsys, ["port", str(run_dir), "--to", "tf", "--out", str(run_dir / "model.keras")], "not a safetensors file")
+    refused(
+        capsys, ["port", str(run_dir), "--to", "tf", "--out", str(run_dir / "model.keras")], "not a safetensors file"
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -191,7 +245,9 @@ def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     before = snapshot(tmp_path)
     refused(capsys, ["eval", str(tmp_path / "missing")], "does not exist")
     refused(capsys, ["eval", str(tmp_path)], "not a dualkit run folder")
-    refused(capsys, ["port", str(tmp_path), "--to", "torch", "--out", str(tmp_path / "m.pt")], "not a dualkit run folder")
+    refused(
+        capsys, ["port", str(tmp_path), "--to", "torch", "--out", str(tmp_path / "m.pt")], "not a dualkit run folder"
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -235,7 +291,12 @@ def test_module_entry_point_reports_errors_on_stderr():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(registry.ENV_VAR, None)
     proc = subprocess.run(
-        [sys.executable, "-m", "dualkit", "train", "nope"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "dualkit", "train", "nope"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "unknown task preset 'nope'" in proc.stderr
@@ -269,8 +330,12 @@ def test_train_into_a_folder_another_process_writes_is_refused(torch_run, tmp_pa
     proc = _holder(run_dir)
     try:
         before = _snapshot(run_dir)
-        err = refused(capsys, ["train", "cnn-digits", "--out", str(run_dir), "--quiet", *extra],
-                      "is being written by another dualkit process", f"pid {proc.pid}")
+        err = refused(
+            capsys,
+            ["train", "cnn-digits", "--out", str(run_dir), "--quiet", *extra],
+            "is being written by another dualkit process",
+            f"pid {proc.pid}",
+        )
         assert "--out" in err
         assert _snapshot(run_dir) == before  # nothing deleted or written
         refused(capsys, ["train", "--resume", str(run_dir), "--quiet"], "is being written by another dualkit process")
@@ -285,11 +350,27 @@ def test_train_into_a_folder_another_process_writes_is_refused(torch_run, tmp_pa
 def test_two_trainings_started_together_into_one_folder(tmp_path):
     """One of them trains; the other is refused at once with a clear message (never two writers)."""
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "dualkit", "train", "cnn-digits", "--backend", "torch", "--set", "train.epochs=3",
-            "--set", "data.limit_train=512", "--out", str(run_dir), "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "dualkit",
+        "train",
+        "cnn-digits",
+        "--backend",
+        "torch",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "data.limit_train=512",
+        "--out",
+        str(run_dir),
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     try:
         results = [p.communicate(timeout=240) for p in procs]
     finally:
@@ -307,8 +388,10 @@ def test_two_trainings_started_together_into_one_folder(tmp_path):
 # --------------------------------------------------------------------------- the file system says no
 
 
-@pytest.mark.parametrize("code, fix", [("ENOSPC", "free some space"), ("EROFS", "read-only"),
-                                       ("ENOTDIR", "a file stands where a folder is needed")])
+@pytest.mark.parametrize(
+    "code, fix",
+    [("ENOSPC", "free some space"), ("EROFS", "read-only"), ("ENOTDIR", "a file stands where a folder is needed")],
+)
 def test_an_os_error_is_one_line_that_says_what_to_do(tmp_path, capsys, monkeypatch, code, fix):
     import errno
 

@@ -55,7 +55,11 @@ def test_imports_point_one_way(layer):
 
 
 def test_tests_import_the_installed_names_only():
-    bad = [f"{p.relative_to(REPO)}" for p in (REPO / "tests").rglob("*.py") if any(i.startswith("bare:") for i in _imports(p))]
+    bad = [
+        f"{p.relative_to(REPO)}"
+        for p in (REPO / "tests").rglob("*.py")
+        if any(i.startswith("bare:") for i in _imports(p))
+    ]
     assert not bad, bad
 
 
@@ -87,10 +91,30 @@ def test_every_registered_task_implements_the_protocol():
 def test_the_wheel_installs_one_top_level_package(tmp_path):
     """`pip install .` puts exactly one top-level package, dualkit, in site-packages (with its presets)."""
     src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info next to setup.cfg
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "runs",
-                                                             "bench-results", "__pycache__", ".pytest_cache"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "runs", "bench-results", "__pycache__", ".pytest_cache"
+        ),
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0 and "No module named" in proc.stderr:
         pytest.skip(f"cannot build a wheel here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr
@@ -98,6 +122,12 @@ def test_the_wheel_installs_one_top_level_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"dualkit"}, tops
-    for needed in ("dualkit/cli.py", "dualkit/core/specs.py", "dualkit/backends/torch/__init__.py",
-                   "dualkit/tasks/registry.py", "dualkit/tasks/presets/cnn-digits.toml", "dualkit/benchmarks/suite.py"):
+    for needed in (
+        "dualkit/cli.py",
+        "dualkit/core/specs.py",
+        "dualkit/backends/torch/__init__.py",
+        "dualkit/tasks/registry.py",
+        "dualkit/tasks/presets/cnn-digits.toml",
+        "dualkit/benchmarks/suite.py",
+    ):
         assert needed in names, needed

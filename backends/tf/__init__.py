@@ -7,4 +7,18 @@ from dualkit.backends.tf.masked import MaskedAutoencoder
 from dualkit.backends.tf.optim import Optimizer, apply_updates
 from dualkit.backends.tf.runtime import NAME, check_device, devices, gpu_available, seed, setup, versions
 
-__all__ = ["NAME", "Classifier", "DQNAgent", "MaskedAutoencoder", "Optimizer", "apply_updates", "numpy_loss", "check_device", "devices", "gpu_available", "seed", "setup", "versions"]
+__all__ = [
+    "NAME",
+    "Classifier",
+    "DQNAgent",
+    "MaskedAutoencoder",
+    "Optimizer",
+    "apply_updates",
+    "numpy_loss",
+    "check_device",
+    "devices",
+    "gpu_available",
+    "seed",
+    "setup",
+    "versions",
+]

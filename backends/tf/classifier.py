@@ -9,7 +9,13 @@ from dualkit.backends.tf.cnn import build_cnn, canonical_variables
 from dualkit.backends.tf.losses import softmax_cross_entropy
 from dualkit.backends.tf.optim import Optimizer
 from dualkit.backends.tf.runtime import (
-    DTYPES, framework_device, get_rng_state, save_native, set_rng_state, to_numpy, to_tensor,
+    DTYPES,
+    framework_device,
+    get_rng_state,
+    save_native,
+    set_rng_state,
+    to_numpy,
+    to_tensor,
 )
 from dualkit.core.specs import ModelSpec, OptimSpec
 from dualkit.core.weights import is_buffer
@@ -84,9 +90,7 @@ class Classifier:
             loss = self._loss(to_tensor(x, self.dtype), to_tensor(y, tf.int64))
         grads = tape.gradient(loss, trainable)
         self.set_weights(saved)
-        return float(loss.numpy()), {
-            n: self.variables[n][2](to_numpy(g)).copy() for n, g in zip(self.params, grads)
-        }
+        return float(loss.numpy()), {n: self.variables[n][2](to_numpy(g)).copy() for n, g in zip(self.params, grads)}
 
     # -- canonical weights -------------------------------------------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:

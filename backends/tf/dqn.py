@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -44,7 +44,7 @@ class DQNAgent:
             self.params = {n: v for n, (v, _, _) in online_vars.items()}
             self.optimizer = Optimizer(optim, self.params, {n: (to, fr) for n, (_, to, fr) in self.variables.items()})
         self._pairs = [
-            (self.variables[n][0], self.variables[TARGET_PREFIX + n[len(QNET_PREFIX):]][0]) for n in online_vars
+            (self.variables[n][0], self.variables[TARGET_PREFIX + n[len(QNET_PREFIX) :]][0]) for n in online_vars
         ]
         self.obs_dim = obs_dim
         obs = tf.TensorSpec((None, obs_dim), self.dtype)
@@ -83,7 +83,9 @@ class DQNAgent:
         next_q_target = tf.stop_gradient(self.target(next_obs, training=False))
         next_q_online = tf.stop_gradient(self.online(next_obs, training=False)) if self.double else None
         q = self.online(obs, training=True)
-        return td_loss(q, actions, rewards, terminated, next_q_target, next_q_online, gamma=self.gamma, kind=self.loss_kind)
+        return td_loss(
+            q, actions, rewards, terminated, next_q_target, next_q_online, gamma=self.gamma, kind=self.loss_kind
+        )
 
     def _loss_and_grads(self, packed: tf.Tensor):
         trainable = list(self.params.values())

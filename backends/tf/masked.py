@@ -16,7 +16,13 @@ from dualkit.backends.tf.cnn import _BatchNorm, _layer_name, build_encoder, cano
 from dualkit.backends.tf.losses import masked_mse
 from dualkit.backends.tf.optim import Optimizer
 from dualkit.backends.tf.runtime import (
-    DTYPES, IDENTITY_LAYOUT, framework_device, get_rng_state, set_rng_state, to_numpy, to_tensor,
+    DTYPES,
+    IDENTITY_LAYOUT,
+    framework_device,
+    get_rng_state,
+    set_rng_state,
+    to_numpy,
+    to_tensor,
 )
 from dualkit.core.masking import grid_shape, patch_size_for, visible
 from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec
@@ -38,7 +44,9 @@ def masked_batchnorm(bn: _BatchNorm, x: tf.Tensor, vis: tf.Tensor, training: boo
     return (x - mean) * scale + bn.bias
 
 
-def masked_encode(encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: bool) -> list[tuple[tf.Tensor, tf.Tensor]]:
+def masked_encode(
+    encoder: keras.Model, x: tf.Tensor, vis: tf.Tensor, training: bool
+) -> list[tuple[tf.Tensor, tf.Tensor]]:
     """NHWC images with masked pixels already zero -> every block's pooled output and its visibility
     (N, h, w, 1), fine to coarse (the last is the coarsest)."""
     outs = []
@@ -73,14 +81,18 @@ def build_decoder(
     skips = decoder_skips(model, decoder)
     h, w = feature_grid(model, image_shape)
     feats = keras.Input(shape=(h, w, model.channels[-1]), dtype=dtype)
-    skip_inputs = {i: keras.Input(shape=(h * 2 ** (i + 1), w * 2 ** (i + 1), model.channels[j]), dtype=dtype)
-                   for i, j in skips.items()}
+    skip_inputs = {
+        i: keras.Input(shape=(h * 2 ** (i + 1), w * 2 ** (i + 1), model.channels[j]), dtype=dtype)
+        for i, j in skips.items()
+    }
     x, cin = feats, model.channels[-1]
     for i, cout in enumerate(decoder_channels(model, decoder)):
         x = keras.layers.UpSampling2D(2, interpolation="nearest", dtype=dtype)(x)
         if i in skips:
             x = x + keras.layers.Conv2D(cin, 1, dtype=dtype, name=_layer_name(f"decoder.skip{i}"))(skip_inputs[i])
-        x = keras.layers.Conv2D(cout, 3, padding="same", activation="relu", dtype=dtype, name=_layer_name(f"decoder.up{i}"))(x)
+        x = keras.layers.Conv2D(
+            cout, 3, padding="same", activation="relu", dtype=dtype, name=_layer_name(f"decoder.up{i}")
+        )(x)
         cin = cout
     out = keras.layers.Conv2D(image_shape[2], 1, dtype=dtype, name=_layer_name("decoder.out"))(x)
     return keras.Model([feats, *skip_inputs.values()], out, name="decoder")
@@ -123,7 +135,9 @@ class MaskedAutoencoder:
         x_spec = tf.TensorSpec((None, *image_shape), self.dtype)
         vis_spec = tf.TensorSpec((None, *image_shape[:2], 1), self.dtype)
         mask_spec = tf.TensorSpec((None, gh, gw), tf.bool)
-        self._train_fn = tf.function(self._train, input_signature=[x_spec, vis_spec, mask_spec, tf.TensorSpec((), tf.float64)])
+        self._train_fn = tf.function(
+            self._train, input_signature=[x_spec, vis_spec, mask_spec, tf.TensorSpec((), tf.float64)]
+        )
         self._reconstruct_fn = tf.function(lambda x, vis: self._net(x, vis, False), input_signature=[x_spec, vis_spec])
         self._features_fn = tf.function(self._features, input_signature=[x_spec])
 
@@ -181,9 +195,7 @@ class MaskedAutoencoder:
             loss = self._loss(*self._tensors(x, mask))
         grads = tape.gradient(loss, trainable)
         self.set_weights(saved)
-        return float(loss.numpy()), {
-            n: self.variables[n][2](to_numpy(g)).copy() for n, g in zip(self.params, grads)
-        }
+        return float(loss.numpy()), {n: self.variables[n][2](to_numpy(g)).copy() for n, g in zip(self.params, grads)}
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode encoder features of whole images, global-average-pooled: (N, C_last)."""

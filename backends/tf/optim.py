@@ -56,7 +56,7 @@ class Optimizer:
         for name, var, g in zip(self.names, self.vars, grads):
             dt = var.dtype
 
-            def c(x):
+            def c(x, dt=dt):
                 # tf.cast(python_float, float64) would round through float32 first
                 return tf.constant(x, dt) if isinstance(x, (int, float)) else tf.cast(x, dt)
 

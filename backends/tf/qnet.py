@@ -11,7 +11,9 @@ from dualkit.core.specs import QNetSpec
 ACTIVATIONS = {"relu": "relu", "tanh": "tanh"}
 
 
-def build_qnet(spec: QNetSpec, obs_dim: int, num_actions: int, dtype: str = "float32", name: str = "qnet") -> keras.Model:
+def build_qnet(
+    spec: QNetSpec, obs_dim: int, num_actions: int, dtype: str = "float32", name: str = "qnet"
+) -> keras.Model:
     """Observations (N, obs_dim) -> Q-values (N, num_actions): ``fc{i}`` + activation, then ``out``.
 
     ``name`` tells the online and the target model apart; each is built from its own layers, so the

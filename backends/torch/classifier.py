@@ -9,7 +9,13 @@ from dualkit.backends.torch.cnn import build_cnn, canonical_variables
 from dualkit.backends.torch.losses import softmax_cross_entropy
 from dualkit.backends.torch.optim import Optimizer
 from dualkit.backends.torch.runtime import (
-    DTYPES, framework_device, get_rng_state, save_native, set_rng_state, to_numpy, to_tensor,
+    DTYPES,
+    framework_device,
+    get_rng_state,
+    save_native,
+    set_rng_state,
+    to_numpy,
+    to_tensor,
 )
 from dualkit.core.specs import ModelSpec, OptimSpec
 from dualkit.core.weights import is_buffer

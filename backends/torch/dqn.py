@@ -38,7 +38,10 @@ class DQNAgent:
         # its own tensors
         self.target = build_qnet(qnet, obs_dim, num_actions, dtype, name="target").to(self.device)
         self.target.requires_grad_(False)
-        self.variables = {**canonical_variables(self.online, QNET_PREFIX), **canonical_variables(self.target, TARGET_PREFIX)}
+        self.variables = {
+            **canonical_variables(self.online, QNET_PREFIX),
+            **canonical_variables(self.target, TARGET_PREFIX),
+        }
         self.params = canonical_variables(self.online, QNET_PREFIX)
         self.set_weights(weights)
         self.optimizer = Optimizer(optim, self.params)
@@ -61,7 +64,9 @@ class DQNAgent:
             next_q_target = self.target(next_obs)
             next_q_online = self.online(next_obs) if self.double else None
         q = self.online(obs)
-        return td_loss(q, actions, rewards, terminated, next_q_target, next_q_online, gamma=self.gamma, kind=self.loss_kind)
+        return td_loss(
+            q, actions, rewards, terminated, next_q_target, next_q_online, gamma=self.gamma, kind=self.loss_kind
+        )
 
     def update(self, batch: Batch, lr: float) -> float:
         """One optimizer step on a minibatch; returns the TD loss before the step."""

@@ -48,7 +48,12 @@ def td_loss(
 
 
 def masked_mse(
-    pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix: bool = False, eps: float = 1e-6
+    pred: torch.Tensor,
+    images: torch.Tensor,
+    mask: torch.Tensor,
+    patch_size: int,
+    norm_pix: bool = False,
+    eps: float = 1e-6,
 ) -> torch.Tensor:
     """Mean squared error on masked patches only (MAE's loss); pred and images (N, H, W, C), mask (N, H/p, W/p)
     true where hidden. With ``norm_pix`` each target patch is normalised by its own mean and unbiased variance."""
@@ -56,7 +61,9 @@ def masked_mse(
     p = patch_size
 
     def patches(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(n, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(n, (h // p) * (w // p), p * p * c)
+        return (
+            t.reshape(n, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(n, (h // p) * (w // p), p * p * c)
+        )
 
     target = patches(images.detach())
     if norm_pix:

@@ -39,7 +39,9 @@ def masked_batchnorm(bn: nn.BatchNorm2d, x: torch.Tensor, vis: torch.Tensor, tra
     return (x - mean[None, :, None, None]) * scale[None, :, None, None] + bn.bias[None, :, None, None]
 
 
-def masked_encode(encoder: nn.Module, x: torch.Tensor, vis: torch.Tensor, training: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def masked_encode(
+    encoder: nn.Module, x: torch.Tensor, vis: torch.Tensor, training: bool
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """NCHW images with masked pixels already zero -> every block's pooled output and its visibility
     (N, 1, h, w), fine to coarse (the last is the coarsest)."""
     outs = []
@@ -146,8 +148,11 @@ class MaskedAutoencoder:
     # -- steps ---------------------------------------------------------------------------------
     def _tensors(self, x: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         vis = visible(mask, self.patch, self.dtype_name)
-        return (to_tensor(x, self.dtype, self.device), to_tensor(vis, self.dtype, self.device),
-                to_tensor(np.asarray(mask, bool), device=self.device))
+        return (
+            to_tensor(x, self.dtype, self.device),
+            to_tensor(vis, self.dtype, self.device),
+            to_tensor(np.asarray(mask, bool), device=self.device),
+        )
 
     def _loss(self, x: np.ndarray, mask: np.ndarray) -> torch.Tensor:
         self.net.train()

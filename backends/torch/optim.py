@@ -26,15 +26,21 @@ class Optimizer:
         self.layouts = layouts or {}
         self.plist = list(params.values())
         # One param group per weight-decay value (OptimSpec.decay_1d), each in the order of ``params``.
-        groups = [{"params": [p for p in self.plist if decays(spec, tuple(p.shape)) == d],
-                   "weight_decay": spec.weight_decay if d else 0.0} for d in (True, False)]
+        groups = [
+            {
+                "params": [p for p in self.plist if decays(spec, tuple(p.shape)) == d],
+                "weight_decay": spec.weight_decay if d else 0.0,
+            }
+            for d in (True, False)
+        ]
         groups = [g for g in groups if g["params"]]
         if spec.name == "sgd":
             self.opt = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
         elif spec.name in ("adam", "adamw"):
             cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
             kwargs = dict(lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
-            try:  # the fused kernel: the same math in one call for all tensors (the per-tensor loop dominates small models)
+            # the fused kernel: the same math in one call for all tensors (the per-tensor loop dominates small models)
+            try:
                 self.opt = cls(groups, fused=True, **kwargs)
             except (RuntimeError, ValueError):  # a device or dtype torch has no fused kernel for
                 self.opt = cls(groups, **kwargs)
@@ -77,7 +83,8 @@ class Optimizer:
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         self.step_count = int(np.asarray(state["step"]))
         for name, p in self.params.items():
-            def load(key: str) -> torch.Tensor:  # in the parameter's memory format (channels_last convs)
+
+            def load(key: str, p: torch.Tensor = p) -> torch.Tensor:  # in the parameter's memory format (channels_last)
                 value = self._layout(key, np.asarray(state[key]), to_canonical=False)
                 return torch.empty_like(p).copy_(torch.as_tensor(value, dtype=p.dtype, device=p.device))
 
@@ -85,8 +92,11 @@ class Optimizer:
                 self.opt.state[p] = {"momentum_buffer": load(f"momentum.{name}")}
             elif self.spec.name in ("adam", "adamw"):
                 self.opt.state[p] = {
-                    "step": torch.tensor(float(self.step_count), dtype=torch.float32,
-                                         device=p.device if self.opt.param_groups[0].get("fused") else None),
+                    "step": torch.tensor(
+                        float(self.step_count),
+                        dtype=torch.float32,
+                        device=p.device if self.opt.param_groups[0].get("fused") else None,
+                    ),
                     "exp_avg": load(f"exp_avg.{name}"),
                     "exp_avg_sq": load(f"exp_avg_sq.{name}"),
                 }

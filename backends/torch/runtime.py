@@ -6,8 +6,8 @@ Mirrors backends/tf/runtime.py name for name (see tests/backends/test_mirror.py)
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

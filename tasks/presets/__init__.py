@@ -21,7 +21,9 @@ def load(name: str, overrides: list[str] | None = None) -> Any:
     if not (path.suffix == ".toml" and path.is_file()):
         path = PRESET_DIR / f"{name}.toml"
         if not path.is_file():
-            raise SpecError(f"unknown task preset {name!r}; available: {', '.join(names())} (or a path to a .toml file)")
+            raise SpecError(
+                f"unknown task preset {name!r}; available: {', '.join(names())} (or a path to a .toml file)"
+            )
     from dualkit.tasks import registry
 
     registry.load_all()  # every task's spec class, so that the preset's `task` is known

@@ -24,8 +24,14 @@ def batch(n: int = 24, seed: int = 0, dtype: str = "float32") -> tuple[np.ndarra
     return rng.normal(size=(n, *IMAGE)).astype(dtype), rng.integers(0, MODEL.num_classes, size=n).astype(np.int64)
 
 
-def make(backend: ModuleType, model: ModelSpec = MODEL, optim: OptimSpec = ADAM, seed: int = 0, dtype: str = "float32",
-         weights=None):
+def make(
+    backend: ModuleType,
+    model: ModelSpec = MODEL,
+    optim: OptimSpec = ADAM,
+    seed: int = 0,
+    dtype: str = "float32",
+    weights=None,
+):
     w = init_classifier(model, IMAGE, seed, dtype) if weights is None else weights
     return backend.Classifier(model, IMAGE, w, optim, 0.0, dtype, "cpu")
 
@@ -205,13 +211,15 @@ def test_optimizer_state_is_in_the_canonical_layout(backend, optim):
     slot, weight = "momentum" if optim.name == "sgd" else "exp_avg", "encoder.block0.conv0.weight"
     if backend.NAME == "tf":
         kernel = other.variables[weight][0]  # (kh, kw, in, out) inside Keras
-        np.testing.assert_array_equal(other.optimizer.slots[f"{slot}.{weight}"].numpy(),
-                                      state[f"{slot}.{weight}"].transpose(2, 3, 1, 0))
+        np.testing.assert_array_equal(
+            other.optimizer.slots[f"{slot}.{weight}"].numpy(), state[f"{slot}.{weight}"].transpose(2, 3, 1, 0)
+        )
         assert tuple(kernel.shape) == (3, 3, 3, 4)
     else:  # torch's layout is the canonical one
         buffers = other.optimizer.opt.state[other.params[weight]]
-        np.testing.assert_array_equal(buffers["momentum_buffer" if slot == "momentum" else slot].numpy(),
-                                      state[f"{slot}.{weight}"])
+        np.testing.assert_array_equal(
+            buffers["momentum_buffer" if slot == "momentum" else slot].numpy(), state[f"{slot}.{weight}"]
+        )
 
 
 # --------------------------------------------------------------------------- native artifact
@@ -291,7 +299,9 @@ def test_save_native_overwrites_atomically(backend, tmp_path):
 # --------------------------------------------------------------------------- determinism
 
 
-def run_twice(backend: ModuleType, seed: int, model: ModelSpec) -> tuple[list[float], dict[str, np.ndarray], np.ndarray]:
+def run_twice(
+    backend: ModuleType, seed: int, model: ModelSpec
+) -> tuple[list[float], dict[str, np.ndarray], np.ndarray]:
     backend.seed(seed)
     clf = make(backend, model)
     losses = [clf.train_step(x, y, 1e-2) for x, y in (batch(seed=s) for s in range(5))]

@@ -23,20 +23,25 @@ QNET = QNetSpec(hidden=(16, 8), activation="relu")
 ADAM = OptimSpec(name="adam", lr=1e-2)
 
 
-def make(backend: ModuleType, qnet=QNET, optim=ADAM, loss="huber", double=False, dtype="float32", seed=0,
-         weights=None):
+def make(backend: ModuleType, qnet=QNET, optim=ADAM, loss="huber", double=False, dtype="float32", seed=0, weights=None):
     w = init_qnet(qnet.hidden, OBS, ACTIONS, seed, dtype) if weights is None else weights
     return backend.DQNAgent(qnet, OBS, ACTIONS, w, optim, 0.9, loss, double, dtype, "cpu")
 
 
 def batch(n=32, seed=0, dtype="float32") -> Batch:
     rng = make_rng(seed, "test-batch")
-    return Batch(rng.normal(size=(n, OBS)).astype(dtype), rng.integers(0, ACTIONS, n).astype(np.int64),
-                 rng.normal(size=n).astype(dtype), rng.normal(size=(n, OBS)).astype(dtype),
-                 (rng.random(n) < 0.3).astype(dtype))
+    return Batch(
+        rng.normal(size=(n, OBS)).astype(dtype),
+        rng.integers(0, ACTIONS, n).astype(np.int64),
+        rng.normal(size=n).astype(dtype),
+        rng.normal(size=(n, OBS)).astype(dtype),
+        (rng.random(n) < 0.3).astype(dtype),
+    )
 
 
-def mlp(weights: dict[str, np.ndarray], x: np.ndarray, prefix: str = "q", act=lambda z: np.maximum(z, 0.0)) -> np.ndarray:
+def mlp(
+    weights: dict[str, np.ndarray], x: np.ndarray, prefix: str = "q", act=lambda z: np.maximum(z, 0.0)
+) -> np.ndarray:
     """The Q-network in numpy, float64, from canonical (out, in) kernels."""
     h = x.astype(np.float64)
     i = 0
@@ -71,15 +76,29 @@ def test_act_values_match_a_numpy_mlp(backend, activation):
 @pytest.mark.parametrize("loss", ["huber", "mse"])
 @pytest.mark.parametrize("double", [False, True])
 def test_loss_matches_core_reference_and_changes_nothing(backend, loss, double):
-    agent = make(backend, loss=loss, double=double, dtype="float64", weights={
-        **init_qnet(QNET.hidden, OBS, ACTIONS, 0, "float64"),
-        **target_names(init_qnet(QNET.hidden, OBS, ACTIONS, 1, "float64")),  # a target that differs
-    })
+    agent = make(
+        backend,
+        loss=loss,
+        double=double,
+        dtype="float64",
+        weights={
+            **init_qnet(QNET.hidden, OBS, ACTIONS, 0, "float64"),
+            **target_names(init_qnet(QNET.hidden, OBS, ACTIONS, 1, "float64")),  # a target that differs
+        },
+    )
     b = batch(dtype="float64")
     w = agent.get_weights()
     got, grads = agent.loss_and_grads(b)
-    want = ref_losses.td_loss(mlp(w, b.obs), b.actions, b.rewards, b.terminated, mlp(w, b.next_obs, "target"),
-                              mlp(w, b.next_obs) if double else None, gamma=0.9, kind=loss)
+    want = ref_losses.td_loss(
+        mlp(w, b.obs),
+        b.actions,
+        b.rewards,
+        b.terminated,
+        mlp(w, b.next_obs, "target"),
+        mlp(w, b.next_obs) if double else None,
+        gamma=0.9,
+        kind=loss,
+    )
     assert got == pytest.approx(want, rel=1e-12)
     assert set(grads) == set(qnet_shapes(QNET.hidden, OBS, ACTIONS))  # online weights only
     after = agent.get_weights()

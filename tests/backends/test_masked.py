@@ -29,10 +29,16 @@ def batch(n: int = 12, seed: int = 0, dtype: str = "float32") -> tuple[np.ndarra
     return rng.normal(size=(n, *IMAGE)).astype(dtype), random_masks(n, GRID, 0.5, rng)
 
 
-def make(backend: ModuleType, model: ModelSpec = MODEL, decoder: DecoderSpec = DECODER, norm_pix: bool = True,
-         dtype: str = "float32"):
-    return backend.MaskedAutoencoder(model, decoder, IMAGE, init_masked(model, decoder, IMAGE[2], 0, dtype), ADAM,
-                                     norm_pix, dtype)
+def make(
+    backend: ModuleType,
+    model: ModelSpec = MODEL,
+    decoder: DecoderSpec = DECODER,
+    norm_pix: bool = True,
+    dtype: str = "float32",
+):
+    return backend.MaskedAutoencoder(
+        model, decoder, IMAGE, init_masked(model, decoder, IMAGE[2], 0, dtype), ADAM, norm_pix, dtype
+    )
 
 
 def scramble_masked(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -97,7 +103,7 @@ def test_first_running_mean_is_the_mean_over_visible_positions(backend):
     conv = np.zeros((*x.shape[:3], 4))
     for dy in range(3):
         for dx in range(3):
-            conv += np.einsum("nhwc,oc->nhwo", xp[:, dy:dy + IMAGE[0], dx:dx + IMAGE[1]], kernel[:, :, dy, dx])
+            conv += np.einsum("nhwc,oc->nhwo", xp[:, dy : dy + IMAGE[0], dx : dx + IMAGE[1]], kernel[:, :, dy, dx])
     mean = conv[vis].mean(axis=0)
     np.testing.assert_allclose(mae.get_weights()["encoder.block0.bn0.running_mean"], 0.1 * mean, rtol=1e-10)
 
@@ -136,8 +142,12 @@ def test_features_are_the_unmasked_eval_mode_encoder_and_ignore_the_decoder(back
     # linear map of them (identity head: weight = I, bias = 0 for a head with as many classes as channels)
     model = ModelSpec(channels=MODEL.channels, convs_per_block=2, batchnorm=True, head="gap", num_classes=8)
     enc = {k: v for k, v in w.items() if k.startswith("encoder.")}
-    clf = backend.Classifier(model, IMAGE, {**enc, "head.out.weight": np.eye(8, dtype="float32"),
-                                            "head.out.bias": np.zeros(8, "float32")}, ADAM)
+    clf = backend.Classifier(
+        model,
+        IMAGE,
+        {**enc, "head.out.weight": np.eye(8, dtype="float32"), "head.out.bias": np.zeros(8, "float32")},
+        ADAM,
+    )
     np.testing.assert_allclose(clf.predict(x), feats, rtol=1e-5, atol=1e-6)
 
 

@@ -11,8 +11,10 @@ from dualkit.core import registry
 from dualkit.core.flops import ConvLayer, conv_layers
 from dualkit.tasks import presets
 
-BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(not registry.is_installed(b), reason=f"{b} is not installed"))
-            for b in ("torch", "tf")]
+BACKENDS = [
+    pytest.param(b, marks=pytest.mark.skipif(not registry.is_installed(b), reason=f"{b} is not installed"))
+    for b in ("torch", "tf")
+]
 
 
 def autograd_reference(x: np.ndarray, w: np.ndarray, gy: np.ndarray) -> dict[str, np.ndarray]:
@@ -23,8 +25,11 @@ def autograd_reference(x: np.ndarray, w: np.ndarray, gy: np.ndarray) -> dict[str
     wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
     y = torch.nn.functional.conv2d(xt, wt, padding=w.shape[-1] // 2)
     (y * torch.tensor(gy.transpose(0, 3, 1, 2), dtype=torch.float64)).sum().backward()
-    return {"forward": y.detach().numpy().transpose(0, 2, 3, 1), "input_grad": xt.grad.numpy().transpose(0, 2, 3, 1),
-            "filter_grad": wt.grad.numpy()}
+    return {
+        "forward": y.detach().numpy().transpose(0, 2, 3, 1),
+        "input_grad": xt.grad.numpy().transpose(0, 2, 3, 1),
+        "filter_grad": wt.grad.numpy(),
+    }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

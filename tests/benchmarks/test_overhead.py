@@ -15,13 +15,19 @@ def test_each_loop_keeps_its_best_round_and_rounds_alternate(monkeypatch):
         pytest.skip("needs PyTorch and TensorFlow")
     calls: list[str] = []
     # seconds per step per call: the first call of a process is slow (warm-up), later ones are not
-    times = {"toolkit torch": [0.5, 0.3], "bare torch loop": [0.32, 0.31], "toolkit tf": [0.4, 0.41],
-             "bare tf.function loop": [0.42, 0.45], "keras fit": [0.6, 0.5]}
+    times = {
+        "toolkit torch": [0.5, 0.3],
+        "bare torch loop": [0.32, 0.31],
+        "toolkit tf": [0.4, 0.41],
+        "bare tf.function loop": [0.42, 0.45],
+        "keras fit": [0.6, 0.5],
+    }
 
     def fake(name):
         def timer(*args, **kwargs):
             calls.append(name)
             return times[name][calls.count(name) - 1]
+
         return timer
 
     monkeypatch.setattr(overhead, "toolkit_step_time", lambda spec, backend, *a: fake(f"toolkit {backend}")())
@@ -49,9 +55,13 @@ def test_each_loop_keeps_its_best_round_and_rounds_alternate(monkeypatch):
     # each loop against its own framework's floor; the ceiling is the other loop over the toolkit's floor
     assert res["loops"]["toolkit torch"]["conv_floor_fraction"] == pytest.approx(0.24 / 0.3)
     assert res["loops"]["keras fit"]["conv_floor_fraction"] == pytest.approx(0.32 / 0.5)
-    assert res["speedup_ceiling"] == pytest.approx({"torch toolkit / bare loop": 0.31 / 0.24,
-                                                    "tf toolkit / bare tf.function loop": 0.42 / 0.32,
-                                                    "tf toolkit / keras fit": 0.5 / 0.32})
+    assert res["speedup_ceiling"] == pytest.approx(
+        {
+            "torch toolkit / bare loop": 0.31 / 0.24,
+            "tf toolkit / bare tf.function loop": 0.42 / 0.32,
+            "tf toolkit / keras fit": 0.5 / 0.32,
+        }
+    )
 
 
 def test_matmul_rate_is_the_fastest_installed_library():

@@ -11,60 +11,168 @@ from dualkit.benchmarks import report
 from dualkit.benchmarks.suite import SCHEMA_VERSION
 
 
-def fake_results(accuracy_shift: float = 0.0, throughput: float = 1000.0, l4_passed: bool = True,
-                 tasks: tuple[str, ...] = ("classify",)) -> dict:
+def fake_results(
+    accuracy_shift: float = 0.0,
+    throughput: float = 1000.0,
+    l4_passed: bool = True,
+    tasks: tuple[str, ...] = ("classify",),
+) -> dict:
     runs = [
-        {"preset": "cnn-digits", "task": "classify", "backend": b, "seed": s, "device": "cpu", "metric": "test_accuracy",
-         "value": 0.98 + 0.002 * s + accuracy_shift, "curve_x": [1, 2, 3], "curve_y": [0.9, 0.95, 0.97 + 0.001 * s],
-         "curve_label": "validation accuracy per epoch", "curve_xlabel": "epoch", "throughput": throughput + 10 * s,
-         "throughput_unit": "images/s", "wall_s": 4.0 + s, "peak_rss_mb": 500.0 + s}
-        for b in ("torch", "tf") for s in (0, 1, 2)
+        {
+            "preset": "cnn-digits",
+            "task": "classify",
+            "backend": b,
+            "seed": s,
+            "device": "cpu",
+            "metric": "test_accuracy",
+            "value": 0.98 + 0.002 * s + accuracy_shift,
+            "curve_x": [1, 2, 3],
+            "curve_y": [0.9, 0.95, 0.97 + 0.001 * s],
+            "curve_label": "validation accuracy per epoch",
+            "curve_xlabel": "epoch",
+            "throughput": throughput + 10 * s,
+            "throughput_unit": "images/s",
+            "wall_s": 4.0 + s,
+            "peak_rss_mb": 500.0 + s,
+        }
+        for b in ("torch", "tf")
+        for s in (0, 1, 2)
     ]
     if "masked" in tasks:
         runs += [fake_masked_run(b, s) for b in ("torch", "tf") for s in (0, 1, 2)]
     if "dqn" in tasks:
         runs += [fake_dqn_run(b, s) for b in ("torch", "tf") for s in (0, 1, 2)]
-    parity = [{"preset": "cnn-digits", "device": "cpu", "level": "L4", "dtype": "float32", "name": "adam-cosine",
-               "value": 1e-5 if l4_passed else 2e-3, "bound": 1e-3, "passed": l4_passed, "detail": ""}]
-    overhead = {"preset": "cnn-cifar10", "batch_size": 128, "image_shape": [32, 32, 3], "steps": 20,
-                "train_flops_per_step": 3e10, "matmul": {"n": 2048, "flops_per_s": 7e10, "by_library": {"numpy": 7e10}},
-                "loops": {name: {"s_per_step": 0.5, "images_per_s": 256.0, "flops_per_s": 6e10, "fraction_of_matmul": 0.85,
-                                 "conv_floor_fraction": 0.8}
-                          for name in ("toolkit torch", "bare torch loop", "toolkit tf", "bare tf.function loop", "keras fit")},
-                "speedup": {"torch toolkit / bare loop": 1.02, "tf toolkit / bare tf.function loop": 1.01,
-                            "tf toolkit / keras fit": 1.2},
-                "conv_floor": {b: {"s_per_step": 0.4, "layers": [
-                    {"name": "encoder.block0.conv0.weight", "input": [128, 32, 32, 3], "out_channels": 32,
-                     "s": {"forward": 0.01, "filter_grad": 0.02}},
-                    {"name": "encoder.block0.conv1.weight", "input": [128, 32, 32, 32], "out_channels": 32,
-                     "s": {"forward": 0.1, "input_grad": 0.12, "filter_grad": 0.15}}]} for b in ("torch", "tf")},
-                "speedup_ceiling": {"torch toolkit / bare loop": 1.25, "tf toolkit / bare tf.function loop": 1.26,
-                                    "tf toolkit / keras fit": 1.41}}
-    return {"schema_version": SCHEMA_VERSION, "created": "2026-11-25T12:00:00+0000", "config": {},
-            "environment": {"python": "3.11", "machine": "x86_64", "processor": "x86_64", "cpu_count": 2, "threads": 2,
-                            "versions": {"torch": "2.13.0"}},
-            "runs": runs, "parity": parity, "overhead": overhead, "wall_s": 100.0,
-            "parts": {"runs cnn-digits cpu": {"wall_s": 60.0, "cpu_s": 55.0}, "overhead": {"wall_s": 40.0, "cpu_s": 30.0}}}
+    parity = [
+        {
+            "preset": "cnn-digits",
+            "device": "cpu",
+            "level": "L4",
+            "dtype": "float32",
+            "name": "adam-cosine",
+            "value": 1e-5 if l4_passed else 2e-3,
+            "bound": 1e-3,
+            "passed": l4_passed,
+            "detail": "",
+        }
+    ]
+    overhead = {
+        "preset": "cnn-cifar10",
+        "batch_size": 128,
+        "image_shape": [32, 32, 3],
+        "steps": 20,
+        "train_flops_per_step": 3e10,
+        "matmul": {"n": 2048, "flops_per_s": 7e10, "by_library": {"numpy": 7e10}},
+        "loops": {
+            name: {
+                "s_per_step": 0.5,
+                "images_per_s": 256.0,
+                "flops_per_s": 6e10,
+                "fraction_of_matmul": 0.85,
+                "conv_floor_fraction": 0.8,
+            }
+            for name in ("toolkit torch", "bare torch loop", "toolkit tf", "bare tf.function loop", "keras fit")
+        },
+        "speedup": {
+            "torch toolkit / bare loop": 1.02,
+            "tf toolkit / bare tf.function loop": 1.01,
+            "tf toolkit / keras fit": 1.2,
+        },
+        "conv_floor": {
+            b: {
+                "s_per_step": 0.4,
+                "layers": [
+                    {
+                        "name": "encoder.block0.conv0.weight",
+                        "input": [128, 32, 32, 3],
+                        "out_channels": 32,
+                        "s": {"forward": 0.01, "filter_grad": 0.02},
+                    },
+                    {
+                        "name": "encoder.block0.conv1.weight",
+                        "input": [128, 32, 32, 32],
+                        "out_channels": 32,
+                        "s": {"forward": 0.1, "input_grad": 0.12, "filter_grad": 0.15},
+                    },
+                ],
+            }
+            for b in ("torch", "tf")
+        },
+        "speedup_ceiling": {
+            "torch toolkit / bare loop": 1.25,
+            "tf toolkit / bare tf.function loop": 1.26,
+            "tf toolkit / keras fit": 1.41,
+        },
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": "2026-11-25T12:00:00+0000",
+        "config": {},
+        "environment": {
+            "python": "3.11",
+            "machine": "x86_64",
+            "processor": "x86_64",
+            "cpu_count": 2,
+            "threads": 2,
+            "versions": {"torch": "2.13.0"},
+        },
+        "runs": runs,
+        "parity": parity,
+        "overhead": overhead,
+        "wall_s": 100.0,
+        "parts": {"runs cnn-digits cpu": {"wall_s": 60.0, "cpu_s": 55.0}, "overhead": {"wall_s": 40.0, "cpu_s": 30.0}},
+    }
 
 
 def fake_masked_run(backend: str, seed: int) -> dict:
-    return {"preset": "masked-digits", "task": "masked", "backend": backend, "seed": seed, "device": "cpu",
-            "metric": "probe_accuracy", "value": 0.96 + 0.001 * seed, "random_accuracy": 0.94, "margin_points": 2.0 + 0.1 * seed,
-            "finetune": {"0.1": {"accuracy": 0.9, "random_accuracy": 0.85, "margin_points": 5.0}},
-            "curve_x": [1, 2, 3], "curve_y": [0.8, 0.5, 0.4 - 0.01 * seed], "curve_label": "masked loss (train) per epoch",
-            "curve_xlabel": "epoch", "throughput": 1500.0 + seed, "throughput_unit": "images/s", "wall_s": 12.0,
-            "pretrain_s": 9.0, "final_loss": 0.4 - 0.01 * seed, "peak_rss_mb": 400.0}
+    return {
+        "preset": "masked-digits",
+        "task": "masked",
+        "backend": backend,
+        "seed": seed,
+        "device": "cpu",
+        "metric": "probe_accuracy",
+        "value": 0.96 + 0.001 * seed,
+        "random_accuracy": 0.94,
+        "margin_points": 2.0 + 0.1 * seed,
+        "finetune": {"0.1": {"accuracy": 0.9, "random_accuracy": 0.85, "margin_points": 5.0}},
+        "curve_x": [1, 2, 3],
+        "curve_y": [0.8, 0.5, 0.4 - 0.01 * seed],
+        "curve_label": "masked loss (train) per epoch",
+        "curve_xlabel": "epoch",
+        "throughput": 1500.0 + seed,
+        "throughput_unit": "images/s",
+        "wall_s": 12.0,
+        "pretrain_s": 9.0,
+        "final_loss": 0.4 - 0.01 * seed,
+        "peak_rss_mb": 400.0,
+    }
 
 
 def fake_dqn_run(backend: str, seed: int) -> dict:
     solved = seed < 2  # the third seed runs out of budget
-    return {"preset": "dqn-cartpole", "task": "dqn", "backend": backend, "seed": seed, "device": "cpu",
-            "metric": "test_return", "value": 500.0 if solved else 350.0, "test_return_min": 500.0 if solved else 200.0,
-            "curve_x": [2500, 5000, 7500], "curve_y": [20.0, 180.0, 500.0 if solved else 300.0],
-            "curve_label": "greedy evaluation return", "curve_xlabel": "environment steps", "throughput": 2500.0 + seed,
-            "throughput_unit": "env steps/s", "wall_s": 20.0, "eval_s": 3.0, "env_steps": 7500 if solved else 100000,
-            "updates": 700, "solved_at": 7500 if solved else None, "time_to_solve_s": 18.0 if solved else None,
-            "peak_rss_mb": 450.0}
+    return {
+        "preset": "dqn-cartpole",
+        "task": "dqn",
+        "backend": backend,
+        "seed": seed,
+        "device": "cpu",
+        "metric": "test_return",
+        "value": 500.0 if solved else 350.0,
+        "test_return_min": 500.0 if solved else 200.0,
+        "curve_x": [2500, 5000, 7500],
+        "curve_y": [20.0, 180.0, 500.0 if solved else 300.0],
+        "curve_label": "greedy evaluation return",
+        "curve_xlabel": "environment steps",
+        "throughput": 2500.0 + seed,
+        "throughput_unit": "env steps/s",
+        "wall_s": 20.0,
+        "eval_s": 3.0,
+        "env_steps": 7500 if solved else 100000,
+        "updates": 700,
+        "solved_at": 7500 if solved else None,
+        "time_to_solve_s": 18.0 if solved else None,
+        "peak_rss_mb": 450.0,
+    }
 
 
 def test_validate_accepts_written_schema_and_names_what_is_missing():
@@ -156,7 +264,9 @@ def test_markdown_report_has_a_table_per_task_with_its_metric_and_unit():
     text = report.markdown_report(fake_results(tasks=("classify", "masked", "dqn")))
     sections = {block.split("\n\n")[0]: block for block in text.split("\n## ")[1:]}
     masked = sections["Masked pretraining runs (mean ± std over seeds)"]
-    assert "linear-probe accuracy" in masked and "throughput (images/s)" in masked and "fine-tune 0.1 of labels" in masked
+    assert (
+        "linear-probe accuracy" in masked and "throughput (images/s)" in masked and "fine-tune 0.1 of labels" in masked
+    )
     assert "0.9610 ± 0.0008" in masked and "+2.10" in masked  # probe mean ± std; mean margin over random init
     dqn = sections["DQN runs (mean ± std over seeds)"]
     assert "greedy test return" in dqn and "throughput (env steps/s)" in dqn and "images/s" not in dqn
@@ -166,16 +276,26 @@ def test_markdown_report_has_a_table_per_task_with_its_metric_and_unit():
         assert len({len(line) for line in table.splitlines()}) == 1, table
 
 
-
 def test_every_number_column_prints_at_one_precision():
     """No column mixes 9873.8956 with 1.03e+04 or prints ms as 141.6746; tiny parity values are scientific."""
     import re
 
     results = fake_results(tasks=("classify", "masked", "dqn"))
     results["overhead"]["loops"]["toolkit tf"]["s_per_step"] = 0.1416746
-    results["parity"] += [{"preset": "cnn-digits", "device": "cpu", "level": level, "dtype": "float64", "name": name,
-                           "value": value, "bound": bound, "passed": True, "detail": ""}
-                          for level, name, value, bound in [("L0", "ce", 0.0, 1e-6), ("L4", "sgd", 3.1e-13, 1e-10)]]
+    results["parity"] += [
+        {
+            "preset": "cnn-digits",
+            "device": "cpu",
+            "level": level,
+            "dtype": "float64",
+            "name": name,
+            "value": value,
+            "bound": bound,
+            "passed": True,
+            "detail": "",
+        }
+        for level, name, value, bound in [("L0", "ce", 0.0, 1e-6), ("L4", "sgd", 3.1e-13, 1e-10)]
+    ]
     text = report.markdown_report(results) + report.compare(fake_results(), fake_results(throughput=9873.8956))
     assert "141.7" in text and "141.6746" not in text
     assert "| adam-cosine | 1.00e-05 | 1.00e-03 |" in text and "| sgd         | 3.10e-13 | 1.00e-10 |" in text
@@ -196,11 +316,22 @@ def test_every_number_column_prints_at_one_precision():
             checked += 1
     assert checked > 30
 
+
 def test_parity_verdict_table_per_preset_and_level():
     results = fake_results(l4_passed=False)
-    results["parity"].append({"preset": "dqn-cartpole", "device": "cpu", "level": "L5", "dtype": "float32",
-                              "name": "torch seeds with greedy return >= 475", "value": 2.0, "bound": 2.0,
-                              "passed": True, "detail": ""})
+    results["parity"].append(
+        {
+            "preset": "dqn-cartpole",
+            "device": "cpu",
+            "level": "L5",
+            "dtype": "float32",
+            "name": "torch seeds with greedy return >= 475",
+            "value": 2.0,
+            "bound": 2.0,
+            "passed": True,
+            "detail": "",
+        }
+    )
     text = report.markdown_report(results)
     assert "| cnn-digits   | cpu    | L4    |      1 |      0 | FAIL    |" in text
     assert "| dqn-cartpole | cpu    | L5    |      1 |      1 | PASS    |" in text

@@ -15,9 +15,19 @@ from dualkit.cli import main  # noqa: E402
 
 def test_bench_smoke_both_backends_writes_report(tmp_path, monkeypatch, capsys):
     # the smallest task: one epoch of digits, one seed; the overhead loops on the digits CNN, 2 steps
-    monkeypatch.setattr(suite, "fast_config", lambda: suite.BenchConfig(
-        presets=["cnn-digits"], seeds=[0], overrides=["train.epochs=1"], parity=False, overhead_preset="cnn-digits",
-        overhead_steps=2, overhead_rounds=1))
+    monkeypatch.setattr(
+        suite,
+        "fast_config",
+        lambda: suite.BenchConfig(
+            presets=["cnn-digits"],
+            seeds=[0],
+            overrides=["train.epochs=1"],
+            parity=False,
+            overhead_preset="cnn-digits",
+            overhead_steps=2,
+            overhead_rounds=1,
+        ),
+    )
     out = tmp_path / "bench"
     assert main(["bench", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -26,7 +36,12 @@ def test_bench_smoke_both_backends_writes_report(tmp_path, monkeypatch, capsys):
         assert 0.5 < r["value"] <= 1.0 and r["throughput"] > 0 and r["peak_rss_mb"] > 50
         assert len(r["curve_y"]) == 1
     assert set(results["overhead"]["loops"]) == {
-        "toolkit torch", "bare torch loop", "toolkit tf", "bare tf.function loop", "keras fit"}
+        "toolkit torch",
+        "bare torch loop",
+        "toolkit tf",
+        "bare tf.function loop",
+        "keras fit",
+    }
     assert set(results["overhead"]["conv_floor"]) == {"torch", "tf"}
     assert set(results["overhead"]["speedup_ceiling"]) == set(results["overhead"]["speedup"])
     assert set(results["parts"]) == {"runs cnn-digits cpu", "overhead"}
@@ -42,7 +57,9 @@ def test_l5_from_runs_applies_floor_and_gap():
     from dualkit.tasks import presets
 
     spec = presets.load("cnn-digits")
-    runs = [{"backend": "torch", "value": v} for v in (0.99, 0.985)] + [{"backend": "tf", "value": v} for v in (0.97, 0.975)]
+    runs = [{"backend": "torch", "value": v} for v in (0.99, 0.985)] + [
+        {"backend": "tf", "value": v} for v in (0.97, 0.975)
+    ]
     checks = {c.name: c for c in suite.l5_from_runs(spec, runs)}
     assert checks["torch mean test accuracy"].passed and not checks["tf mean test accuracy"].passed
     gap = checks["mean accuracy gap (points)"]

@@ -13,8 +13,10 @@ from dualkit.benchmarks import report, suite, worker
 from dualkit.core import registry
 from dualkit.tasks import presets
 
-BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(not registry.is_installed(b), reason=f"{b} is not installed"))
-            for b in ("torch", "tf")]
+BACKENDS = [
+    pytest.param(b, marks=pytest.mark.skipif(not registry.is_installed(b), reason=f"{b} is not installed"))
+    for b in ("torch", "tf")
+]
 # A few hundred environment steps: two evaluations, a couple of dozen updates (the return stays low)
 TINY_DQN = ["dqn.total_steps=600", "dqn.learning_starts=200", "dqn.eval_every=300", "dqn.test_episodes=3"]
 TINY_MASKED = ["train.epochs=1", "finetune.fractions=[]", "probe.c_grid=[1.0]"]
@@ -40,8 +42,18 @@ def test_worker_runs_a_tiny_dqn_job(backend):
     assert len(run["curve_x"]) == len(run["curve_y"]) >= 2 and all(y >= 1.0 for y in run["curve_y"])
     assert 1.0 <= run["value"] <= 500.0 and run["throughput"] > 0 and run["peak_rss_mb"] > 50
     assert run["solved_at"] is None and run["time_to_solve_s"] is None  # 600 steps do not solve CartPole
-    report.validate({"schema_version": suite.SCHEMA_VERSION, "created": "", "config": {}, "environment": {},
-                     "runs": [run], "parity": [], "overhead": None, "wall_s": 0.0})
+    report.validate(
+        {
+            "schema_version": suite.SCHEMA_VERSION,
+            "created": "",
+            "config": {},
+            "environment": {},
+            "runs": [run],
+            "parity": [],
+            "overhead": None,
+            "wall_s": 0.0,
+        }
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -28,7 +28,9 @@ def test_make_rng_streams():
     assert not np.array_equal(a, make_rng(1, "augment").integers(0, 1 << 30, 8))
     assert not np.array_equal(a, make_rng(2, "shuffle").integers(0, 1 << 30, 8))
     # Pinned value: the stream id is crc32, stable across processes and Python versions.
-    assert np.array_equal(make_rng(0, "x").integers(0, 1000, 3), np.random.default_rng([0, 2363233923]).integers(0, 1000, 3))
+    assert np.array_equal(
+        make_rng(0, "x").integers(0, 1000, 3), np.random.default_rng([0, 2363233923]).integers(0, 1000, 3)
+    )
     with pytest.raises(ValueError):
         make_rng(-1, "x")
 
@@ -126,7 +128,8 @@ def test_crop_shifts_content_by_hand():
 
 
 def test_crop_one_image_explicit():
-    # One 3x3 image, padding 1: an offset of (0, 2) shows the top zero border row, drops column 0 and adds the right border.
+    # One 3x3 image, padding 1: an offset of (0, 2) shows the top zero border row, drops column 0 and adds the
+    # right border.
     x = np.arange(1, 10, dtype=np.uint8).reshape(1, 3, 3, 1)
     rng = _Scripted([np.array([0]), np.array([2])], make_rng(0, "unused"))
     out = augment(x, rng, 1, False)[0, :, :, 0]
@@ -177,7 +180,8 @@ def test_crop_then_flip_draw_order():
 def test_normalizer_fit_standardizes():
     rng = np.random.default_rng(0)
     x = np.stack(
-        [rng.integers(0, 100, (50, 8, 8)), rng.integers(100, 256, (50, 8, 8)), rng.integers(0, 256, (50, 8, 8))], axis=-1
+        [rng.integers(0, 100, (50, 8, 8)), rng.integers(100, 256, (50, 8, 8)), rng.integers(0, 256, (50, 8, 8))],
+        axis=-1,
     ).astype(np.uint8)
     norm = Normalizer.fit(x)
     scaled = x.astype(np.float64) / 255

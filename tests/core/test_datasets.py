@@ -155,7 +155,9 @@ def test_cifar_binary_layout(tmp_path, tiny_cifar):
     for k in range(len(flat)):
         for ch in range(3):
             for row in range(32):
-                np.testing.assert_array_equal(x_train[k, row, :, ch], flat[k, ch * 1024 + row * 32 : ch * 1024 + row * 32 + 32])
+                np.testing.assert_array_equal(
+                    x_train[k, row, :, ch], flat[k, ch * 1024 + row * 32 : ch * 1024 + row * 32 + 32]
+                )
     assert x_test[2, 5, 7, 1] == content[5][0][2, 1024 + 5 * 32 + 7]
 
 
@@ -171,7 +173,7 @@ def test_cifar_python_matches_binary(tmp_path, tiny_cifar):
 
 def test_find_cifar10_folder_or_parent(tmp_path):
     binary = write_cifar_bin(tmp_path / "x" / "cifar-10-batches-bin")
-    python = (tmp_path / "y" / "cifar-10-batches-py")
+    python = tmp_path / "y" / "cifar-10-batches-py"
     python.mkdir(parents=True)
     assert find_cifar10(str(binary)) == binary.resolve()
     assert find_cifar10(str(tmp_path / "x")) == binary.resolve()
@@ -228,7 +230,11 @@ def test_cifar_truncated_binary(tmp_path, tiny_cifar):
         load_cifar10(folder)
     message = str(err.value)
     expected = RECORDS * 3073
-    assert "data_batch_2.bin" in message and f"expected {expected} bytes" in message and f"{expected - 100} bytes" in message
+    assert (
+        "data_batch_2.bin" in message
+        and f"expected {expected} bytes" in message
+        and f"{expected - 100} bytes" in message
+    )
 
 
 def test_cifar_official_size_in_message(tmp_path):
@@ -343,7 +349,11 @@ def test_idx_truncated(tmp_path):
     with pytest.raises(DataError) as err:
         load_idx(tmp_path)
     message = str(err.value)
-    assert "t10k-images-idx3-ubyte.gz" in message and f"expected {16 + 4 * 784}" in message and f"got {16 + 4 * 784 - 10}" in message
+    assert (
+        "t10k-images-idx3-ubyte.gz" in message
+        and f"expected {16 + 4 * 784}" in message
+        and f"got {16 + 4 * 784 - 10}" in message
+    )
 
 
 def test_idx_count_mismatch_and_missing(tmp_path):

@@ -9,13 +9,20 @@ from dualkit.core.batches import make_rng
 from dualkit.core.errors import SpecError
 from dualkit.core.losses import masked_mse
 from dualkit.core.masking import (
-    denormalize, grid_shape, normalized_targets, num_masked, patch_size_for, patchify, random_masks, unpatchify,
-    upsample_mask, visible,
+    denormalize,
+    grid_shape,
+    normalized_targets,
+    num_masked,
+    patch_size_for,
+    patchify,
+    random_masks,
+    unpatchify,
+    upsample_mask,
+    visible,
 )
 from dualkit.core.specs import DecoderSpec, ModelSpec, apply_overrides, validate
-from dualkit.tasks.masked_spec import MaskedRunSpec
 from dualkit.core.weights import decoder_shapes, encoder_shapes, init_classifier, init_masked, masked_shapes
-
+from dualkit.tasks.masked_spec import MaskedRunSpec
 
 # --------------------------------------------------------------------------- masks
 
@@ -122,7 +129,9 @@ def test_masked_mse_ignores_visible_patches():
     mask = random_masks(4, (2, 3), 0.5, rng)
     changed = pred + 100.0 * visible(mask, 4, "float64")  # only visible pixels change
     for norm_pix in (False, True):
-        assert masked_mse(changed, x, mask, 4, norm_pix) == pytest.approx(masked_mse(pred, x, mask, 4, norm_pix), rel=1e-14)
+        assert masked_mse(changed, x, mask, 4, norm_pix) == pytest.approx(
+            masked_mse(pred, x, mask, 4, norm_pix), rel=1e-14
+        )
 
 
 def test_masked_mse_norm_pix_matches_a_direct_computation():
@@ -134,9 +143,9 @@ def test_masked_mse_norm_pix_matches_a_direct_computation():
         for gy in range(2):
             for gx in range(2):
                 if mask[n, gy, gx]:
-                    t = x[n, 2 * gy:2 * gy + 2, 2 * gx:2 * gx + 2].reshape(-1)
+                    t = x[n, 2 * gy : 2 * gy + 2, 2 * gx : 2 * gx + 2].reshape(-1)
                     t = (t - t.mean()) / np.sqrt(t.var(ddof=1) + 1e-6)
-                    total += np.mean((pred[n, 2 * gy:2 * gy + 2, 2 * gx:2 * gx + 2].reshape(-1) - t) ** 2)
+                    total += np.mean((pred[n, 2 * gy : 2 * gy + 2, 2 * gx : 2 * gx + 2].reshape(-1) - t) ** 2)
                     count += 1
     assert masked_mse(pred, x, mask, 2, norm_pix=True) == pytest.approx(total / count, rel=1e-13)
 
@@ -161,14 +170,20 @@ def test_masked_spec_defaults_and_overrides():
     assert spec.mask.ratio == 0.75 and spec.finetune.optim.lr == 0.1 and spec.finetune.fractions == (0.5,)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("mask.ratio=0", r"mask.ratio must be in \(0, 1\)"),
-    ("mask.ratio=1.0", r"mask.ratio must be in \(0, 1\)"),
-    ("mask.patch_size=8", r"mask.patch_size=8 does not match the encoder's downsampling: 2 pooling blocks downsample by 2\^2 = 4"),
-    ("decoder.channels=[8]", r"decoder.channels needs one entry per encoder block \(2\)"),
-    ("finetune.fractions=[0.0]", r"finetune.fractions must be in \(0, 1\]"),
-    ("finetune.optim.lr=-1", r"optim.lr must be > 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("mask.ratio=0", r"mask.ratio must be in \(0, 1\)"),
+        ("mask.ratio=1.0", r"mask.ratio must be in \(0, 1\)"),
+        (
+            "mask.patch_size=8",
+            r"mask.patch_size=8 does not match the encoder's downsampling: 2 pooling blocks downsample by 2\^2 = 4",
+        ),
+        ("decoder.channels=[8]", r"decoder.channels needs one entry per encoder block \(2\)"),
+        ("finetune.fractions=[0.0]", r"finetune.fractions must be in \(0, 1\]"),
+        ("finetune.optim.lr=-1", r"optim.lr must be > 0"),
+    ],
+)
 def test_masked_spec_bad_values_are_refused(override, message):
     spec = MaskedRunSpec(model=ModelSpec(channels=(8, 16)))
     with pytest.raises(SpecError, match=message):
@@ -183,9 +198,12 @@ def test_decoder_shapes_and_the_encoder_init_is_the_classifiers():
     shapes = decoder_shapes(model, DecoderSpec(), 3)
     assert shapes == {
         "decoder.mask_token": (16,),
-        "decoder.up0.weight": (8, 16, 3, 3), "decoder.up0.bias": (8,),
-        "decoder.up1.weight": (4, 8, 3, 3), "decoder.up1.bias": (4,),
-        "decoder.out.weight": (3, 4, 1, 1), "decoder.out.bias": (3,),
+        "decoder.up0.weight": (8, 16, 3, 3),
+        "decoder.up0.bias": (8,),
+        "decoder.up1.weight": (4, 8, 3, 3),
+        "decoder.up1.bias": (4,),
+        "decoder.out.weight": (3, 4, 1, 1),
+        "decoder.out.bias": (3,),
     }
     assert "decoder.mask_token" not in decoder_shapes(model, DecoderSpec(mask_token=False, channels=(5, 6)), 3)
     # hierarchical: stage 0 (upsampled to the first block's output resolution) adds that output, projected
@@ -200,4 +218,6 @@ def test_decoder_shapes_and_the_encoder_init_is_the_classifiers():
         np.testing.assert_array_equal(w[name], clf[name])
     assert 0.005 < w["decoder.mask_token"].std() < 0.05
     assert np.all(w["decoder.up0.bias"] == 0)
-    assert not np.array_equal(init_masked(model, DecoderSpec(), 3, seed=8)["decoder.up0.weight"], w["decoder.up0.weight"])
+    assert not np.array_equal(
+        init_masked(model, DecoderSpec(), 3, seed=8)["decoder.up0.weight"], w["decoder.up0.weight"]
+    )

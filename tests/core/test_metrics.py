@@ -73,9 +73,7 @@ def test_metrics_match_sklearn(n, k_classes):
     preds = logits.argmax(1)
     assert accuracy(logits, labels) == pytest.approx(skm.accuracy_score(labels, preds), rel=1e-15)
     # sklearn's default label set is the union of labels and preds: the same classes macro_f1 keeps.
-    assert macro_f1(preds, labels, k_classes) == pytest.approx(
-        skm.f1_score(labels, preds, average="macro"), rel=1e-12
-    )
+    assert macro_f1(preds, labels, k_classes) == pytest.approx(skm.f1_score(labels, preds, average="macro"), rel=1e-12)
     np.testing.assert_array_equal(
         confusion_matrix(preds, labels, k_classes),
         skm.confusion_matrix(labels, preds, labels=np.arange(k_classes)),

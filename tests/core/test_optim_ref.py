@@ -1,7 +1,5 @@
 """core.optim_ref: hand-computed steps, purity, and 5-step float64 cross-checks against torch.optim."""
 
-import math
-
 import numpy as np
 import pytest
 
@@ -16,9 +14,17 @@ def _one(x):
 
 def test_state_names_and_init():
     assert optim_ref.state_names(OptimSpec(name="sgd"), ["a", "b"]) == ["step"]
-    assert optim_ref.state_names(OptimSpec(name="sgd", momentum=0.9), ["a", "b"]) == ["step", "momentum.a", "momentum.b"]
+    assert optim_ref.state_names(OptimSpec(name="sgd", momentum=0.9), ["a", "b"]) == [
+        "step",
+        "momentum.a",
+        "momentum.b",
+    ]
     assert optim_ref.state_names(OptimSpec(name="adamw"), ["a", "b"]) == [
-        "step", "exp_avg.a", "exp_avg_sq.a", "exp_avg.b", "exp_avg_sq.b",
+        "step",
+        "exp_avg.a",
+        "exp_avg_sq.a",
+        "exp_avg.b",
+        "exp_avg_sq.b",
     ]
     params = {"a": np.ones((2, 3), np.float32), "b": np.ones(4)}
     state = optim_ref.init_state(OptimSpec(name="adam"), params)
@@ -35,7 +41,9 @@ def test_clip_by_global_norm_hand_values():
     clipped, total = optim_ref.clip_by_global_norm(grads, 1.0)
     assert total == 5.0
     coef = 1.0 / (5.0 + 1e-6)
-    assert clipped["a"][0] == pytest.approx(3 * coef, rel=1e-15) and clipped["b"][0, 0] == pytest.approx(4 * coef, rel=1e-15)
+    assert clipped["a"][0] == pytest.approx(3 * coef, rel=1e-15) and clipped["b"][0, 0] == pytest.approx(
+        4 * coef, rel=1e-15
+    )
     same, _ = optim_ref.clip_by_global_norm(grads, 10.0)  # below the threshold: unchanged
     assert same["a"][0] == 3.0 and same["b"][0, 0] == 4.0
     assert grads["a"][0] == 3.0  # input untouched
@@ -138,8 +146,10 @@ def _torch_optimizer(torch, spec, tparams):
     # decay_1d=False is timm's filter_bias_and_bn: a second param group without weight decay
     groups = [{"params": tparams, "weight_decay": spec.weight_decay}]
     if not spec.decay_1d:
-        groups = [{"params": [t for t in tparams if t.dim() >= 2], "weight_decay": spec.weight_decay},
-                  {"params": [t for t in tparams if t.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [t for t in tparams if t.dim() >= 2], "weight_decay": spec.weight_decay},
+            {"params": [t for t in tparams if t.dim() < 2], "weight_decay": 0.0},
+        ]
     if spec.name == "sgd":
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
     cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW

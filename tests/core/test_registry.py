@@ -40,7 +40,9 @@ def test_resolve_name_default(no_env):
     assert registry.resolve_name() == registry.DEFAULT == "torch"
 
 
-@pytest.mark.parametrize("alias, name", [("pytorch", "torch"), ("tensorflow", "tf"), ("keras", "tf"), ("TF", "tf"), ("Torch", "torch")])
+@pytest.mark.parametrize(
+    "alias, name", [("pytorch", "torch"), ("tensorflow", "tf"), ("keras", "tf"), ("TF", "tf"), ("Torch", "torch")]
+)
 def test_aliases(no_env, alias, name):
     assert registry.resolve_name(alias) == name
 
@@ -86,11 +88,15 @@ def test_framework_not_installed_via_find_spec(monkeypatch):
 
 def test_framework_not_installed_via_fake_entry(monkeypatch):
     monkeypatch.setitem(
-        registry.BACKENDS, "fakefw", ("dualkit.backends.fakefw", "dualkit_no_such_framework", "pip install dualkit-fakefw")
+        registry.BACKENDS,
+        "fakefw",
+        ("dualkit.backends.fakefw", "dualkit_no_such_framework", "pip install dualkit-fakefw"),
     )
     assert not registry.is_installed("fakefw")
     assert "fakefw" not in registry.available()
-    with pytest.raises(BackendError, match=r"'fakefw' needs dualkit_no_such_framework.*install it with: pip install dualkit-fakefw"):
+    with pytest.raises(
+        BackendError, match=r"'fakefw' needs dualkit_no_such_framework.*install it with: pip install dualkit-fakefw"
+    ):
         registry.get_backend("fakefw")
 
 
@@ -126,13 +132,35 @@ def test_gpu_without_gpu_tf():
 def test_get_backend_is_cached_and_has_the_api():
     a = registry.get_backend("torch")
     assert registry.get_backend("pytorch") is a
-    for attr in ("NAME", "setup", "versions", "devices", "seed", "Classifier", "Optimizer", "check_device", "gpu_available"):
+    for attr in (
+        "NAME",
+        "setup",
+        "versions",
+        "devices",
+        "seed",
+        "Classifier",
+        "Optimizer",
+        "check_device",
+        "gpu_available",
+    ):
         assert hasattr(a, attr), attr
 
 
 def test_core_imports_no_framework():
-    listed = ["specs", "datasets", "batches", "weights", "checkpoint", "registry", "runs", "losses", "metrics",
-              "optim_ref", "schedules", "report"]
+    listed = [
+        "specs",
+        "datasets",
+        "batches",
+        "weights",
+        "checkpoint",
+        "registry",
+        "runs",
+        "losses",
+        "metrics",
+        "optim_ref",
+        "schedules",
+        "report",
+    ]
     found = sorted(p.stem for p in (REPO / "core").glob("*.py") if p.stem != "__init__")
     assert set(listed) <= set(found)
     code = (
@@ -161,7 +189,7 @@ def test_cli_and_presets_import_no_framework():
 ABSL_LINE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 ONEDNN_LINE = "oneDNN custom operations are on"
 
-FAKE_FRAMEWORK = '''
+FAKE_FRAMEWORK = """
 import os, sys
 os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
 os.write(2, b"I0000 00:00:1796305192.433341    7351 port.cc:153] oneDNN custom operations are on. You may see\\n")
@@ -179,10 +207,10 @@ def versions():
     return {"fakefw": "1.0"}
 def devices():
     return ["cpu"]
-'''
+"""
 
 # argv[1] is a folder holding the fake framework; "cli ARGS..." runs dualkit's main, else get_backend
-FAKE_DRIVER = '''
+FAKE_DRIVER = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
 from dualkit.core import registry
@@ -200,15 +228,21 @@ else:
         code = 3
 os.write(2, b"stderr works after the import\\n")
 sys.exit(code)
-'''
+"""
 
 
 def run_fake(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     (tmp_path / "fakefw").mkdir(exist_ok=True)
     (tmp_path / "fakefw" / "__init__.py").write_text(FAKE_FRAMEWORK)
     environ = {k: v for k, v in os.environ.items() if k not in (registry.VERBOSE_ENV_VAR, "FAKEFW_FAIL")}
-    return subprocess.run([sys.executable, "-c", FAKE_DRIVER, str(tmp_path), *args], cwd=REPO,
-                          env={**environ, **env}, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", FAKE_DRIVER, str(tmp_path), *args],
+        cwd=REPO,
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_startup_chatter_is_held_back_and_everything_else_passed_on(tmp_path):
@@ -216,8 +250,11 @@ def test_startup_chatter_is_held_back_and_everything_else_passed_on(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert ABSL_LINE not in proc.stderr and ONEDNN_LINE not in proc.stderr and "chatter" not in proc.stderr
     lines = proc.stderr.splitlines()
-    assert lines[-3:] == ["W0000 00:00:1796305192.500000    7351 loader.cc:12] a real warning from C++",
-                          "a Python warning on sys.stderr", "stderr works after the import"]
+    assert lines[-3:] == [
+        "W0000 00:00:1796305192.500000    7351 loader.cc:12] a real warning from C++",
+        "a Python warning on sys.stderr",
+        "stderr works after the import",
+    ]
 
 
 def test_a_failing_import_restores_stderr_and_shows_why(tmp_path):
@@ -263,23 +300,32 @@ def test_set_verbose_and_the_environment_variable(monkeypatch):
 def test_startup_noise_pattern_matches_only_the_chatter():
     noise = registry._STARTUP_NOISE
     assert noise.fullmatch(ABSL_LINE.encode())
-    assert noise.fullmatch(b"I0000 00:00:1796305192.433341    7351 port.cc:153] oneDNN custom operations are on. "
-                           b"You may see slightly different numerical results due to floating-point round-off errors "
-                           b"from different computation orders. To turn them off, set the environment variable "
-                           b"`TF_ENABLE_ONEDNN_OPTS=0`.")
-    assert noise.fullmatch(b"I0000 00:00:1796305207.860642    7384 cpu_feature_guard.cc:227] This TensorFlow binary "
-                           b"is optimized to use available CPU instructions in performance-critical operations.")
-    for kept in (b"W0000 00:00:1796305207.8 7384 port.cc:153] a warning", b"E0000 00:00:1.0 1 x.cc:1] an error",
-                 b"Traceback (most recent call last):", b"I think this line is not a log record",
-                 b"UserWarning: something"):
+    assert noise.fullmatch(
+        b"I0000 00:00:1796305192.433341    7351 port.cc:153] oneDNN custom operations are on. "
+        b"You may see slightly different numerical results due to floating-point round-off errors "
+        b"from different computation orders. To turn them off, set the environment variable "
+        b"`TF_ENABLE_ONEDNN_OPTS=0`."
+    )
+    assert noise.fullmatch(
+        b"I0000 00:00:1796305207.860642    7384 cpu_feature_guard.cc:227] This TensorFlow binary "
+        b"is optimized to use available CPU instructions in performance-critical operations."
+    )
+    for kept in (
+        b"W0000 00:00:1796305207.8 7384 port.cc:153] a warning",
+        b"E0000 00:00:1.0 1 x.cc:1] an error",
+        b"Traceback (most recent call last):",
+        b"I think this line is not a log record",
+        b"UserWarning: something",
+    ):
         assert not noise.fullmatch(kept), kept
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
 def test_dualkit_info_prints_no_tensorflow_startup_lines():
     environ = {k: v for k, v in os.environ.items() if k != registry.VERBOSE_ENV_VAR}
-    proc = subprocess.run([sys.executable, "-m", "dualkit", "info"], cwd=REPO, env=environ, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dualkit", "info"], cwd=REPO, env=environ, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| tf " in proc.stdout and "usable" in proc.stdout
     assert ABSL_LINE not in proc.stderr and ONEDNN_LINE not in proc.stderr and "port.cc" not in proc.stderr, proc.stderr
@@ -288,12 +334,19 @@ def test_dualkit_info_prints_no_tensorflow_startup_lines():
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
 def test_dualkit_info_verbose_shows_what_tensorflow_prints():
     environ = {**{k: v for k, v in os.environ.items() if k != registry.VERBOSE_ENV_VAR}, registry.VERBOSE_ENV_VAR: "1"}
-    proc = subprocess.run([sys.executable, "-m", "dualkit", "info"], cwd=REPO, env=environ, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dualkit", "info"], cwd=REPO, env=environ, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| tf " in proc.stdout and "usable" in proc.stdout
     if ABSL_LINE not in proc.stderr:
         # a TensorFlow build that says nothing while it loads: then a bare import says nothing either
-        bare = subprocess.run([sys.executable, "-c", "import tensorflow"], cwd=REPO, env=environ, capture_output=True,
-                              text=True, timeout=120)
+        bare = subprocess.run(
+            [sys.executable, "-c", "import tensorflow"],
+            cwd=REPO,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert ABSL_LINE not in bare.stderr, "DUALKIT_VERBOSE=1 hid TensorFlow's start-up lines"

@@ -9,7 +9,13 @@ from dualkit.core.replay import Batch, ReplayBuffer
 
 def _rows(start: int, n: int, dim: int = 3):
     obs = np.arange(start, start + n, dtype=np.float64)[:, None] * np.ones(dim)
-    return obs, np.arange(start, start + n) % 2, np.arange(start, start + n) * 1.0, obs + 0.5, np.arange(start, start + n) % 3 == 0
+    return (
+        obs,
+        np.arange(start, start + n) % 2,
+        np.arange(start, start + n) * 1.0,
+        obs + 0.5,
+        np.arange(start, start + n) % 3 == 0,
+    )
 
 
 def test_add_and_get_in_order():
@@ -78,7 +84,13 @@ def test_state_round_trip_restores_contents_position_and_samples():
     buf = ReplayBuffer(50, 3)
     for _ in range(13):  # wraps around: pos != size
         n = 7
-        buf.add(rng.normal(size=(n, 3)), rng.integers(0, 2, n), rng.normal(size=n), rng.normal(size=(n, 3)), rng.random(n) < 0.1)
+        buf.add(
+            rng.normal(size=(n, 3)),
+            rng.integers(0, 2, n),
+            rng.normal(size=n),
+            rng.normal(size=(n, 3)),
+            rng.random(n) < 0.1,
+        )
     counters, rows = buf.state()
     assert counters == {"pos": buf.pos, "size": 50, "added": 91} and rows.shape == (50, 9)
     other = ReplayBuffer(50, 3)

@@ -81,8 +81,9 @@ def test_fmt():
 
 def column(values, precision=None) -> list[str]:
     """The cells of a one-column table, without padding."""
-    _, _, *rows = markdown_table(["v"], [[v] for v in values], {"v": precision} if precision is not None else None
-                                 ).splitlines()
+    _, _, *rows = markdown_table(
+        ["v"], [[v] for v in values], {"v": precision} if precision is not None else None
+    ).splitlines()
     return [cells(r)[0].strip() for r in rows]
 
 

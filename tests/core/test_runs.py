@@ -122,7 +122,7 @@ def test_metric_log_skips_blank_lines(tmp_path):
 def test_atomic_write_text(tmp_path):
     path = tmp_path / "sub" / "out.txt"
     atomic_write_text(path, "héllo\n")
-    assert path.read_bytes() == "héllo\n".encode("utf-8")
+    assert path.read_bytes() == "héllo\n".encode()
     atomic_write_text(path, "second")
     assert path.read_text() == "second"
     assert [p.name for p in path.parent.iterdir()] == ["out.txt"]

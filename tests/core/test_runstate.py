@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dualkit.core import checkpoint, runstate
-from dualkit.core.batches import epoch_batches, make_rng, Normalizer
+from dualkit.core.batches import Normalizer, epoch_batches, make_rng
 from dualkit.core.errors import CheckpointError, Interrupted, RunError, SpecError
 from dualkit.core.interrupt import StopSignal
 from dualkit.core.runs import prepare_run_dir
@@ -19,15 +19,21 @@ from dualkit.core.specs import apply_overrides, to_dict
 from dualkit.tasks.classify_spec import ClassifyRunSpec
 
 WEIGHTS = {"head.out.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "head.out.bias": np.ones(2, np.float32)}
-OPTIM = {"step": np.array(3.0), "exp_avg.head.out.weight": np.full((2, 3), 0.5, np.float32),
-         "exp_avg_sq.head.out.weight": np.full((2, 3), 0.25, np.float32)}
+OPTIM = {
+    "step": np.array(3.0),
+    "exp_avg.head.out.weight": np.full((2, 3), 0.5, np.float32),
+    "exp_avg_sq.head.out.weight": np.full((2, 3), 0.25, np.float32),
+}
 
 
 def make_state(step: int = 3) -> RunState:
     rng = make_rng(0, "batches")
     rng.random(5)
     return RunState(
-        task="classify", step=step, epoch=1, batch=step - 2,
+        task="classify",
+        step=step,
+        epoch=1,
+        batch=step - 2,
         rngs={"batches": runstate.capture_rng(rng)},
         history=[{"epoch": 1, "train_loss": 1.25}],
         step_losses=[0.1 * (i + 1) / 3 for i in range(step)],  # not exactly representable in decimal
@@ -36,7 +42,9 @@ def make_state(step: int = 3) -> RunState:
 
 
 def save(run_dir, step, keep=3, **kw):
-    return runstate.save(run_dir, make_state(step), WEIGHTS, OPTIM, meta={"kind": "classifier", "backend": "torch"}, keep=keep, **kw)
+    return runstate.save(
+        run_dir, make_state(step), WEIGHTS, OPTIM, meta={"kind": "classifier", "backend": "torch"}, keep=keep, **kw
+    )
 
 
 def snapshot(folder) -> dict[str, bytes]:
@@ -83,7 +91,9 @@ def test_replaying_an_epochs_first_batches_reproduces_the_generator():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    path = save(tmp_path, 3, framework_rng={"torch.cpu": np.arange(4, dtype=np.uint8)}, extra={"replay.obs": np.zeros((2, 4))})
+    path = save(
+        tmp_path, 3, framework_rng={"torch.cpu": np.arange(4, dtype=np.uint8)}, extra={"replay.obs": np.zeros((2, 4))}
+    )
     assert path == tmp_path / "checkpoints" / "ckpt-000000003.safetensors"
     ckpt = runstate.load(path)
     st = make_state(3)
@@ -182,15 +192,20 @@ def test_allowed_changes_are_returned():
     old = ClassifyRunSpec()
     new = apply_overrides(old, ["train.epochs=30", "train.keep_checkpoints=5"])
     assert runstate.check_resumable(to_dict(old), to_dict(new), ALLOWED) == [
-        ("train.epochs", 10, 30), ("train.keep_checkpoints", 3, 5)]
+        ("train.epochs", 10, 30),
+        ("train.keep_checkpoints", 3, 5),
+    ]
 
 
-@pytest.mark.parametrize("override, field", [
-    ("train.batch_size=16", "train.batch_size"),
-    ("optim.lr=0.5", "optim.lr"),
-    ("model.channels=[8]", "model.channels"),
-    ("schedule.name='step'", "schedule.name"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.batch_size=16", "train.batch_size"),
+        ("optim.lr=0.5", "optim.lr"),
+        ("model.channels=[8]", "model.channels"),
+        ("schedule.name='step'", "schedule.name"),
+    ],
+)
 def test_other_changes_name_the_field(override, field):
     old = ClassifyRunSpec()
     new = apply_overrides(old, ["train.epochs=30", override])

@@ -8,9 +8,8 @@ import pytest
 
 from dualkit.core.errors import SpecError
 from dualkit.core.specs import apply_overrides, from_dict, load_json, load_toml, parse_override, save_json, to_dict
-from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.tasks import presets
-
+from dualkit.tasks.classify_spec import ClassifyRunSpec
 
 # --------------------------------------------------------------------------- round trip
 

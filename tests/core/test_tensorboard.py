@@ -55,15 +55,29 @@ def test_scalars_read_back(tmp_path):
 
 def test_skips_non_numbers_and_non_finite(tmp_path):
     values = {
-        "loss": 0.5, "steps": 3, "np32": np.float32(0.25), "np64": np.float64(-4.0), "npint": np.int64(9),
-        "nan": math.nan, "inf": math.inf, "neg_inf": -math.inf, "np_nan": np.float32("nan"),
-        "flag": True, "np_flag": np.bool_(False), "name": "cnn", "none": None, "list": [1.0, 2.0],
-        "nested": {"a": 1.0}, "array": np.array([1.0]),
+        "loss": 0.5,
+        "steps": 3,
+        "np32": np.float32(0.25),
+        "np64": np.float64(-4.0),
+        "npint": np.int64(9),
+        "nan": math.nan,
+        "inf": math.inf,
+        "neg_inf": -math.inf,
+        "np_nan": np.float32("nan"),
+        "flag": True,
+        "np_flag": np.bool_(False),
+        "name": "cnn",
+        "none": None,
+        "list": [1.0, 2.0],
+        "nested": {"a": 1.0},
+        "array": np.array([1.0]),
     }
     with EventLog(tmp_path) as log:
         assert log.scalars(3, values) == 5
         assert log.scalars(4, {"nan": math.nan, "text": "x"}) == 0  # nothing to write: no event at all
-    assert read_events(tmp_path / TB_DIR) == [(3, {"loss": 0.5, "steps": 3.0, "np32": 0.25, "np64": -4.0, "npint": 9.0})]
+    assert read_events(tmp_path / TB_DIR) == [
+        (3, {"loss": 0.5, "steps": 3.0, "np32": 0.25, "np64": -4.0, "npint": 9.0})
+    ]
 
 
 def test_flush_puts_events_on_disk_before_close(tmp_path):
@@ -129,8 +143,15 @@ def test_writing_events_imports_no_framework(tmp_path):
         "    import torch  # the block on torch lasted only for tensorboardX's import\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=dict(os.environ), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
     assert len(list((tmp_path / TB_DIR).glob("events.out.tfevents.*"))) == 1

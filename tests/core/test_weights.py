@@ -26,7 +26,12 @@ def test_gap_shapes():
 
 @pytest.mark.parametrize(
     "image_shape, channels, grid",
-    [((8, 8, 1), (32, 64), (2, 2)), ((32, 32, 3), (8, 16, 32), (4, 4)), ((9, 7, 1), (4,), (4, 3)), ((28, 28, 1), (4, 4), (7, 7))],
+    [
+        ((8, 8, 1), (32, 64), (2, 2)),
+        ((32, 32, 3), (8, 16, 32), (4, 4)),
+        ((9, 7, 1), (4,), (4, 3)),
+        ((28, 28, 1), (4, 4), (7, 7)),
+    ],
 )
 def test_flatten_fan_in_is_h_w_c_after_pooling(image_shape, channels, grid):
     model = ModelSpec(channels=channels, head="flatten", num_classes=10)
@@ -44,7 +49,12 @@ def test_hidden_layers_chain():
     assert shapes["head.fc1.bias"] == (20,)
     assert shapes["head.out.weight"] == (10, 20)
     assert list(shapes)[-6:] == [
-        "head.fc0.weight", "head.fc0.bias", "head.fc1.weight", "head.fc1.bias", "head.out.weight", "head.out.bias",
+        "head.fc0.weight",
+        "head.fc0.bias",
+        "head.fc1.weight",
+        "head.fc1.bias",
+        "head.out.weight",
+        "head.out.bias",
     ]
 
 

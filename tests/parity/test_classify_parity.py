@@ -20,7 +20,9 @@ DTYPES = ["float32", "float64"]
 
 def assert_all_pass(checks: list[parity.Check]) -> None:
     assert checks, "no check was run"
-    failed = [f"{c.level} {c.dtype} {c.name}: {c.value:.3g} > {c.bound:.3g} ({c.detail})" for c in checks if not c.passed]
+    failed = [
+        f"{c.level} {c.dtype} {c.name}: {c.value:.3g} > {c.bound:.3g} ({c.detail})" for c in checks if not c.passed
+    ]
     assert not failed, "\n".join(failed)
 
 

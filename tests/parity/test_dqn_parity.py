@@ -21,7 +21,11 @@ DTYPES = ["float32", "float64"]
 
 def assert_all_pass(checks) -> None:
     assert checks, "no check was run"
-    failed = [f"{c.level} {c.dtype} {c.name}: {c.value:.3g} vs bound {c.bound:.3g} ({c.detail})" for c in checks if not c.passed]
+    failed = [
+        f"{c.level} {c.dtype} {c.name}: {c.value:.3g} vs bound {c.bound:.3g} ({c.detail})"
+        for c in checks
+        if not c.passed
+    ]
     assert not failed, "\n".join(failed)
 
 
@@ -58,8 +62,11 @@ def test_l2_l3_one_update_gradients_and_new_weights(dtype, device):
 def test_l4_cartpole_run_loss_per_update_and_actions(cartpole_spec, dtype, device, record_property):
     checks, tr = dqn_parity.level4(cartpole_spec, dtype, device, min_updates=1000)
     assert tr.updates >= 1000
-    record_property("l4", f"worst {tr.worst_rel_loss:.2e} at update {tr.worst_at}; first tie {tr.first_tie}; "
-                          f"first mismatch {tr.first_mismatch}")
+    record_property(
+        "l4",
+        f"worst {tr.worst_rel_loss:.2e} at update {tr.worst_at}; first tie {tr.first_tie}; "
+        f"first mismatch {tr.first_mismatch}",
+    )
     assert_all_pass(checks)
 
 
@@ -74,5 +81,7 @@ def test_port_trained_agent_plays_the_same_in_the_other_backend(cartpole_spec, d
 @pytest.mark.parametrize("device", DEVICES)
 def test_l5_cartpole_solved_in_2_of_3_seeds_per_backend(cartpole_spec, device):
     checks, runs = dqn_parity.level5(cartpole_spec, device, seeds=(0, 1, 2))
-    assert all(r["env_steps"] <= cartpole_spec.dqn.total_steps + cartpole_spec.env.num_envs for rs in runs.values() for r in rs)
+    assert all(
+        r["env_steps"] <= cartpole_spec.dqn.total_steps + cartpole_spec.env.num_envs for rs in runs.values() for r in rs
+    )
     assert_all_pass(checks)

@@ -17,7 +17,9 @@ DTYPES = ["float32", "float64"]
 
 def assert_all_pass(checks) -> None:
     assert checks, "no check was run"
-    failed = [f"{c.level} {c.dtype} {c.name}: {c.value:.3g} > {c.bound:.3g} ({c.detail})" for c in checks if not c.passed]
+    failed = [
+        f"{c.level} {c.dtype} {c.name}: {c.value:.3g} > {c.bound:.3g} ({c.detail})" for c in checks if not c.passed
+    ]
     assert not failed, "\n".join(failed)
 
 
@@ -30,7 +32,9 @@ def digits_spec():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_l0_masked_loss_matches_numpy_reference(dtype, device):
     checks = masked_parity.level0(dtype, device)
-    assert {c.name for c in checks} == {f"{b} masked MSE norm_pix={n}" for b in ("torch", "tf") for n in ("true", "false")}
+    assert {c.name for c in checks} == {
+        f"{b} masked MSE norm_pix={n}" for b in ("torch", "tf") for n in ("true", "false")
+    }
     assert_all_pass(checks)
 
 

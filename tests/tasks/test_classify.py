@@ -37,9 +37,18 @@ def copy_run(torch_run, tmp_path):
 
 def test_run_folder_contents(torch_run):
     run_dir, spec, result = torch_run
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "metrics.jsonl", "model.safetensors", "result.json", "spec.json", "tensorboard"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints",
+        "metrics.jsonl",
+        "model.safetensors",
+        "result.json",
+        "spec.json",
+        "tensorboard",
+    ]
     # run checkpoints for --resume (tests/tasks/test_resume.py): at the start, then one per epoch
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"ckpt-{41 * e:09d}.safetensors" for e in (0, 1, 2)]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        f"ckpt-{41 * e:09d}.safetensors" for e in (0, 1, 2)
+    ]
     assert load_json(run_dir / "spec.json") == spec
 
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -170,7 +179,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, nan_at):
     assert str(run_dir / "model.safetensors") in msg  # it names the checkpoint that is kept
     assert "optim.lr" in msg  # and how to fix it
     assert calls["n"] == 4  # it stopped at once
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "metrics.jsonl", "model.safetensors", "spec.json", "tensorboard"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints",
+        "metrics.jsonl",
+        "model.safetensors",
+        "spec.json",
+        "tensorboard",
+    ]
     assert [r["epoch"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == [1]
     weights, meta = checkpoint.load(run_dir / "model.safetensors")
     assert meta["epoch"] == 1 and meta["step"] == 2

@@ -3,17 +3,15 @@ input: unknown env, spaces the agent cannot handle, a buffer smaller than a batc
 
 from __future__ import annotations
 
-import json
-
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
 
+from dualkit.cli import main
 from dualkit.core import checkpoint, registry
 from dualkit.core.runs import MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, read_json
 from dualkit.tasks import presets
-from dualkit.cli import main
 from dualkit.tasks.dqn import CURVE_FILE, evaluate_run, train
 
 HAS_BOTH = registry.is_installed("torch") and registry.is_installed("tf")
@@ -22,9 +20,19 @@ needs_torch = pytest.mark.skipif(not registry.is_installed("torch"), reason="PyT
 
 # A few hundred steps, short episodes: every part of the loop runs (updates, syncs, evaluations, checkpoint).
 TINY = [
-    "env.num_envs=4", "env.max_episode_steps=60", "qnet.hidden=[16]", "dqn.total_steps=800", "dqn.learning_starts=200",
-    "dqn.train_freq=8", "dqn.batch_size=32", "dqn.buffer_size=1000", "dqn.target_update=10", "dqn.eval_every=400",
-    "dqn.eval_episodes=3", "dqn.test_episodes=4", "dqn.stop_return=0",
+    "env.num_envs=4",
+    "env.max_episode_steps=60",
+    "qnet.hidden=[16]",
+    "dqn.total_steps=800",
+    "dqn.learning_starts=200",
+    "dqn.train_freq=8",
+    "dqn.batch_size=32",
+    "dqn.buffer_size=1000",
+    "dqn.target_update=10",
+    "dqn.eval_every=400",
+    "dqn.eval_episodes=3",
+    "dqn.test_episodes=4",
+    "dqn.stop_return=0",
 ]
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dualkit.cli import main
 from dualkit.core import checkpoint, registry, runstate
 from dualkit.core.errors import CheckpointError, Interrupted, RunError, SpecError
 from dualkit.tasks import presets
-from dualkit.cli import main
 from dualkit.tasks.dqn import resume, train
 from dualkit.tasks.dqn_parity import l4_spec
 from dualkit.tasks.parity import bound
@@ -29,9 +29,20 @@ WALL = ("wall_s", "steps_per_s")  # wall-clock fields of an evaluation record: t
 # ~280 updates, 6 evaluations; 4 envs with a 60-step limit, so checkpoints fall mid-episode and across
 # time-limit truncations; exploration still on (epsilon_fraction 0.5) when the run stops.
 SMALL = [
-    "env.num_envs=4", "env.max_episode_steps=60", "qnet.hidden=[32]", "dqn.total_steps=3000", "dqn.learning_starts=400",
-    "dqn.train_freq=8", "dqn.batch_size=32", "dqn.buffer_size=2000", "dqn.target_update=25", "dqn.eval_every=500",
-    "dqn.eval_episodes=3", "dqn.test_episodes=4", "dqn.stop_return=0", "dqn.epsilon_fraction=0.5",
+    "env.num_envs=4",
+    "env.max_episode_steps=60",
+    "qnet.hidden=[32]",
+    "dqn.total_steps=3000",
+    "dqn.learning_starts=400",
+    "dqn.train_freq=8",
+    "dqn.batch_size=32",
+    "dqn.buffer_size=2000",
+    "dqn.target_update=25",
+    "dqn.eval_every=500",
+    "dqn.eval_episodes=3",
+    "dqn.test_episodes=4",
+    "dqn.stop_return=0",
+    "dqn.epsilon_fraction=0.5",
     "dqn.checkpoint_every_minutes=0",
 ]
 
@@ -65,7 +76,10 @@ def straight(tmp_path_factory):
     def get(backend: str):
         if backend not in cache:
             spec = presets.load("dqn-cartpole", SMALL)
-            cache[backend] = (spec, train(spec, backend, run_dir=tmp_path_factory.mktemp("straight") / backend, progress=False))
+            cache[backend] = (
+                spec,
+                train(spec, backend, run_dir=tmp_path_factory.mktemp("straight") / backend, progress=False),
+            )
         return cache[backend]
 
     return get
@@ -140,11 +154,22 @@ def test_resume_without_the_replay_buffer_refills_it_first(tmp_path, sigint_afte
 def l4_runs(tmp_path_factory):
     """The parity L4 setting (an update every 2 env steps) for 3,000 env steps: about 500 updates, a run
     checkpoint every 500 env steps."""
-    base = presets.load("dqn-cartpole", ["dqn.total_steps=3000", "dqn.checkpoint_every_steps=500",
-                                         "dqn.keep_checkpoints=10", "dqn.checkpoint_every_minutes=0"])
+    base = presets.load(
+        "dqn-cartpole",
+        [
+            "dqn.total_steps=3000",
+            "dqn.checkpoint_every_steps=500",
+            "dqn.keep_checkpoints=10",
+            "dqn.checkpoint_every_minutes=0",
+        ],
+    )
     spec = l4_spec(base, "float32")
     folder = tmp_path_factory.mktemp("l4")
-    return {b: train(spec, b, run_dir=folder / b, progress=False, test=False) for b in ("torch", "tf") if b == "torch" or HAS_TF}
+    return {
+        b: train(spec, b, run_dir=folder / b, progress=False, test=False)
+        for b in ("torch", "tf")
+        if b == "torch" or HAS_TF
+    }
 
 
 @pytest.mark.skipif(not HAS_TF, reason="TensorFlow is not installed")
@@ -165,7 +190,10 @@ def test_hand_over_to_the_other_framework(src, dst, l4_runs, tmp_path, record_pr
         r = np.array(ref.losses)
         assert len(h) == len(r) > 500
         gap = float((np.abs(h - r) / np.abs(r)).max())
-        figures = f"DQN hand-over {src}->{dst} at update {handed} vs {ref_name} alone: max per-update rel TD-loss gap {gap:.2e}"
+        figures = (
+            f"DQN hand-over {src}->{dst} at update {handed} vs {ref_name} alone: max per-update rel TD-loss "
+            f"gap {gap:.2e}"
+        )
         record_property(f"vs {ref_name}", figures)
         print("\n" + figures)
         assert gap <= bound("L4", "float32")
@@ -205,10 +233,16 @@ def refused(run_dir: Path, exc: type, match: str, **kw):
     return str(err.value)
 
 
-@pytest.mark.parametrize("override, field", [
-    ("dqn.gamma=0.9", "dqn.gamma"), ("dqn.batch_size=64", "dqn.batch_size"), ("qnet.hidden=[16]", "qnet.hidden"),
-    ("env.num_envs=2", "env.num_envs"), ("seed=3", "seed"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("dqn.gamma=0.9", "dqn.gamma"),
+        ("dqn.batch_size=64", "dqn.batch_size"),
+        ("qnet.hidden=[16]", "qnet.hidden"),
+        ("env.num_envs=2", "env.num_envs"),
+        ("seed=3", "seed"),
+    ],
+)
 def test_refuses_a_spec_change_that_cannot_continue(run_copy, override, field):
     msg = refused(run_copy, SpecError, field, overrides=[override])
     assert "dqn.total_steps" in msg  # it says which fields may change

@@ -12,24 +12,32 @@ import pytest
 
 pytest.importorskip("torch")
 
+from dualkit.cli import main  # noqa: E402
 from dualkit.core import checkpoint, registry, runstate  # noqa: E402
 from dualkit.core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError  # noqa: E402
 from dualkit.core.runs import read_json  # noqa: E402
 from dualkit.core.specs import apply_overrides, load_json, save_json
-from dualkit.tasks.dqn_spec import DQNRunSpec
-from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.core.weights import encoder_shapes, masked_shapes  # noqa: E402
 from dualkit.tasks import parity, presets  # noqa: E402
-from dualkit.tasks.classify import train  # noqa: E402
-from dualkit.cli import main  # noqa: E402
 from dualkit.tasks import pretrain as pretrain_module  # noqa: E402
+from dualkit.tasks.classify import train  # noqa: E402
+from dualkit.tasks.classify_spec import ClassifyRunSpec
+from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.tasks.pretrain import pretrain, resume  # noqa: E402
-from tests.runfolders import sigint_after, snapshot  # noqa: E402
 from dualkit.tasks.probe import encoder_for_classifier, load_encoder  # noqa: E402
+from tests.runfolders import sigint_after, snapshot  # noqa: E402
 
 needs_tf = pytest.mark.skipif(not registry.is_installed("tf"), reason="TensorFlow is not installed")
-QUICK = ["--set", "train.epochs=2", "--set", "probe.c_grid=[1.0]", "--set", "finetune.fractions=[0.1]",
-         "--set", "finetune.epochs=1"]
+QUICK = [
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "probe.c_grid=[1.0]",
+    "--set",
+    "finetune.fractions=[0.1]",
+    "--set",
+    "finetune.epochs=1",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -60,8 +68,14 @@ def refused(capsys, argv: list[str], *needles: str) -> str:
 
 def test_run_folder_holds_checkpoints_grid_and_results(masked_run):
     names = {p.name for p in masked_run.iterdir()}
-    assert {"spec.json", "metrics.jsonl", "model.safetensors", "encoder.safetensors", "reconstructions.png",
-            "result.json"} <= names
+    assert {
+        "spec.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "encoder.safetensors",
+        "reconstructions.png",
+        "result.json",
+    } <= names
     spec = presets.load("masked-digits")
     tensors, meta = checkpoint.load(masked_run / "model.safetensors")
     assert set(tensors) == set(masked_shapes(spec.model, spec.decoder, 1)) and meta["kind"] == "masked"
@@ -79,15 +93,32 @@ def test_run_folder_holds_checkpoints_grid_and_results(masked_run):
     assert res["final_train_loss"] < lines[0]["train_loss"] or res["epochs"] == 2
     probe = res["evaluation"]["probe"]
     assert 0.5 < probe["pretrained"]["accuracy"] <= 1.0 and 0.5 < probe["random"]["accuracy"] <= 1.0
-    assert probe["margin_points"] == pytest.approx(100 * (probe["pretrained"]["accuracy"] - probe["random"]["accuracy"]))
+    assert probe["margin_points"] == pytest.approx(
+        100 * (probe["pretrained"]["accuracy"] - probe["random"]["accuracy"])
+    )
     ft = res["evaluation"]["finetune"]["0.1"]
-    assert ft["pretrained"]["train_images"] == ft["random"]["train_images"] == round(0.1 * probe["pretrained"]["train_images"])
+    assert (
+        ft["pretrained"]["train_images"]
+        == ft["random"]["train_images"]
+        == round(0.1 * probe["pretrained"]["train_images"])
+    )
 
 
 def test_train_dispatches_a_masked_preset_to_pretraining(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "masked-digits", "--quiet", "--out", str(out), "--set", "max_steps=3", "--set", "probe.enabled=false",
-            "--set", "finetune.fractions=[]"]
+    argv = [
+        "train",
+        "masked-digits",
+        "--quiet",
+        "--out",
+        str(out),
+        "--set",
+        "max_steps=3",
+        "--set",
+        "probe.enabled=false",
+        "--set",
+        "finetune.fractions=[]",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "masked loss" in printed and "reconstructions:" in printed
@@ -125,34 +156,74 @@ def test_init_from_starts_the_classifier_from_the_pretrained_encoder(masked_run)
 
 def test_init_from_through_the_cli(masked_run, tmp_path):
     out = tmp_path / "clf"
-    assert main(["train", "cnn-digits", "--init-from", str(masked_run), "--quiet", "--out", str(out),
-                 "--set", "train.epochs=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "cnn-digits",
+                "--init-from",
+                str(masked_run),
+                "--quiet",
+                "--out",
+                str(out),
+                "--set",
+                "train.epochs=1",
+            ]
+        )
+        == 0
+    )
     assert (out / "model.safetensors").is_file()
 
 
 def test_init_from_an_encoder_that_does_not_fit_names_the_tensors(masked_run, tmp_path, capsys):
     out = tmp_path / "clf"
-    refused(capsys, ["train", "cnn-digits", "--init-from", str(masked_run), "--quiet", "--out", str(out),
-                     "--set", "model.channels=[16,64]", "--set", "model.convs_per_block=2"],
-            "does not fit the classifier's encoder",
-            "encoder.block0.conv0.weight: checkpoint (32, 1, 3, 3), model (16, 1, 3, 3)",
-            "missing: encoder.block0.conv1.weight")
+    refused(
+        capsys,
+        [
+            "train",
+            "cnn-digits",
+            "--init-from",
+            str(masked_run),
+            "--quiet",
+            "--out",
+            str(out),
+            "--set",
+            "model.channels=[16,64]",
+            "--set",
+            "model.convs_per_block=2",
+        ],
+        "does not fit the classifier's encoder",
+        "encoder.block0.conv0.weight: checkpoint (32, 1, 3, 3), model (16, 1, 3, 3)",
+        "missing: encoder.block0.conv1.weight",
+    )
     assert not out.exists()
 
 
 def test_init_from_a_folder_without_checkpoints(tmp_path, capsys):
-    refused(capsys, ["train", "cnn-digits", "--init-from", str(tmp_path), "--quiet", "--out", str(tmp_path / "x")],
-            "holds neither encoder.safetensors nor model.safetensors")
+    refused(
+        capsys,
+        ["train", "cnn-digits", "--init-from", str(tmp_path), "--quiet", "--out", str(tmp_path / "x")],
+        "holds neither encoder.safetensors nor model.safetensors",
+    )
 
 
 def test_init_from_is_only_for_classifiers(masked_run, tmp_path, capsys):
-    refused(capsys, ["train", "masked-digits", "--init-from", str(masked_run), "--out", str(tmp_path / "x")],
-            "--init-from starts a classifier", "'masked' task")
+    refused(
+        capsys,
+        ["train", "masked-digits", "--init-from", str(masked_run), "--out", str(tmp_path / "x")],
+        "--init-from starts a classifier",
+        "'masked' task",
+    )
 
 
 def test_port_of_a_masked_run_points_to_the_encoder(masked_run, tmp_path, capsys):
-    refused(capsys, ["port", str(masked_run), "--to", "tf", "--out", str(tmp_path / "m.keras")],
-            "masked-pretraining run", "encoder.safetensors", "--init-from")
+    refused(
+        capsys,
+        ["port", str(masked_run), "--to", "tf", "--out", str(tmp_path / "m.keras")],
+        "masked-pretraining run",
+        "encoder.safetensors",
+        "--init-from",
+    )
     assert not (tmp_path / "m.keras").exists()
 
 
@@ -161,20 +232,40 @@ def test_port_of_a_masked_run_points_to_the_encoder(masked_run, tmp_path, capsys
 
 @pytest.mark.parametrize("ratio", ["0", "1.0", "1.5", "-0.2"])
 def test_mask_ratio_outside_0_1_is_refused(ratio, tmp_path, capsys):
-    refused(capsys, ["pretrain", "masked-digits", "--out", str(tmp_path / "x"), "--set", f"mask.ratio={ratio}"],
-            "mask.ratio must be in (0, 1)")
+    refused(
+        capsys,
+        ["pretrain", "masked-digits", "--out", str(tmp_path / "x"), "--set", f"mask.ratio={ratio}"],
+        "mask.ratio must be in (0, 1)",
+    )
     assert not (tmp_path / "x").exists()
 
 
 def test_patch_size_that_does_not_match_the_downsampling_is_refused(tmp_path, capsys):
-    refused(capsys, ["pretrain", "masked-digits", "--out", str(tmp_path / "x"), "--set", "mask.patch_size=2"],
-            "mask.patch_size=2 does not match the encoder's downsampling", "set mask.patch_size=4")
+    refused(
+        capsys,
+        ["pretrain", "masked-digits", "--out", str(tmp_path / "x"), "--set", "mask.patch_size=2"],
+        "mask.patch_size=2 does not match the encoder's downsampling",
+        "set mask.patch_size=4",
+    )
 
 
 def test_patch_size_that_does_not_divide_the_image_is_refused(tmp_path, capsys):
-    refused(capsys, ["pretrain", "masked-digits", "--quiet", "--out", str(tmp_path / "x"),
-                     "--set", "model.channels=[8,8,8,8]", "--set", "decoder.channels=[8,8,8,8]"],
-            "mask patch size 16", "does not divide the 8x8 images")
+    refused(
+        capsys,
+        [
+            "pretrain",
+            "masked-digits",
+            "--quiet",
+            "--out",
+            str(tmp_path / "x"),
+            "--set",
+            "model.channels=[8,8,8,8]",
+            "--set",
+            "decoder.channels=[8,8,8,8]",
+        ],
+        "mask patch size 16",
+        "does not divide the 8x8 images",
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -197,9 +288,21 @@ def test_parity_dispatches_to_the_masked_levels(capsys):
 HAS_TF = registry.is_installed("tf")
 BACKENDS = ["torch", pytest.param("tf", marks=needs_tf)]
 TIMING = ("epoch_s", "images_per_s")  # wall-clock fields of a history record: the only ones allowed to differ
-RESUME = ["data.limit_train=160", "train.epochs=3", "max_steps=13", "data.flip=true", "data.crop_padding=1",
-          "optim.lr=1e-3", "optim.eps=1e-4", "schedule.warmup_steps=3", "train.checkpoint_every_steps=4",
-          "train.keep_checkpoints=20", "train.checkpoint_every_minutes=0", "probe.enabled=false", "finetune.fractions=[]"]
+RESUME = [
+    "data.limit_train=160",
+    "train.epochs=3",
+    "max_steps=13",
+    "data.flip=true",
+    "data.crop_padding=1",
+    "optim.lr=1e-3",
+    "optim.eps=1e-4",
+    "schedule.warmup_steps=3",
+    "train.checkpoint_every_steps=4",
+    "train.keep_checkpoints=20",
+    "train.checkpoint_every_minutes=0",
+    "probe.enabled=false",
+    "finetune.fractions=[]",
+]
 
 
 def strip(history):
@@ -235,7 +338,9 @@ def no_grid(monkeypatch):
 @pytest.fixture
 def sigint_at(monkeypatch):
     """Deliver a real SIGINT to this process right after the ``n``-th masked train step of ``backend``."""
-    return lambda backend, n: sigint_after(monkeypatch, registry.get_backend(backend).MaskedAutoencoder, "train_step", n)
+    return lambda backend, n: sigint_after(
+        monkeypatch, registry.get_backend(backend).MaskedAutoencoder, "train_step", n
+    )
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +353,9 @@ def straight(tmp_path_factory):
             run_dir = tmp_path_factory.mktemp("straight") / backend
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(pretrain_module, "write_grid", _no_grid)
-                cache[backend] = pretrain(presets.load("masked-digits", RESUME), backend, run_dir=run_dir, progress=False)
+                cache[backend] = pretrain(
+                    presets.load("masked-digits", RESUME), backend, run_dir=run_dir, progress=False
+                )
         return cache[backend]
 
     return get
@@ -297,7 +404,10 @@ def test_more_steps_continue_the_same_trajectory(no_grid, tmp_path):
     base = RESUME + ["schedule.name='constant'"]
     eight = presets.load("masked-digits", base + ["max_steps=8"])
     pretrain(eight, "torch", run_dir=tmp_path / "run", progress=False)
-    assert [h["step"] for h in read_json(tmp_path / "run" / "result.json")["history"]] == [5, 8]  # epoch 2 cut at step 8
+    assert [h["step"] for h in read_json(tmp_path / "run" / "result.json")["history"]] == [
+        5,
+        8,
+    ]  # epoch 2 cut at step 8
     with pytest.raises(RunError, match=r"already complete \(8 of 8 steps.*max_steps"):
         resume(tmp_path / "run", progress=False)
     with pytest.raises(SpecError, match=r"give 7 steps.*at least 8"):
@@ -305,7 +415,11 @@ def test_more_steps_continue_the_same_trajectory(no_grid, tmp_path):
     got = resume(tmp_path / "run", overrides=["max_steps=13"], progress=False)
     ref = pretrain(apply_overrides(eight, ["max_steps=13"]), "torch", run_dir=tmp_path / "ref", progress=False)
     assert_same_run(got, ref)
-    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [5, 10, 13]
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [
+        5,
+        10,
+        13,
+    ]
     assert load_json(tmp_path / "run" / "spec.json").max_steps == 13
 
 
@@ -410,13 +524,16 @@ def test_resume_refuses_a_run_of_another_task(run_copy, tmp_path, capsys):
     assert snapshot(run_copy) == before
 
 
-@pytest.mark.parametrize("override, field", [
-    ("train.batch_size=16", "train.batch_size"),
-    ("mask.ratio=0.5", "mask.ratio"),
-    ("optim.lr=0.01", "optim.lr"),
-    ("decoder.channels=[16,16]", "decoder.channels"),
-    ("seed=1", "seed"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.batch_size=16", "train.batch_size"),
+        ("mask.ratio=0.5", "mask.ratio"),
+        ("optim.lr=0.01", "optim.lr"),
+        ("decoder.channels=[16,16]", "decoder.channels"),
+        ("seed=1", "seed"),
+    ],
+)
 def test_resume_refuses_a_spec_change_that_cannot_continue(run_copy, override, field):
     msg = refused_resume(run_copy, SpecError, rf"cannot resume: {field} was", overrides=["max_steps=15", override])
     assert "max_steps" in msg and "train.epochs" in msg  # it says which fields may change

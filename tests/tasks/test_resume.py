@@ -19,13 +19,13 @@ import pytest
 
 pytest.importorskip("torch")
 
+from dualkit.cli import main  # noqa: E402
 from dualkit.core import checkpoint, registry, runstate  # noqa: E402
 from dualkit.core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError  # noqa: E402
 from dualkit.core.specs import apply_overrides, load_json, save_json
-from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.tasks import parity, presets  # noqa: E402
 from dualkit.tasks.classify import resume, train  # noqa: E402
-from dualkit.cli import main  # noqa: E402
+from dualkit.tasks.dqn_spec import DQNRunSpec
 from tests.runfolders import sigint_after, snapshot  # noqa: E402
 
 HAS_TF = registry.is_installed("tf")
@@ -34,12 +34,24 @@ REPO = Path(__file__).resolve().parents[2]
 TIMING = ("epoch_s", "images_per_s")  # wall-clock fields of a history record: the only ones allowed to differ
 
 # 10 steps per epoch; dropout, crop and flip so that every random stream (numpy's and the framework's) is exercised.
-SMALL = ["data.limit_train=320", "train.epochs=3", "model.dropout=0.2", "data.crop_padding=1", "data.flip=true",
-         "train.checkpoint_every_minutes=0"]
+SMALL = [
+    "data.limit_train=320",
+    "train.epochs=3",
+    "model.dropout=0.2",
+    "data.crop_padding=1",
+    "data.flip=true",
+    "train.checkpoint_every_minutes=0",
+]
 OPTIMS = {
     "adamw": ["optim.name='adamw'", "optim.weight_decay=0.01"],
-    "sgd": ["optim.name='sgd'", "optim.lr=0.05", "optim.momentum=0.9", "optim.nesterov=true", "optim.weight_decay=1e-4",
-            "optim.clip_norm=1.0"],
+    "sgd": [
+        "optim.name='sgd'",
+        "optim.lr=0.05",
+        "optim.momentum=0.9",
+        "optim.nesterov=true",
+        "optim.weight_decay=1e-4",
+        "optim.clip_norm=1.0",
+    ],
 }
 
 
@@ -81,7 +93,9 @@ def straight_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("optim", list(OPTIMS))
-@pytest.mark.parametrize("stop_step, where", [(20, "epoch boundary"), (13, "mid-epoch")], ids=["epoch-boundary", "mid-epoch"])
+@pytest.mark.parametrize(
+    "stop_step, where", [(20, "epoch boundary"), (13, "mid-epoch")], ids=["epoch-boundary", "mid-epoch"]
+)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_interrupted_and_resumed_equals_straight(backend, stop_step, where, optim, straight_runs, sigint_at, tmp_path):
     spec, ref = straight_runs(backend, optim)
@@ -144,8 +158,10 @@ def l4_runs(tmp_path_factory):
     with a run checkpoint every 50 steps (step 150 is in the middle of epoch 4)."""
     if not HAS_TF:
         pytest.skip("TensorFlow is not installed")
-    base = presets.load("cnn-digits", ["train.checkpoint_every_steps=50", "train.keep_checkpoints=20",
-                                      "train.checkpoint_every_minutes=0"])
+    base = presets.load(
+        "cnn-digits",
+        ["train.checkpoint_every_steps=50", "train.keep_checkpoints=20", "train.checkpoint_every_minutes=0"],
+    )
     spec = parity.l4_spec(base, "adam-cosine", "float32", epochs=8)  # 41 steps per epoch: 328 steps
     root = tmp_path_factory.mktemp("l4")
     return {b: train(spec, b, run_dir=root / b, progress=False) for b in ("torch", "tf")}
@@ -172,9 +188,11 @@ def test_hand_over_to_the_other_framework(src, dst, l4_runs, tmp_path, record_pr
         per_step = np.abs(h - r) / np.abs(r)
         test_gap = abs(got.test["loss"] - ref.test["loss"]) / ref.test["loss"]
         val_gap = max(abs(a["val_loss"] - b["val_loss"]) / b["val_loss"] for a, b in zip(got.history, ref.history))
-        figures = (f"hand-over {src}->{dst} at step {HANDOVER_STEP} vs {ref_name} alone: max per-step rel loss gap "
-                   f"{per_step.max():.2e}, test loss rel gap {test_gap:.2e}, test acc {got.test['accuracy']:.4f} vs "
-                   f"{ref.test['accuracy']:.4f}, worst val loss rel gap {val_gap:.2e}")
+        figures = (
+            f"hand-over {src}->{dst} at step {HANDOVER_STEP} vs {ref_name} alone: max per-step rel loss gap "
+            f"{per_step.max():.2e}, test loss rel gap {test_gap:.2e}, test acc {got.test['accuracy']:.4f} vs "
+            f"{ref.test['accuracy']:.4f}, worst val loss rel gap {val_gap:.2e}"
+        )
         record_property(f"vs {ref_name}", figures)
         print("\n" + figures)
         assert per_step.max() <= bound, (ref_name, per_step.max())
@@ -192,8 +210,15 @@ def test_hand_over_in_float64_is_exact_to_rounding(variant, tmp_path):
     (a transposed slot, a lost step count, a BatchNorm statistic): held to the float64 L4 bound, both ways."""
     if not HAS_TF:
         pytest.skip("TensorFlow is not installed")
-    base = presets.load("cnn-digits", ["data.limit_train=320", "train.checkpoint_every_steps=7",
-                                      "train.keep_checkpoints=20", "train.checkpoint_every_minutes=0"])
+    base = presets.load(
+        "cnn-digits",
+        [
+            "data.limit_train=320",
+            "train.checkpoint_every_steps=7",
+            "train.keep_checkpoints=20",
+            "train.checkpoint_every_minutes=0",
+        ],
+    )
     spec = parity.l4_spec(base, variant, "float64", epochs=3)
     runs = {b: train(spec, b, run_dir=tmp_path / b, progress=False) for b in ("torch", "tf")}
     for src, dst in (("torch", "tf"), ("tf", "torch")):
@@ -268,13 +293,16 @@ def test_refuses_a_run_of_another_task(tiny_run, tmp_path, capsys):
     assert snapshot(dqn) == before
 
 
-@pytest.mark.parametrize("override, field", [
-    ("train.batch_size=16", "train.batch_size"),
-    ("optim.lr=0.01", "optim.lr"),
-    ("model.hidden=[64]", "model.hidden"),
-    ("seed=1", "seed"),
-    ("dtype='float64'", "dtype"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.batch_size=16", "train.batch_size"),
+        ("optim.lr=0.01", "optim.lr"),
+        ("model.hidden=[64]", "model.hidden"),
+        ("seed=1", "seed"),
+        ("dtype='float64'", "dtype"),
+    ],
+)
 def test_refuses_a_spec_change_that_cannot_continue(run_copy, override, field):
     msg = refused(run_copy, SpecError, rf"cannot resume: {field} was", overrides=["train.epochs=5", override])
     assert "train.epochs" in msg  # it says which fields may change
@@ -351,8 +379,14 @@ PROC = ["data.limit_train=320", "train.epochs=12", "train.checkpoint_every_minut
 def test_sigint_writes_a_checkpoint_and_the_resume_completes(tmp_path):
     run_dir = tmp_path / "run"
     sets = [a for s in PROC for a in ("--set", s)]
-    proc = subprocess.Popen(cli("train", "cnn-digits", "--backend", "torch", "--out", str(run_dir), "--quiet", *sets),
-                            cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli("train", "cnn-digits", "--backend", "torch", "--out", str(run_dir), "--quiet", *sets),
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_checkpoint(run_dir, proc)  # the step-0 checkpoint is written: now it is training
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -362,8 +396,14 @@ def test_sigint_writes_a_checkpoint_and_the_resume_completes(tmp_path):
     ckpt = runstate.latest(run_dir)
     assert 1 <= ckpt.state.step < 120 and not (run_dir / "result.json").exists()  # the step it was in finished
 
-    done = subprocess.run(cli("train", "--resume", str(run_dir), "--quiet"), cwd=tmp_path, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        cli("train", "--resume", str(run_dir), "--quiet"),
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert f"resumed from step {ckpt.state.step}" in done.stdout
     # bit-identical to the same run, uninterrupted, in this process
@@ -403,15 +443,25 @@ def test_sigkill_at_random_moments(tmp_path):
     epochs, steps_per_epoch = 150, 10
     rnd = random.Random(1234)
     run_dir = tmp_path / "run"
-    sets = ["data.limit_train=320", f"train.epochs={epochs}", "train.checkpoint_every_steps=3", "train.keep_checkpoints=2",
-            "train.checkpoint_every_minutes=0"]
+    sets = [
+        "data.limit_train=320",
+        f"train.epochs={epochs}",
+        "train.checkpoint_every_steps=3",
+        "train.keep_checkpoints=2",
+        "train.checkpoint_every_minutes=0",
+    ]
     args = [a for s in sets for a in ("--set", s)]
     t0 = time.monotonic()
     kills, steps, moments, mid_write = 0, [0], {"start-up": 0, "training": 0}, 0
     errors = tmp_path / "stderr.txt"  # the latest session's, for the message of a failed assertion
     with errors.open("w") as err:  # the child keeps its own handle
-        proc = subprocess.Popen(cli("train", "cnn-digits", "--out", str(run_dir), "--quiet", *args), cwd=tmp_path,
-                                env=env(), stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            cli("train", "cnn-digits", "--out", str(run_dir), "--quiet", *args),
+            cwd=tmp_path,
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     wait_for_checkpoint(run_dir, proc)
     while True:
         if kills < kills_wanted:
@@ -420,7 +470,10 @@ def test_sigkill_at_random_moments(tmp_path):
                 time.sleep(rnd.uniform(0.0, 4.0))
             else:  # once it trains again (a newer checkpoint appeared): mid-step or mid-write
                 moment = "training"
-                while proc.poll() is None and max((s for s, _ in runstate.list_checkpoints(run_dir)), default=0) <= steps[-1]:
+                while (
+                    proc.poll() is None
+                    and max((s for s, _ in runstate.list_checkpoints(run_dir)), default=0) <= steps[-1]
+                ):
                     time.sleep(0.02)
                 time.sleep(rnd.uniform(0.0, 0.6))
             if proc.poll() is None:
@@ -436,11 +489,18 @@ def test_sigkill_at_random_moments(tmp_path):
             break
         assert rc == -signal.SIGKILL, f"exit code {rc} after {kills} kills: {errors.read_text()[-2000:]}"
         with errors.open("w") as err:
-            proc = subprocess.Popen(cli("train", "--resume", str(run_dir), "--quiet"), cwd=tmp_path, env=env(),
-                                    stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen(
+                cli("train", "--resume", str(run_dir), "--quiet"),
+                cwd=tmp_path,
+                env=env(),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
     wall = time.monotonic() - t0
-    print(f"\nkill test: {kills} SIGKILLs ({moments}; {mid_write} left a temp file) in {wall:.0f} s; "
-          f"newest checkpoint after each session: {steps[1:]}")
+    print(
+        f"\nkill test: {kills} SIGKILLs ({moments}; {mid_write} left a temp file) in {wall:.0f} s; "
+        f"newest checkpoint after each session: {steps[1:]}"
+    )
     assert kills >= kills_wanted
     assert steps == sorted(steps)  # progress was never lost
     ref = train(presets.load("cnn-digits", sets), "torch", progress=False)
