@@ -424,7 +424,61 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
         if changes
         else "none"
     ]
+    same, differ = exact_figures(old, new)
+    parts += [
+        "",
+        "## Figures that are not times",
+        "",
+        f"{same} identical, {len(differ)} differ (every run's metric, curve and extras per seed, and every "
+        "parity check's measured value, bound and verdict; a refactor must leave all of them identical).",
+    ]
+    if differ:
+        parts += ["", markdown_table(["figure", "old", "new"], differ[:50])]
     if old.get("overhead") and new.get("overhead"):
         rows = [[k, old["overhead"]["speedup"].get(k, float("nan")), v] for k, v in new["overhead"]["speedup"].items()]
         parts += ["", "## Overhead speed-ups", "", markdown_table(["ratio", "old", "new"], rows)]
     return "\n".join(parts) + "\n"
+
+
+# What a run reports that is a time, a rate or a property of the machine rather than of the computation.
+TIME_KEYS = frozenset({"wall_s", "throughput", "pretrain_s", "eval_s", "time_to_solve_s", "peak_rss_mb", "versions"})
+
+
+def exact_figures(old: dict[str, Any], new: dict[str, Any]) -> tuple[int, list[list[Any]]]:
+    """Every figure of two results files that is not a time, compared exactly: (how many are identical, the
+    ones that differ as [name, old, new] rows). Runs pair by preset, backend, device and seed; parity checks by
+    preset, device, level, dtype and name."""
+
+    def flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flat(f"{prefix}.{k}", v, out)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                flat(f"{prefix}[{i}]", v, out)
+        else:
+            out[prefix] = value
+
+    def figures(results: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for r in results["runs"]:
+            key = f"{r['preset']} {r['backend']} {r['device']} seed {r['seed']}"
+            for k, v in r.items():
+                if k not in TIME_KEYS:
+                    flat(f"{key} {k}", v, out)
+        for c in results["parity"]:
+            key = f"{c['preset']} {c['device']} {c['level']} {c['dtype']} {c['name']}"
+            for k in ("value", "bound", "passed"):
+                out[f"{key} {k}"] = c[k]
+        return out
+
+    a, b = figures(old), figures(new)
+    same, differ = 0, []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, ABSENT), b.get(key, ABSENT)
+        both_nan = isinstance(va, float) and isinstance(vb, float) and np.isnan(va) and np.isnan(vb)
+        if va == vb or both_nan:
+            same += 1
+        else:
+            differ.append([key, str(va), str(vb)])
+    return same, differ

@@ -252,6 +252,24 @@ def test_compare_reports_metric_throughput_and_verdict_changes(tmp_path):
     assert "## Parity verdicts that changed\n\nnone" in same
 
 
+def test_compare_counts_every_figure_that_is_not_a_time():
+    old = fake_results()
+    same, differ = report.exact_figures(old, copy.deepcopy(old))
+    assert same > 0 and differ == []
+    faster = copy.deepcopy(old)
+    for r in faster["runs"]:
+        r["wall_s"] *= 0.5
+        r["throughput"] *= 2
+    assert report.exact_figures(old, faster) == (same, [])  # times and rates are not compared
+    changed = copy.deepcopy(old)
+    changed["runs"][1]["curve_y"][0] += 1e-12  # one value of one curve, a trillionth off
+    changed["parity"][0]["value"] *= 1.5
+    _, differ = report.exact_figures(old, changed)
+    assert len(differ) == 2
+    assert any("curve_y[0]" in row[0] for row in differ) and any(row[0].endswith(" value") for row in differ)
+    assert "2 differ" in report.compare(old, changed)
+
+
 def test_load_results_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         report.load_results(tmp_path / "nope.json")
