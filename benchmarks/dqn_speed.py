@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "load_avg": os.getloadavg(),
-        "threads": os.environ.get("DUALKIT_THREADS", str(registry.DEFAULT_THREADS)),
+        "threads": registry.thread_count(),
     }
     write_json(out / "dqn_speed.json", {**info, "runs": records})
     (out / "dqn_speed.md").write_text(

@@ -136,7 +136,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "threads": int(os.environ.get("DUALKIT_THREADS", registry.DEFAULT_THREADS)),
+        "threads": registry.thread_count(),
         "versions": versions,
     }
 

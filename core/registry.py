@@ -135,6 +135,18 @@ def available() -> list[str]:
     return [name for name in BACKENDS if is_installed(name)]
 
 
+def thread_count() -> int:
+    """The framework thread count: $DUALKIT_THREADS (a positive integer), else DEFAULT_THREADS."""
+    raw = os.environ.get("DUALKIT_THREADS", str(DEFAULT_THREADS))
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise BackendError(f"DUALKIT_THREADS={raw!r} is not a positive whole number; set it to e.g. 2, or unset it")
+    return threads
+
+
 def get_backend(
     name: str | None = None, device: str = "cpu", deterministic: bool = True, threads: int | None = None
 ) -> ModuleType:
@@ -146,7 +158,7 @@ def get_backend(
     if importlib.util.find_spec(framework) is None:
         raise BackendError(f"backend {key!r} needs {framework}, which is not installed; install it with: {install}")
     if key not in _loaded:
-        threads = threads or int(os.environ.get("DUALKIT_THREADS", DEFAULT_THREADS))
+        threads = threads or thread_count()
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, str(threads))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

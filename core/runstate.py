@@ -328,7 +328,12 @@ def open_for_resume(
         raw = read_json(run_dir / SPEC_FILE)
     except ValueError as exc:
         raise RunError(f"{run_dir / SPEC_FILE} is not valid JSON ({exc}); the run folder is damaged") from None
-    found = raw.get("task", "classify") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict):
+        raise RunError(
+            f"{run_dir / SPEC_FILE} holds a {type(raw).__name__}, not a run spec; the run folder is damaged "
+            "(restore spec.json from a copy, or train it again)"
+        )
+    found = raw.get("task", "classify")
     if found != task:
         raise RunError(f"{run_dir} is a {found!r} run, not a {what} run; resume it with a {found!r} preset")
     ckpt = latest(run_dir)
@@ -361,9 +366,14 @@ def reopen_run_dir(req: ResumeRequest, history: list[dict[str, Any]]) -> None:
     (req.run_dir / RESULT_FILE).unlink(missing_ok=True)
 
 
-def report_resume(req: ResumeRequest, backend: str, where: str, notes: list[str] = ()) -> None:
-    """What a resume tells the user on stderr: from where, in which framework, what changed, what was skipped."""
+def report_resume(req: ResumeRequest, backend: str, where: str, notes: list[str] = (), quiet: bool = False) -> None:
+    """What a resume tells the user on stderr: from where, in which framework, what changed, what was skipped.
+    ``quiet`` (``--quiet``) keeps only the warnings: an unreadable checkpoint passed over is always said."""
     ckpt = req.ckpt
+    for note in ckpt.skipped:
+        print(f"dualkit: warning: skipped unreadable checkpoint {note}", file=sys.stderr)
+    if quiet:
+        return
     print(
         f"dualkit: resuming {req.run_dir} from {ckpt.path.name} at {where} in {backend}"
         + (f" (trained in {ckpt.backend} so far)" if ckpt.backend != backend else ""),
@@ -373,5 +383,3 @@ def report_resume(req: ResumeRequest, backend: str, where: str, notes: list[str]
         print(f"dualkit: {note}", file=sys.stderr)
     for name, before, after in req.changes:
         print(f"dualkit: {name} changed from {before!r} to {after!r}", file=sys.stderr)
-    for note in ckpt.skipped:
-        print(f"dualkit: warning: skipped unreadable checkpoint {note}", file=sys.stderr)

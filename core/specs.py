@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,9 @@ def validate(spec: Any) -> Any:
     validator = _VALIDATORS.get(type(spec))
     if validator is None:
         raise SpecError(f"no validator for {type(spec).__name__}")  # pragma: no cover - registration bug
+    bad = _non_finite(spec)
+    if bad:
+        raise SpecError(f"{bad[0]} is not a finite number; give a number")
     common = [
         (spec.seed >= 0, f"seed must be >= 0, got {spec.seed}"),
         (spec.dtype in DTYPES, f"dtype={spec.dtype!r} is not one of: {', '.join(DTYPES)}"),
@@ -228,6 +232,10 @@ def optim_checks(optim: OptimSpec) -> list[tuple[bool, str]]:
     return [
         (optim.name in ("sgd", "adam", "adamw"), f"optim.name={optim.name!r} is not one of: sgd, adam, adamw"),
         (optim.lr > 0, "optim.lr must be > 0"),
+        (
+            optim.eps > 0,
+            f"optim.eps must be > 0 (it keeps Adam's step finite where a gradient is zero), got {optim.eps}",
+        ),
         (0.0 <= optim.momentum < 1.0, "optim.momentum must be in [0, 1)"),
         (not optim.nesterov or optim.momentum > 0, "optim.nesterov needs optim.momentum > 0"),
         (0.0 <= optim.beta1 < 1.0 and 0.0 <= optim.beta2 < 1.0, "optim.beta1/beta2 must be in [0, 1)"),
@@ -243,7 +251,43 @@ def train_checks(train: TrainSpec) -> list[tuple[bool, str]]:
         (train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0 (0 = off)"),
         (train.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes must be >= 0 (0 = off)"),
         (train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+        (train.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {train.eval_batch_size}"),
     ]
+
+
+def schedule_checks(schedule: ScheduleSpec, prefix: str = "schedule") -> list[tuple[bool, str]]:
+    return [
+        (
+            schedule.warmup_steps >= 0,
+            f"{prefix}.warmup_steps must be >= 0 (0 = no warm-up), got {schedule.warmup_steps}",
+        ),
+        (schedule.step_size >= 1, f"{prefix}.step_size must be >= 1"),
+        (schedule.gamma > 0, f"{prefix}.gamma must be > 0, got {schedule.gamma}"),
+        (schedule.min_lr >= 0, f"{prefix}.min_lr must be >= 0, got {schedule.min_lr}"),
+    ]
+
+
+def data_checks(data: DataSpec) -> list[tuple[bool, str]]:
+    return [
+        (0.0 <= data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+        (0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)"),
+        (data.crop_padding >= 0, "data.crop_padding must be >= 0"),
+        (data.limit_train >= 0, f"data.limit_train must be >= 0 (0 = all images), got {data.limit_train}"),
+    ]
+
+
+def _non_finite(spec: Any, prefix: str = "") -> list[str]:
+    """The float fields of a spec (any depth) that are inf or nan, by dotted name."""
+    bad = []
+    for f in dataclasses.fields(spec):
+        value, name = getattr(spec, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            bad += _non_finite(value, name + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            bad.append(f"{name}={value}")
+        elif isinstance(value, tuple) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            bad.append(f"{name}={list(value)}")
+    return bad
 
 
 def spec_class(raw: dict[str, Any]) -> type:
@@ -277,8 +321,12 @@ def to_dict(spec: Any) -> dict[str, Any]:
 
 
 def load_toml(path: Path) -> Any:
-    with open(path, "rb") as fh:
-        return from_dict(tomllib.load(fh))
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path} is not valid TOML: {exc}; fix the file") from None
+    return from_dict(raw)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -326,4 +374,11 @@ def save_json(spec: Any, path: Path) -> None:
 
 
 def load_json(path: Path) -> Any:
-    return from_dict(json.loads(Path(path).read_text()))
+    """A spec saved as JSON (a run folder's spec.json), refused with the file's name when it is damaged."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise SpecError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path} holds a {type(raw).__name__}, not a run spec; the run folder is damaged")
+    return from_dict(raw)

@@ -21,6 +21,14 @@ from dualkit.tasks.base import EvalOptions
 from dualkit.tasks.parity import BACKENDS
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse turns the ValueError into a one-line usage error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number >= 1")
+    return value
+
+
 def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help=f"torch or tf (default: ${registry.ENV_VAR}, else {registry.DEFAULT})")
     p.add_argument("--device", default="cpu", choices=registry.DEVICES, help="cpu (default), gpu or auto")
@@ -240,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder written by `dualkit train`")
     _backend_args(p)
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
-    p.add_argument("--episodes", type=int, help="DQN: greedy episodes to play (default: the spec's dqn.test_episodes)")
+    p.add_argument(
+        "--episodes", type=positive_int, help="DQN: greedy episodes to play (default: the spec's dqn.test_episodes)"
+    )
     p.add_argument("--seed", type=int, help="DQN: seed of the first episode (default: the spec's env.test_seed)")
     p.add_argument("--no-finetune", action="store_true", help="masked pretraining: the linear probe only")
     p.add_argument("--quiet", action="store_true", help="masked pretraining: no progress bars")

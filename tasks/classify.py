@@ -12,7 +12,7 @@ import numpy as np
 from dualkit.core import checkpoint, registry
 from dualkit.core.batches import Normalizer, eval_batches
 from dualkit.core.datasets import Dataset, load_dataset
-from dualkit.core.errors import TrainingError
+from dualkit.core.errors import DataError, SpecError, TrainingError
 from dualkit.core.metrics import classification_metrics
 from dualkit.core.runs import (
     MODEL_FILE,
@@ -47,8 +47,28 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def check_fits_data(spec: ClassifyRunSpec, data: Dataset) -> None:
+    """Refuse, before anything is written, a model that cannot train on these images: labels beyond
+    ``model.num_classes``, or more pooling blocks than the images have pixels to halve."""
+    top = max((int(y.max()) for y in (data.y_train, data.y_val, data.y_test) if len(y)), default=-1)
+    if top >= spec.model.num_classes:
+        raise SpecError(
+            f"model.num_classes={spec.model.num_classes}, but the labels of {spec.data.name!r} go up to {top}; "
+            f"set model.num_classes={top + 1} (or more)"
+        )
+    h, w = data.image_shape[:2]
+    blocks = len(spec.model.channels)
+    fits = max(int(np.floor(np.log2(min(h, w)))), 0)
+    if blocks > fits:
+        raise SpecError(
+            f"model.channels has {blocks} blocks, each halving the image with a 2x2 max-pool, but {h}x{w} images "
+            f"can be halved only {fits} times; use at most {fits} entries in model.channels"
+        )
+
+
 def prepare_data(spec: ClassifyRunSpec) -> tuple[Dataset, Normalizer]:
     data = load_dataset(spec.data)
+    check_fits_data(spec, data)
     channels = data.image_shape[2]
     normalizer = Normalizer.fit(data.x_train) if spec.data.normalize else Normalizer.identity(channels)
     return data, normalizer
@@ -272,6 +292,11 @@ def evaluate_run(
     x, y = {"test": (data.x_test, data.y_test), "val": (data.x_val, data.y_val), "train": (data.x_train, data.y_train)}[
         split
     ]
+    if len(y) == 0:
+        raise DataError(
+            f"the {split} split of this run's data is empty (data.val_fraction={run.spec.data.val_fraction}); "
+            "evaluate --split test or --split train"
+        )
     metrics = evaluate_split(clf, x, y, run.normalizer, run.spec)
     return {
         "split": split,

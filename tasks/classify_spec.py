@@ -11,8 +11,10 @@ from dualkit.core.specs import (
     ScheduleSpec,
     TrainSpec,
     check_choices,
+    data_checks,
     optim_checks,
     register_task,
+    schedule_checks,
     train_checks,
 )
 
@@ -42,16 +44,14 @@ def image_checks(spec) -> list[tuple[bool, str]]:
     return (
         optim_checks(spec.optim)
         + train_checks(spec.train)
+        + data_checks(spec.data)
+        + schedule_checks(spec.schedule)
         + [
-            (0.0 <= spec.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
-            (0.0 < spec.data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)"),
-            (spec.data.crop_padding >= 0, "data.crop_padding must be >= 0"),
             (len(spec.model.channels) >= 1, "model.channels needs at least one block"),
             (all(c > 0 for c in spec.model.channels + spec.model.hidden), "model sizes must be > 0"),
             (spec.model.convs_per_block >= 1, "model.convs_per_block must be >= 1"),
             (0.0 <= spec.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
             (spec.model.num_classes >= 2, "model.num_classes must be >= 2"),
-            (spec.schedule.step_size >= 1, "schedule.step_size must be >= 1"),
         ]
     )
 

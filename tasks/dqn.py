@@ -608,22 +608,23 @@ def resume(
 
     # Every check passed: from here on the run folder is written.
     runstate.reopen_run_dir(req, st.history)
-    if progress:
-        notes = []
-        if c.get("buffer") is None:
-            notes.append(
-                f"the checkpoint has no replay buffer; {d.learning_starts} transitions are collected before updates "
-                "resume"
-            )
-        if c.get("rollout") is None:
-            notes.append(
-                f"warning: {spec.env.id}'s state cannot be saved; the episodes in progress start over, so this run "
-                "no longer matches an uninterrupted one step for step"
-            )
-        runstate.report_resume(req, backend.NAME, f"env step {c['env_steps']:,} (update {st.step:,})", notes)
+    resumed = {"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped}  # before it moves
+    notes = []
+    if c.get("buffer") is None:
+        notes.append(
+            f"the checkpoint has no replay buffer; {d.learning_starts} transitions are collected before updates resume"
+        )
+    if c.get("rollout") is None:
+        notes.append(
+            f"warning: {spec.env.id}'s state cannot be saved; the episodes in progress start over, so this run "
+            "no longer matches an uninterrupted one step for step"
+        )
+    runstate.report_resume(
+        req, backend.NAME, f"env step {c['env_steps']:,} (update {st.step:,})", notes, quiet=not progress
+    )
     c["done"] = False
     result = DQNLoop(spec, backend, device, agent, info, st, run_dir, progress=progress, extra=ckpt.extra).run()
-    result.extra.update({"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped})
+    result.extra.update(resumed)
     return result
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dualkit.core.specs import EnvSpec, OptimSpec, QNetSpec, ScheduleSpec, check_choices, optim_checks, register_task
+from dualkit.core.specs import (
+    EnvSpec,
+    OptimSpec,
+    QNetSpec,
+    ScheduleSpec,
+    check_choices,
+    optim_checks,
+    register_task,
+    schedule_checks,
+)
 
 
 @dataclass(frozen=True)
@@ -60,39 +69,42 @@ _DQN_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 def _dqn_checks(spec: DQNRunSpec) -> list[tuple[bool, str]]:
     check_choices(spec, _DQN_CHOICES)
     d, e = spec.dqn, spec.env
-    return optim_checks(spec.optim) + [
-        (bool(e.id.strip()), "env.id must name a Gymnasium environment, e.g. CartPole-v1"),
-        (e.num_envs >= 1, "env.num_envs must be >= 1"),
-        (e.max_episode_steps >= 0, "env.max_episode_steps must be >= 0 (0 = the env's own limit)"),
-        (e.eval_seed >= 0 and e.test_seed >= 0, "env.eval_seed and env.test_seed must be >= 0"),
-        (
-            len(spec.qnet.hidden) >= 1 and all(h > 0 for h in spec.qnet.hidden),
-            "qnet.hidden needs one or more sizes > 0",
-        ),
-        (0.0 <= d.gamma <= 1.0, f"dqn.gamma must be in [0, 1], got {d.gamma}"),
-        (d.batch_size >= 1, "dqn.batch_size must be >= 1"),
-        (
-            d.buffer_size >= d.batch_size,
-            f"dqn.buffer_size ({d.buffer_size}) must be >= dqn.batch_size ({d.batch_size}): the buffer cannot hold "
-            "one batch",
-        ),
-        (d.total_steps >= 1, "dqn.total_steps must be >= 1"),
-        (d.learning_starts >= 0, "dqn.learning_starts must be >= 0"),
-        (d.train_freq >= 1 and d.gradient_steps >= 1, "dqn.train_freq and dqn.gradient_steps must be >= 1"),
-        (d.target_update >= 1, "dqn.target_update must be >= 1 (gradient updates between target syncs)"),
-        (0.0 < d.tau <= 1.0, "dqn.tau must be in (0, 1]"),
-        (
-            0.0 <= d.epsilon_end <= 1.0 and 0.0 <= d.epsilon_start <= 1.0,
-            "dqn.epsilon_start/epsilon_end must be in [0, 1]",
-        ),
-        (0.0 < d.epsilon_fraction <= 1.0, "dqn.epsilon_fraction must be in (0, 1]"),
-        (d.eval_every >= 0, "dqn.eval_every must be >= 0 (0 = evaluate only at the end)"),
-        (d.eval_episodes >= 1 and d.test_episodes >= 1, "dqn.eval_episodes and dqn.test_episodes must be >= 1"),
-        (d.checkpoint_every_steps >= 0, "dqn.checkpoint_every_steps must be >= 0 (0 = off)"),
-        (d.checkpoint_every_minutes >= 0, "dqn.checkpoint_every_minutes must be >= 0 (0 = off)"),
-        (d.keep_checkpoints >= 1, "dqn.keep_checkpoints must be >= 1"),
-        (spec.schedule.step_size >= 1, "schedule.step_size must be >= 1"),
-    ]
+    return (
+        optim_checks(spec.optim)
+        + schedule_checks(spec.schedule)
+        + [
+            (bool(e.id.strip()), "env.id must name a Gymnasium environment, e.g. CartPole-v1"),
+            (e.num_envs >= 1, "env.num_envs must be >= 1"),
+            (e.max_episode_steps >= 0, "env.max_episode_steps must be >= 0 (0 = the env's own limit)"),
+            (e.eval_seed >= 0 and e.test_seed >= 0, "env.eval_seed and env.test_seed must be >= 0"),
+            (
+                len(spec.qnet.hidden) >= 1 and all(h > 0 for h in spec.qnet.hidden),
+                "qnet.hidden needs one or more sizes > 0",
+            ),
+            (0.0 <= d.gamma <= 1.0, f"dqn.gamma must be in [0, 1], got {d.gamma}"),
+            (d.batch_size >= 1, "dqn.batch_size must be >= 1"),
+            (
+                d.buffer_size >= d.batch_size,
+                f"dqn.buffer_size ({d.buffer_size}) must be >= dqn.batch_size ({d.batch_size}): the buffer cannot hold "
+                "one batch",
+            ),
+            (d.total_steps >= 1, "dqn.total_steps must be >= 1"),
+            (d.learning_starts >= 0, "dqn.learning_starts must be >= 0"),
+            (d.train_freq >= 1 and d.gradient_steps >= 1, "dqn.train_freq and dqn.gradient_steps must be >= 1"),
+            (d.target_update >= 1, "dqn.target_update must be >= 1 (gradient updates between target syncs)"),
+            (0.0 < d.tau <= 1.0, "dqn.tau must be in (0, 1]"),
+            (
+                0.0 <= d.epsilon_end <= 1.0 and 0.0 <= d.epsilon_start <= 1.0,
+                "dqn.epsilon_start/epsilon_end must be in [0, 1]",
+            ),
+            (0.0 < d.epsilon_fraction <= 1.0, "dqn.epsilon_fraction must be in (0, 1]"),
+            (d.eval_every >= 0, "dqn.eval_every must be >= 0 (0 = evaluate only at the end)"),
+            (d.eval_episodes >= 1 and d.test_episodes >= 1, "dqn.eval_episodes and dqn.test_episodes must be >= 1"),
+            (d.checkpoint_every_steps >= 0, "dqn.checkpoint_every_steps must be >= 0 (0 = off)"),
+            (d.checkpoint_every_minutes >= 0, "dqn.checkpoint_every_minutes must be >= 0 (0 = off)"),
+            (d.keep_checkpoints >= 1, "dqn.keep_checkpoints must be >= 1"),
+        ]
+    )
 
 
 register_task("dqn", DQNRunSpec, _dqn_checks)

@@ -251,7 +251,11 @@ def run_epochs(
                 lr = float(lrs[state.step])
                 loss = task.step(xb, yb, lr)
                 if not math.isfinite(loss):
-                    good = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+                    good = (
+                        f"the last good model is {last_good}"
+                        if last_good
+                        else f"no model was saved yet (it is written every {tr.checkpoint_every} epoch(s))"
+                    )
                     check_finite(
                         loss,
                         task.loss_name,
@@ -351,13 +355,12 @@ class EpochResume:
         if st.batch and len(st.history) == st.epoch + 1 and self.total_steps > st.step:
             st.history.pop()  # an epoch that max_steps cut goes on: its record is written again once it is finished
         runstate.reopen_run_dir(self.req, st.history)
-        if progress:
-            where = (
-                f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})"
-                if st.batch
-                else f"the end of epoch {st.epoch}"
-            )
-            runstate.report_resume(self.req, self.backend.NAME, where)
+        where = (
+            f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})"
+            if st.batch
+            else f"the end of epoch {st.epoch}"
+        )
+        runstate.report_resume(self.req, self.backend.NAME, where, quiet=not progress)
         return {"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped}
 
 

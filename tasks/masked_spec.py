@@ -16,6 +16,7 @@ from dualkit.core.specs import (
     check_choices,
     optim_checks,
     register_task,
+    schedule_checks,
 )
 from dualkit.tasks.classify_spec import image_checks
 
@@ -63,6 +64,7 @@ def _masked_checks(spec: MaskedRunSpec) -> list[tuple[bool, str]]:
     return (
         image_checks(spec)
         + optim_checks(ft.optim)
+        + schedule_checks(ft.schedule, "finetune.schedule")
         + [
             (0.0 < m.ratio < 1.0, f"mask.ratio must be in (0, 1) (exclusive), got {m.ratio}"),
             (
@@ -89,7 +91,6 @@ def _masked_checks(spec: MaskedRunSpec) -> list[tuple[bool, str]]:
             ),
             (ft.epochs >= 1 and ft.batch_size >= 1, "finetune.epochs and finetune.batch_size must be >= 1"),
             (0.0 <= ft.label_smoothing < 1.0, "finetune.label_smoothing must be in [0, 1)"),
-            (ft.schedule.step_size >= 1, "finetune.schedule.step_size must be >= 1"),
             (spec.max_steps >= 0, "max_steps must be >= 0 (0 = train.epochs full epochs)"),
         ]
     )

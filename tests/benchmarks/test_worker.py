@@ -27,10 +27,11 @@ def run_job(job: dict) -> dict:
     return json.loads(json.dumps(worker.run_job(job)))
 
 
-def test_seed_override_names_the_field_each_task_seeds_from():
-    assert worker.seed_override(presets.load("dqn-cartpole"), 3) == "seed=3"
-    assert worker.seed_override(presets.load("masked-digits"), 3) == "seed=3"
-    assert worker.seed_override(presets.load("cnn-digits"), 3) == "seed=3"
+@pytest.mark.parametrize("preset", presets.names())
+def test_every_preset_takes_the_same_seed_and_dtype_override(preset):
+    """The worker seeds every task with one override: seed and dtype sit at the top of every task's spec."""
+    spec = presets.load(preset, ["seed=3", "dtype=float64"])
+    assert (spec.seed, spec.dtype) == (3, "float64")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

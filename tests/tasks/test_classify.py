@@ -197,7 +197,7 @@ def test_nan_loss_before_any_checkpoint(tmp_path, nan_at):
     nan_at(1)
     spec = presets.load("cnn-digits", SMALL)
     run_dir = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"step 1 \(epoch 1\).*no checkpoint was written yet"):
+    with pytest.raises(TrainingError, match=r"step 1 \(epoch 1\).*no model was saved yet"):
         train(spec, "torch", run_dir=run_dir, progress=False)
     assert not (run_dir / "model.safetensors").exists()
     assert not (run_dir / "result.json").exists()
