@@ -203,20 +203,16 @@ def _fit(
             extra={"segments": out.segments},
         )
         log.result(
-            {
-                "task": spec.task,
-                "backend": backend.NAME,
-                "device": device,
-                "seed": spec.seed,
-                "versions": backend.versions(),
-                "steps": state.step,
-                "epochs": spec.train.epochs,
-                "wall_s": result.wall_s,
-                "images_per_s": result.images_per_s,
-                "test": test,
-                "history": state.history,
-                "segments": out.segments,  # one per session: a resumed run has several, a hand-over changes backend
-            }
+            spec,
+            backend,
+            device,
+            out.segments,
+            steps=state.step,
+            epochs=spec.train.epochs,
+            wall_s=result.wall_s,
+            images_per_s=result.images_per_s,
+            test=test,
+            history=state.history,
         )
     finally:
         log.close()
@@ -232,13 +228,8 @@ def resume(
     device: str = "cpu",
     progress: bool = True,
 ) -> TrainResult:
-    """Continue a classify run from its newest run checkpoint, in place.
-
-    ``backend_name`` defaults to the backend that wrote the checkpoint; the other one continues the run
-    (hand-over) from the canonical weights and optimizer state. The spec is the run's spec.json with
-    ``overrides`` applied; only :data:`RESUMABLE_FIELDS` may differ from the checkpointed spec. Every check
-    runs before anything in the run folder is written, so a refused resume leaves the folder as it was.
-    """
+    """Continue a classify run from its newest run checkpoint, in place: in the backend that wrote it, or in
+    the other one (hand-over). What may change and what is checked first: tasks/loop.open_epoch_resume."""
     r = open_epoch_resume(
         run_dir,
         "classify",

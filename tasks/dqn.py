@@ -507,26 +507,21 @@ class DQNLoop:
         )
         if self.run_dir is not None:
             self.log.result(
-                {
-                    "task": spec.task,
-                    "backend": self.backend.NAME,
-                    "device": self.device,
-                    "versions": self.backend.versions(),
-                    "env_id": self.info.id,
-                    "env_steps": env_steps,
-                    "updates": updates,
-                    "episodes": len(c["ep_returns"]),
-                    "wall_s": total_wall,
-                    "steps_per_s": result.steps_per_s,
-                    "eval_s": c["eval_s"],
-                    "solved_at": c["solved_at"],
-                    "kept": c["best"] if d.keep_best else "last",
-                    "test": test_res,
-                    "history": self.evals,
-                    "segments": c[
-                        "segments"
-                    ],  # one per session: a resumed run has several, a hand-over changes backend
-                }
+                spec,
+                self.backend,
+                self.device,
+                c["segments"],
+                env_id=self.info.id,
+                env_steps=env_steps,
+                updates=updates,
+                episodes=len(c["ep_returns"]),
+                wall_s=total_wall,
+                steps_per_s=result.steps_per_s,
+                eval_s=c["eval_s"],
+                solved_at=c["solved_at"],
+                kept=c["best"] if d.keep_best else "last",
+                test=test_res,
+                history=self.evals,
             )
             plot_learning_curve(
                 result, self.run_dir / CURVE_FILE, f"{spec.env.id} DQN ({self.backend.NAME}, seed {spec.seed})"

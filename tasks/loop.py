@@ -65,9 +65,18 @@ class RunLog:
             self.events.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")}, prefix=prefix)
             self.events.flush()
 
-    def result(self, result: dict[str, Any]) -> None:
+    def result(self, spec: Any, backend: Any, device: str, segments: list[dict[str, Any]], **fields: Any) -> None:
+        """result.json: what every run records (task, backend, device, seed, versions), the task's own
+        ``fields``, and the segments (one per session: a resumed run has several, a hand-over changes backend)."""
         if self.run_dir is not None:
-            write_json(self.run_dir / RESULT_FILE, result)
+            common = {
+                "task": spec.task,
+                "backend": backend.NAME,
+                "device": device,
+                "seed": spec.seed,
+                "versions": backend.versions(),
+            }
+            write_json(self.run_dir / RESULT_FILE, {**common, **fields, "segments": segments})
 
     def close(self) -> None:
         if self.events is not None:

@@ -282,25 +282,21 @@ def _fit(
             result.evaluation = evaluate_encoder(backend.NAME, spec, encoder, data, normalizer, device, progress)
         history = state.history
         log.result(
-            {
-                "task": spec.task,
-                "backend": backend.NAME,
-                "device": device,
-                "seed": spec.seed,
-                "versions": backend.versions(),
-                "steps": state.step,
-                "epochs": len(history),
-                "pretrain_wall_s": out.wall_s,
-                "wall_s": out.wall_s + time.perf_counter() - t_after,
-                "images_per_s": result.images_per_s,
-                "final_train_loss": history[-1]["train_loss"] if history else float("nan"),
-                "final_val_loss": history[-1].get("val_loss", float("nan")) if history else float("nan"),
-                "patch_size": patch,
-                "grid": GRID_FILE,
-                "evaluation": result.evaluation,
-                "history": history,
-                "segments": out.segments,  # one per session: a resumed run has several, a hand-over changes backend
-            }
+            spec,
+            backend,
+            device,
+            out.segments,
+            steps=state.step,
+            epochs=len(history),
+            pretrain_wall_s=out.wall_s,
+            wall_s=out.wall_s + time.perf_counter() - t_after,
+            images_per_s=result.images_per_s,
+            final_train_loss=history[-1]["train_loss"] if history else float("nan"),
+            final_val_loss=history[-1].get("val_loss", float("nan")) if history else float("nan"),
+            patch_size=patch,
+            grid=GRID_FILE,
+            evaluation=result.evaluation,
+            history=history,
         )
     finally:
         log.close()
@@ -316,13 +312,9 @@ def resume(
     device: str = "cpu",
     progress: bool = True,
 ) -> PretrainResult:
-    """Continue a masked-pretraining run from its newest run checkpoint, in place, then evaluate it.
-
-    ``backend_name`` defaults to the backend that wrote the checkpoint; the other one continues the run
-    (hand-over) from the canonical weights and optimizer state. The spec is the run's spec.json with
-    ``overrides`` applied; only :data:`RESUMABLE_FIELDS` may differ from the checkpointed spec. Every check
-    runs before anything in the run folder is written, so a refused resume leaves the folder as it was.
-    """
+    """Continue a masked-pretraining run from its newest run checkpoint, in place, then evaluate it: in the
+    backend that wrote it, or in the other one (hand-over). What may change and what is checked first:
+    tasks/loop.open_epoch_resume."""
     r = open_epoch_resume(
         run_dir,
         "masked",

@@ -7,13 +7,12 @@ import tensorflow as tf
 
 from dualkit.backends.tf.cnn import build_cnn, canonical_variables
 from dualkit.backends.tf.losses import softmax_cross_entropy
+from dualkit.backends.tf.model import ModelState
 from dualkit.backends.tf.optim import Optimizer
 from dualkit.backends.tf.runtime import (
     DTYPES,
     framework_device,
-    get_rng_state,
     save_native,
-    set_rng_state,
     to_numpy,
     to_tensor,
 )
@@ -21,7 +20,7 @@ from dualkit.core.specs import ModelSpec, OptimSpec
 from dualkit.core.weights import is_buffer
 
 
-class Classifier:
+class Classifier(ModelState):
     """A CNN, its optimizer and steps. Inputs are NHWC numpy batches from core; outputs are numpy."""
 
     def __init__(
@@ -91,30 +90,6 @@ class Classifier:
         grads = tape.gradient(loss, trainable)
         self.set_weights(saved)
         return float(loss.numpy()), {n: self.variables[n][2](to_numpy(g)).copy() for n, g in zip(self.params, grads)}
-
-    # -- canonical weights -------------------------------------------------------------------------
-    def get_weights(self) -> dict[str, np.ndarray]:
-        return {n: np.ascontiguousarray(from_tf(to_numpy(v))) for n, (v, _, from_tf) in self.variables.items()}
-
-    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        for name, value in weights.items():
-            var, to_tf, _ = self.variables[name]
-            var.assign(np.ascontiguousarray(to_tf(np.asarray(value))).astype(var.dtype))
-
-    def get_optimizer_state(self) -> dict[str, np.ndarray]:
-        """Canonical optimizer state (core.optim_ref names; slots in the canonical layout, like their weights)."""
-        return self.optimizer.get_state()
-
-    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.optimizer.set_state(state)
-
-    def get_rng_state(self) -> dict[str, np.ndarray]:
-        """The framework RNG that dropout draws from: each Dropout layer's seed-generator state, by position
-        (Keras numbers unnamed layers per process, so their names are not stable)."""
-        return get_rng_state([self.net])
-
-    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        set_rng_state(state, [self.net])
 
     def _buffers(self) -> dict[str, np.ndarray]:
         return {n: a for n, a in self.get_weights().items() if is_buffer(n)}

@@ -14,13 +14,12 @@ import tensorflow as tf
 
 from dualkit.backends.tf.cnn import _BatchNorm, _layer_name, build_encoder, canonical_variables
 from dualkit.backends.tf.losses import masked_mse
+from dualkit.backends.tf.model import ModelState
 from dualkit.backends.tf.optim import Optimizer
 from dualkit.backends.tf.runtime import (
     DTYPES,
     IDENTITY_LAYOUT,
     framework_device,
-    get_rng_state,
-    set_rng_state,
     to_numpy,
     to_tensor,
 )
@@ -98,7 +97,7 @@ def build_decoder(
     return keras.Model([feats, *skip_inputs.values()], out, name="decoder")
 
 
-class MaskedAutoencoder:
+class MaskedAutoencoder(ModelState):
     """The masked autoencoder, its optimizer and steps. Inputs are NHWC numpy batches and (N, h, w) bool
     masks from core (true = masked); outputs are numpy."""
 
@@ -202,30 +201,10 @@ class MaskedAutoencoder:
         with tf.device(self.device):
             return to_numpy(self._features_fn(to_tensor(x, self.dtype)))
 
-    # -- canonical weights -------------------------------------------------------------------------
-    def get_weights(self) -> dict[str, np.ndarray]:
-        return {n: np.ascontiguousarray(from_tf(to_numpy(v))) for n, (v, _, from_tf) in self.variables.items()}
-
-    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        for name, value in weights.items():
-            var, to_tf, _ = self.variables[name]
-            var.assign(np.ascontiguousarray(to_tf(np.asarray(value))).astype(self.dtype_name))
-
-    def get_optimizer_state(self) -> dict[str, np.ndarray]:
-        """Canonical optimizer state (core.optim_ref names; slots in the canonical layout, like their weights)."""
-        return self.optimizer.get_state()
-
-    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.optimizer.set_state(state)
-
-    def get_rng_state(self) -> dict[str, np.ndarray]:
-        """The framework RNG: each Dropout layer's seed-generator state, by position. The autoencoder has
-        none today (masks come from core), so this is empty; it is here so that the driver treats both
-        backends and both models alike."""
-        return get_rng_state([self.encoder, self.decoder])
-
-    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        set_rng_state(state, [self.encoder, self.decoder])
+    # -- canonical state: ModelState's accessors ------------------------------------------------------
+    def rng_models(self) -> list[keras.Model]:
+        """The autoencoder has no dropout today (masks come from core): its RNG state is saved all the same."""
+        return [self.encoder, self.decoder]
 
     def _buffers(self) -> dict[str, np.ndarray]:
         return {n: a for n, a in self.get_weights().items() if is_buffer(n)}

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dualkit.backends.torch.cnn import build_cnn, canonical_variables
+from dualkit.backends.torch.cnn import build_cnn
 from dualkit.backends.torch.losses import softmax_cross_entropy
+from dualkit.backends.torch.model import ModelState
 from dualkit.backends.torch.optim import Optimizer
 from dualkit.backends.torch.runtime import (
     DTYPES,
     framework_device,
-    get_rng_state,
     save_native,
-    set_rng_state,
     to_numpy,
     to_tensor,
 )
@@ -21,7 +20,7 @@ from dualkit.core.specs import ModelSpec, OptimSpec
 from dualkit.core.weights import is_buffer
 
 
-class Classifier:
+class Classifier(ModelState):
     """A CNN, its optimizer and steps. Inputs are NHWC numpy batches from core; outputs are numpy."""
 
     def __init__(
@@ -78,30 +77,6 @@ class Classifier:
         grads = dict(zip(self.params, torch.autograd.grad(loss, list(self.params.values()))))
         self._restore_buffers(saved)
         return float(loss.item()), {n: to_numpy(g) for n, g in grads.items()}
-
-    # -- canonical weights -------------------------------------------------------------------------
-    def get_weights(self) -> dict[str, np.ndarray]:
-        return {n: to_numpy(t).copy() for n, t in canonical_variables(self.net).items()}
-
-    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        state = self.net.state_dict()
-        with torch.no_grad():
-            for name, value in weights.items():
-                state[name].copy_(torch.as_tensor(np.asarray(value)))
-
-    def get_optimizer_state(self) -> dict[str, np.ndarray]:
-        """Canonical optimizer state (core.optim_ref names; the canonical layout is PyTorch's own)."""
-        return self.optimizer.get_state()
-
-    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.optimizer.set_state(state)
-
-    def get_rng_state(self) -> dict[str, np.ndarray]:
-        """The framework RNG that dropout draws from: torch's generator on the model's device."""
-        return get_rng_state([self.net])
-
-    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        set_rng_state(state, [self.net])
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}

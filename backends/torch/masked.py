@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dualkit.backends.torch.cnn import build_encoder, canonical_variables
+from dualkit.backends.torch.cnn import build_encoder
 from dualkit.backends.torch.losses import masked_mse
+from dualkit.backends.torch.model import ModelState
 from dualkit.backends.torch.optim import Optimizer
-from dualkit.backends.torch.runtime import DTYPES, framework_device, get_rng_state, set_rng_state, to_numpy, to_tensor
+from dualkit.backends.torch.runtime import DTYPES, framework_device, to_numpy, to_tensor
 from dualkit.core.masking import patch_size_for, visible
 from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec
 from dualkit.core.weights import decoder_channels, decoder_skips, is_buffer
@@ -120,7 +121,7 @@ class _MaskedNet(nn.Module):
         return self.encoder(x_nhwc.permute(0, 3, 1, 2)).mean(dim=(2, 3))
 
 
-class MaskedAutoencoder:
+class MaskedAutoencoder(ModelState):
     """The masked autoencoder, its optimizer and steps. Inputs are NHWC numpy batches and (N, h, w) bool
     masks from core (true = masked); outputs are numpy."""
 
@@ -195,31 +196,10 @@ class MaskedAutoencoder:
         self.net.eval()
         return to_numpy(self.net.features(to_tensor(x, self.dtype, self.device)))
 
-    # -- canonical weights -------------------------------------------------------------------------
-    def get_weights(self) -> dict[str, np.ndarray]:
-        return {n: to_numpy(t).copy() for n, t in canonical_variables(self.net).items()}
-
-    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        state = self.net.state_dict()
-        with torch.no_grad():
-            for name, value in weights.items():
-                state[name].copy_(torch.as_tensor(np.asarray(value)))
-
-    def get_optimizer_state(self) -> dict[str, np.ndarray]:
-        """Canonical optimizer state (core.optim_ref names; the canonical layout is PyTorch's own)."""
-        return self.optimizer.get_state()
-
-    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self.optimizer.set_state(state)
-
-    def get_rng_state(self) -> dict[str, np.ndarray]:
-        """The framework RNG: torch's generator on the model's device. The autoencoder draws nothing from
-        it today (no dropout; masks come from core); it is saved so that the driver treats both backends
-        and both models alike."""
-        return get_rng_state([self.net])
-
-    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        set_rng_state(state, [self.net])
+    # -- canonical state: ModelState's accessors ------------------------------------------------------
+    def rng_models(self) -> list[torch.nn.Module]:
+        """The autoencoder has no dropout today (masks come from core): its RNG state is saved all the same."""
+        return [self.net]
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}

@@ -249,7 +249,7 @@ def test_patch_size_that_does_not_match_the_downsampling_is_refused(tmp_path, ca
     )
 
 
-def test_patch_size_that_does_not_divide_the_image_is_refused(tmp_path, capsys):
+def test_more_pooling_blocks_than_the_image_allows_are_refused(tmp_path, capsys):
     refused(
         capsys,
         [
@@ -263,8 +263,8 @@ def test_patch_size_that_does_not_divide_the_image_is_refused(tmp_path, capsys):
             "--set",
             "decoder.channels=[8,8,8,8]",
         ],
-        "mask patch size 16",
-        "does not divide the 8x8 images",
+        "model.channels has 4 blocks",
+        "8x8 images can be halved only 3 times",
     )
     assert not (tmp_path / "x").exists()
 

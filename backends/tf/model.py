@@ -1,0 +1,52 @@
+"""What every TensorFlow model object of dualkit shares: its canonical weights, optimizer state and RNG state.
+
+``Classifier`` and ``MaskedAutoencoder`` hold ``self.variables`` (canonical name -> (variable, to TF layout,
+from TF layout)) and their optimizer as ``self.optimizer``; the run loop, checkpoints and hand-over reach their
+state through these accessors only.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dualkit.backends.tf.runtime import get_rng_state, set_rng_state, to_numpy
+
+
+class ModelState:
+    """Canonical state accessors for a model object with ``variables``, ``optimizer`` and ``net``."""
+
+    net: keras.Model
+    optimizer: object
+    variables: dict[str, tuple[tf.Variable, object, object]]
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {n: np.ascontiguousarray(from_tf(to_numpy(v))) for n, (v, _, from_tf) in self.variables.items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        for name, value in weights.items():
+            var, to_tf, _ = self.variables[name]
+            # a Keras variable names its dtype as a string, a tf.Variable as a tf.DType
+            dtype = getattr(var.dtype, "as_numpy_dtype", var.dtype)
+            var.assign(np.ascontiguousarray(to_tf(np.asarray(value))).astype(dtype))
+
+    def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        """Canonical optimizer state (core.optim_ref names; slots in the canonical layout, like their weights)."""
+        return self.optimizer.get_state()
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        self.optimizer.set_state(state)
+
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        """The framework RNG that dropout draws from: each Dropout layer's seed-generator state, by position
+        (Keras numbers unnamed layers per process, so their names are not stable); empty for a model without
+        dropout, so that the run loop treats every model alike."""
+        return get_rng_state(self.rng_models())
+
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        set_rng_state(state, self.rng_models())
+
+    def rng_models(self) -> list[keras.Model]:
+        """The models whose Dropout layers draw from the saved RNG."""
+        return [self.net]

@@ -1,0 +1,48 @@
+"""What every PyTorch model object of dualkit shares: its canonical weights, optimizer state and RNG state.
+
+``Classifier`` and ``MaskedAutoencoder`` hold their module as ``self.net`` and their optimizer as
+``self.optimizer``; the run loop, checkpoints and hand-over reach their state through these accessors only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dualkit.backends.torch.cnn import canonical_variables
+from dualkit.backends.torch.runtime import get_rng_state, set_rng_state, to_numpy
+
+
+class ModelState:
+    """Canonical state accessors for a model object with ``net`` (a module) and ``optimizer``."""
+
+    net: torch.nn.Module
+    optimizer: object
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {n: to_numpy(t).copy() for n, t in canonical_variables(self.net).items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        state = self.net.state_dict()
+        with torch.no_grad():
+            for name, value in weights.items():
+                state[name].copy_(torch.as_tensor(np.asarray(value)))
+
+    def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        """Canonical optimizer state (core.optim_ref names; the canonical layout is PyTorch's own)."""
+        return self.optimizer.get_state()
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        self.optimizer.set_state(state)
+
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        """The framework RNG that dropout draws from: torch's generator on the model's device (saved even for a
+        model without dropout, so that the run loop treats every model alike)."""
+        return get_rng_state(self.rng_models())
+
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        set_rng_state(state, self.rng_models())
+
+    def rng_models(self) -> list[torch.nn.Module]:
+        """The modules whose dropout draws from the saved RNG."""
+        return [self.net]
