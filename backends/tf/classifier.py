@@ -49,6 +49,9 @@ class Classifier(ModelState):
         self._predict_fn = tf.function(self._predict, input_signature=[x_spec])
 
     # -- steps ---------------------------------------------------------------------------------
+    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+        return to_tensor(x, self.dtype), to_tensor(y, tf.int64)
+
     def _loss(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return softmax_cross_entropy(self.net(x, training=True), y, self.label_smoothing)
 
@@ -80,19 +83,6 @@ class Classifier(ModelState):
             out = to_numpy(self.net(to_tensor(x, self.dtype), training=training))
         self.set_weights(saved)
         return out
-
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        """Train-mode loss and its gradient w.r.t. every trainable weight; no state is changed."""
-        saved = self._buffers()
-        trainable = list(self.params.values())
-        with tf.device(self.device), tf.GradientTape() as tape:
-            loss = self._loss(to_tensor(x, self.dtype), to_tensor(y, tf.int64))
-        grads = tape.gradient(loss, trainable)
-        self.set_weights(saved)
-        return float(loss.numpy()), {n: self.variables[n][2](to_numpy(g)).copy() for n, g in zip(self.params, grads)}
-
-    def _buffers(self) -> dict[str, np.ndarray]:
-        return {n: a for n, a in self.get_weights().items() if is_buffer(n)}
 
     # -- native artifact ----------------------------------------------------------------------------
     def save_native(self, path: str) -> None:

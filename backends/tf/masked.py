@@ -186,16 +186,6 @@ class MaskedAutoencoder(ModelState):
             xt, vis, _ = self._tensors(x, mask)
             return to_numpy(self._reconstruct_fn(xt, vis))
 
-    def loss_and_grads(self, x: np.ndarray, mask: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        """Train-mode masked loss and its gradient w.r.t. every trainable weight; no state is changed."""
-        saved = self._buffers()
-        trainable = list(self.params.values())
-        with tf.device(self.device), tf.GradientTape() as tape:
-            loss = self._loss(*self._tensors(x, mask))
-        grads = tape.gradient(loss, trainable)
-        self.set_weights(saved)
-        return float(loss.numpy()), {n: self.variables[n][2](to_numpy(g)).copy() for n, g in zip(self.params, grads)}
-
     def features(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode encoder features of whole images, global-average-pooled: (N, C_last)."""
         with tf.device(self.device):
@@ -205,6 +195,3 @@ class MaskedAutoencoder(ModelState):
     def rng_models(self) -> list[keras.Model]:
         """The autoencoder has no dropout today (masks come from core): its RNG state is saved all the same."""
         return [self.encoder, self.decoder]
-
-    def _buffers(self) -> dict[str, np.ndarray]:
-        return {n: a for n, a in self.get_weights().items() if is_buffer(n)}

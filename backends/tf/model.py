@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from dualkit.backends.tf.runtime import get_rng_state, set_rng_state, to_numpy
+from dualkit.core.weights import is_buffer
 
 
 class ModelState:
@@ -50,3 +51,17 @@ class ModelState:
     def rng_models(self) -> list[keras.Model]:
         """The models whose Dropout layers draw from the saved RNG."""
         return [self.net]
+
+    def loss_and_grads(self, x: np.ndarray, target: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Train-mode loss and its gradient w.r.t. every trainable weight (``target``: the labels, or the masked
+        task's masks); no state is changed, BatchNorm statistics included."""
+        saved = self._buffers()
+        trainable = list(self.params.values())
+        with tf.device(self.device), tf.GradientTape() as tape:
+            loss = self._loss(*self._tensors(x, target))
+        grads = tape.gradient(loss, trainable)
+        self.set_weights(saved)
+        return float(loss.numpy()), {n: self.variables[n][2](to_numpy(g)).copy() for n, g in zip(self.params, grads)}
+
+    def _buffers(self) -> dict[str, np.ndarray]:
+        return {n: a for n, a in self.get_weights().items() if is_buffer(n)}

@@ -17,7 +17,6 @@ from dualkit.backends.torch.runtime import (
     to_tensor,
 )
 from dualkit.core.specs import ModelSpec, OptimSpec
-from dualkit.core.weights import is_buffer
 
 
 class Classifier(ModelState):
@@ -68,24 +67,6 @@ class Classifier(ModelState):
             out = to_numpy(self.net(to_tensor(x, self.dtype, self.device)))
         self._restore_buffers(saved)
         return out
-
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        """Train-mode loss and its gradient w.r.t. every trainable weight; no state is changed."""
-        saved = self._buffers()
-        loss = self._loss(x, y)
-        # torch.autograd.grad, not backward: the parameters' .grad (the optimizer's input) stays untouched
-        grads = dict(zip(self.params, torch.autograd.grad(loss, list(self.params.values()))))
-        self._restore_buffers(saved)
-        return float(loss.item()), {n: to_numpy(g) for n, g in grads.items()}
-
-    def _buffers(self) -> dict[str, torch.Tensor]:
-        return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}
-
-    def _restore_buffers(self, saved: dict[str, torch.Tensor]) -> None:
-        buffers = dict(self.net.named_buffers())
-        with torch.no_grad():
-            for n, b in saved.items():
-                buffers[n].copy_(b)
 
     # -- native artifact ----------------------------------------------------------------------------
     def save_native(self, path: str) -> None:

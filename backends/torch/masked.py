@@ -20,7 +20,7 @@ from dualkit.backends.torch.optim import Optimizer
 from dualkit.backends.torch.runtime import DTYPES, framework_device, to_numpy, to_tensor
 from dualkit.core.masking import patch_size_for, visible
 from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec
-from dualkit.core.weights import decoder_channels, decoder_skips, is_buffer
+from dualkit.core.weights import decoder_channels, decoder_skips
 
 
 def masked_batchnorm(bn: nn.BatchNorm2d, x: torch.Tensor, vis: torch.Tensor, training: bool) -> torch.Tensor:
@@ -181,15 +181,6 @@ class MaskedAutoencoder(ModelState):
         """Eval-mode reconstruction (N, H, W, C); in normalised-patch space when norm_pix is on."""
         return self.forward(x, mask, training=False)
 
-    def loss_and_grads(self, x: np.ndarray, mask: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        """Train-mode masked loss and its gradient w.r.t. every trainable weight; no state is changed."""
-        saved = self._buffers()
-        loss = self._loss(x, mask)
-        # torch.autograd.grad, not backward: the parameters' .grad (the optimizer's input) stays untouched
-        grads = dict(zip(self.params, torch.autograd.grad(loss, list(self.params.values()))))
-        self._restore_buffers(saved)
-        return float(loss.item()), {n: to_numpy(g) for n, g in grads.items()}
-
     @torch.no_grad()
     def features(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode encoder features of whole images, global-average-pooled: (N, C_last)."""
@@ -200,12 +191,3 @@ class MaskedAutoencoder(ModelState):
     def rng_models(self) -> list[torch.nn.Module]:
         """The autoencoder has no dropout today (masks come from core): its RNG state is saved all the same."""
         return [self.net]
-
-    def _buffers(self) -> dict[str, torch.Tensor]:
-        return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}
-
-    def _restore_buffers(self, saved: dict[str, torch.Tensor]) -> None:
-        buffers = dict(self.net.named_buffers())
-        with torch.no_grad():
-            for n, b in saved.items():
-                buffers[n].copy_(b)

@@ -11,6 +11,7 @@ import torch
 
 from dualkit.backends.torch.cnn import canonical_variables
 from dualkit.backends.torch.runtime import get_rng_state, set_rng_state, to_numpy
+from dualkit.core.weights import is_buffer
 
 
 class ModelState:
@@ -46,3 +47,22 @@ class ModelState:
     def rng_models(self) -> list[torch.nn.Module]:
         """The modules whose dropout draws from the saved RNG."""
         return [self.net]
+
+    def loss_and_grads(self, x: np.ndarray, target: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Train-mode loss and its gradient w.r.t. every trainable weight (``target``: the labels, or the masked
+        task's masks); no state is changed, BatchNorm statistics included."""
+        saved = self._buffers()
+        loss = self._loss(x, target)
+        # torch.autograd.grad, not backward: the parameters' .grad (the optimizer's input) stays untouched
+        grads = dict(zip(self.params, torch.autograd.grad(loss, list(self.params.values()))))
+        self._restore_buffers(saved)
+        return float(loss.item()), {n: to_numpy(g) for n, g in grads.items()}
+
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        return {n: b.clone() for n, b in self.net.named_buffers() if is_buffer(n) or n.endswith("num_batches_tracked")}
+
+    def _restore_buffers(self, saved: dict[str, torch.Tensor]) -> None:
+        buffers = dict(self.net.named_buffers())
+        with torch.no_grad():
+            for n, b in saved.items():
+                buffers[n].copy_(b)
