@@ -19,16 +19,17 @@ from dualkit.core.runs import (
     SPEC_FILE,
     one_writer,
     prepare_run_dir,
-    require_run_dir,
 )
 from dualkit.core.runstate import RunState
-from dualkit.core.specs import load_json, save_json, to_dict
+from dualkit.core.specs import save_json, to_dict
 from dualkit.core.weights import classifier_shapes, init_classifier
 from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.tasks.loop import (
     EpochTask,
+    LoadedRun,
     RunLog,
     data_fingerprint,
+    load_image_run,
     new_state,
     open_epoch_resume,
     run_epochs,
@@ -249,23 +250,9 @@ def resume(
     return result
 
 
-@dataclass
-class LoadedRun:
-    spec: ClassifyRunSpec
-    weights: dict[str, np.ndarray]
-    meta: dict[str, Any]
-    normalizer: Normalizer
-    image_shape: tuple[int, int, int]
-
-
 def load_run(run_dir: Path) -> LoadedRun:
     """A run folder's spec and canonical checkpoint, checked to fit the spec's model."""
-    run_dir = require_run_dir(run_dir)
-    spec = load_json(run_dir / SPEC_FILE)
-    weights, meta = checkpoint.load(run_dir / MODEL_FILE)
-    image_shape = tuple(meta["image_shape"])
-    checkpoint.check_fits(weights, classifier_shapes(spec.model, image_shape), "the run's classifier")
-    return LoadedRun(spec, weights, meta, Normalizer.from_dict(meta["normalizer"]), image_shape)
+    return load_image_run(run_dir, lambda spec, shape: classifier_shapes(spec.model, shape), "classifier")
 
 
 def load_classifier(run: LoadedRun, backend_name: str, device: str = "cpu"):

@@ -28,9 +28,10 @@ from dualkit.core.batches import Normalizer, epoch_batches, make_rng
 from dualkit.core.datasets import Dataset, load_dataset
 from dualkit.core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError, TrainingError
 from dualkit.core.interrupt import StopSignal
-from dualkit.core.runs import METRICS_FILE, MODEL_FILE, RESULT_FILE, MetricLog, write_json
+from dualkit.core.runs import METRICS_FILE, MODEL_FILE, RESULT_FILE, SPEC_FILE, MetricLog, require_run_dir, write_json
 from dualkit.core.runstate import RunState
 from dualkit.core.schedules import lr_table
+from dualkit.core.specs import load_json
 from dualkit.core.tensorboard import EventLog
 from dualkit.core.weights import is_buffer
 from dualkit.tasks.progress import progress_bar
@@ -437,3 +438,27 @@ def open_epoch_resume(
     return EpochResume(
         req, backend, device, data, Normalizer.from_dict(ckpt.meta["normalizer"]), steps_per_epoch, total_steps
     )
+
+
+@dataclass
+class LoadedRun:
+    """A finished (or checkpointed) image run's spec, canonical model weights and what its data need."""
+
+    spec: Any
+    weights: dict[str, np.ndarray]
+    meta: dict[str, Any]
+    normalizer: Normalizer
+    image_shape: tuple[int, int, int]
+
+
+def load_image_run(
+    run_dir: Path, shapes: Callable[[Any, tuple[int, int, int]], dict[str, tuple[int, ...]]], what: str
+) -> LoadedRun:
+    """A run folder's spec and canonical model.safetensors, checked to fit ``shapes(spec, image_shape)`` (the
+    run's ``what``, e.g. "classifier", in messages)."""
+    run_dir = require_run_dir(run_dir)
+    spec = load_json(run_dir / SPEC_FILE)
+    weights, meta = checkpoint.load(run_dir / MODEL_FILE)
+    image_shape = tuple(meta["image_shape"])
+    checkpoint.check_fits(weights, shapes(spec, image_shape), f"the run's {what}")
+    return LoadedRun(spec, weights, meta, Normalizer.from_dict(meta["normalizer"]), image_shape)

@@ -36,18 +36,19 @@ from dualkit.core.runs import (
     atomic_write_bytes,
     one_writer,
     prepare_run_dir,
-    require_run_dir,
     write_json,
 )
 from dualkit.core.runstate import RunState
-from dualkit.core.specs import load_json, save_json, to_dict
+from dualkit.core.specs import save_json, to_dict
 from dualkit.core.weights import init_masked, masked_shapes
 from dualkit.tasks import classify
 from dualkit.tasks.classify import prepare_data
 from dualkit.tasks.loop import (
     EpochTask,
+    LoadedRun,
     RunLog,
     data_fingerprint,
+    load_image_run,
     new_state,
     open_epoch_resume,
     run_epochs,
@@ -339,25 +340,11 @@ def resume(
     return result
 
 
-@dataclass
-class LoadedPretrainRun:
-    spec: MaskedRunSpec
-    weights: dict[str, np.ndarray]
-    meta: dict[str, Any]
-    normalizer: Normalizer
-    image_shape: tuple[int, int, int]
-
-
-def load_run(run_dir: Path) -> LoadedPretrainRun:
+def load_run(run_dir: Path) -> LoadedRun:
     """A masked run folder's spec and canonical checkpoint, checked to fit the spec's autoencoder."""
-    run_dir = require_run_dir(run_dir)
-    spec = load_json(run_dir / SPEC_FILE)
-    weights, meta = checkpoint.load(run_dir / MODEL_FILE)
-    image_shape = tuple(meta["image_shape"])
-    checkpoint.check_fits(
-        weights, masked_shapes(spec.model, spec.decoder, image_shape[2]), "the run's masked autoencoder"
+    return load_image_run(
+        run_dir, lambda spec, shape: masked_shapes(spec.model, spec.decoder, shape[2]), "masked autoencoder"
     )
-    return LoadedPretrainRun(spec, weights, meta, Normalizer.from_dict(meta["normalizer"]), image_shape)
 
 
 def evaluate_run(
