@@ -326,6 +326,10 @@ def load_toml(path: Path) -> Any:
             raw = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path} is not valid TOML: {exc}; fix the file") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text; tomllib decodes before it parses
+        raise SpecError(
+            f"{path} is not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
     return from_dict(raw)
 
 

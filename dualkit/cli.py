@@ -29,6 +29,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0 (a seed or a count where 0 means none)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number >= 0")
+    return value
+
+
 def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help=f"torch or tf (default: ${registry.ENV_VAR}, else {registry.DEFAULT})")
     p.add_argument("--device", default="cpu", choices=registry.DEVICES, help="cpu (default), gpu or auto")
@@ -148,10 +156,15 @@ def cmd_port(args: argparse.Namespace) -> int:
 
 def cmd_parity(args: argparse.Namespace) -> int:
     spec, task = _task_of_preset(args)
+    levels = [lvl.strip() for lvl in args.levels.split(",")]
+    unknown = [lvl for lvl in levels if lvl not in task.levels]
+    if unknown:  # an unknown level would run nothing and report "0 failed"
+        raise DualkitError(f"unknown parity level {unknown[0]!r}; {task.name!r} has: {', '.join(task.levels)}")
+    if args.json and Path(args.json).is_dir():  # refused before the checks run, not after
+        raise DualkitError(f"--json {args.json} is a folder; name a file, e.g. {Path(args.json) / 'parity.json'}")
     for name in BACKENDS:
         registry.get_backend(name, args.device)  # fail early, with the install hint, if one is missing
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
-    levels = [lvl.strip() for lvl in args.levels.split(",")]
     t0 = time.perf_counter()
     checks = task.parity(spec, levels, dtypes, args.device, args.seeds)
     rows = [[c.level, c.dtype, c.name, c.value, c.bound, "PASS" if c.passed else "FAIL", c.detail] for c in checks]
@@ -251,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--episodes", type=positive_int, help="DQN: greedy episodes to play (default: the spec's dqn.test_episodes)"
     )
-    p.add_argument("--seed", type=int, help="DQN: seed of the first episode (default: the spec's env.test_seed)")
+    p.add_argument(
+        "--seed", type=non_negative_int, help="DQN: seed of the first episode (default: the spec's env.test_seed)"
+    )
     p.add_argument("--no-finetune", action="store_true", help="masked pretraining: the linear probe only")
     p.add_argument("--quiet", action="store_true", help="masked pretraining: no progress bars")
     p.set_defaults(fn=cmd_eval)
@@ -269,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=registry.DEVICES)
     p.add_argument("--dtype", default="both", choices=("float32", "float64", "both"))
     p.add_argument("--levels", default="L0,L1,L2,L3,L4,L5,port", help="comma-separated subset of L0..L5,port")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per backend for L5 (0 skips it)")
+    p.add_argument("--seeds", type=non_negative_int, default=3, help="seeds per backend for L5 (0 skips it)")
     p.add_argument("--json", help="also write the checks to this JSON file")
     p.set_defaults(fn=cmd_parity)
 
@@ -281,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated presets (default: cnn-digits, masked-digits, dqn-cartpole; "
         "--full adds masked-cifar10, cnn-cifar10)",
     )
-    p.add_argument("--seeds", type=int, default=0, help="seeds per backend (default 3; 5 with --full)")
+    p.add_argument("--seeds", type=non_negative_int, default=0, help="seeds per backend (default 3; 5 with --full)")
     p.add_argument("--device", default="auto", choices=registry.DEVICES, help="auto = cpu, plus gpu where present")
     p.add_argument("--no-overhead", action="store_true", help="skip the bare-loop overhead benchmark")
     p.add_argument("--no-parity", action="store_true", help="skip the parity levels")
@@ -295,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def os_error(exc: OSError) -> str:
     """One line for an OSError a user can fix: what failed, on which file, and what to do."""
-    where = f" {exc.filename}" if exc.filename else ""
+    where = f": {exc.filename}" if exc.filename else ""  # a full disk's write names no file
     fixes = {
         errno.ENOSPC: "free some space or write elsewhere (--out)",
         errno.EDQUOT: "free some space or write elsewhere (--out)",
@@ -303,11 +318,12 @@ def os_error(exc: OSError) -> str:
         errno.EACCES: "you may not write there: write elsewhere (--out) or change its permissions",
         errno.EPERM: "you may not write there: write elsewhere (--out) or change its permissions",
         errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+        errno.EEXIST: "a file stands where a folder is needed: choose another path",  # mkdir over a file
         errno.EISDIR: "a folder stands where a file is needed: choose a file name",
         errno.ENOENT: "check the path",
     }
     fix = fixes.get(exc.errno, "check the path and try again")
-    return f"{exc.strerror or exc}:{where}; {fix}"
+    return f"{exc.strerror or exc}{where}; {fix}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

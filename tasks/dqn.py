@@ -675,6 +675,11 @@ def load_run(run_dir: Path) -> LoadedRun:
     if not isinstance(spec, DQNRunSpec):
         raise CheckpointError(f"{run_dir} holds a {spec.task!r} run, not a DQN agent")
     weights, meta = checkpoint.load(run_dir / MODEL_FILE)
+    if meta.get("kind") != "dqn":  # a spec.json copied from another run: the model is not a Q-network
+        raise CheckpointError(
+            f"{run_dir / MODEL_FILE} holds a {meta.get('kind')!r} model, but {SPEC_FILE} says a DQN run; "
+            "the two come from different runs (restore the run's own spec.json)"
+        )
     info = EnvInfo(spec.env.id, int(meta["obs_dim"]), int(meta["num_actions"]), None)
     online = {k: v for k, v in weights.items() if k.startswith(QNET_PREFIX + ".")}
     checkpoint.check_fits(online, qnet_shapes(spec.qnet.hidden, info.obs_dim, info.num_actions), "the run's Q-network")

@@ -459,6 +459,11 @@ def load_image_run(
     run_dir = require_run_dir(run_dir)
     spec = load_json(run_dir / SPEC_FILE)
     weights, meta = checkpoint.load(run_dir / MODEL_FILE)
+    if "image_shape" not in meta:  # a spec.json copied from another run, e.g. a DQN agent's: no image model
+        raise CheckpointError(
+            f"{run_dir / MODEL_FILE} holds a {meta.get('kind')!r} model, not the run's {what}; {SPEC_FILE} and the "
+            "model come from different runs (restore the run's own spec.json)"
+        )
     image_shape = tuple(meta["image_shape"])
     checkpoint.check_fits(weights, shapes(spec, image_shape), f"the run's {what}")
     return LoadedRun(spec, weights, meta, Normalizer.from_dict(meta["normalizer"]), image_shape)

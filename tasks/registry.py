@@ -43,4 +43,9 @@ def for_run(run_dir: Path) -> Task:
         name = raw.get("task", "classify") if isinstance(raw, dict) else "classify"
     except (OSError, ValueError):
         name = "classify"
-    return get(name) if name in TASKS else get("classify")
+    if not (isinstance(name, str) and name in TASKS):  # a hand-edited spec.json: no task's checks would name it
+        raise DualkitError(
+            f"{Path(run_dir) / 'spec.json'} names task={name!r}, which is not one of: {', '.join(TASKS)}; "
+            "the run folder is damaged (restore spec.json from a copy)"
+        )
+    return get(name)
