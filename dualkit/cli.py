@@ -167,6 +167,12 @@ def cmd_parity(args: argparse.Namespace) -> int:
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     t0 = time.perf_counter()
     checks = task.parity(spec, levels, dtypes, args.device, args.seeds)
+    if not checks:  # "0 passed, 0 failed" would read as a pass
+        raise DualkitError(
+            f"no parity check ran for --levels {','.join(levels)}"
+            + (" (L5 trains --seeds runs per backend: 0 runs none)" if "L5" in levels and args.seeds == 0 else "")
+            + "; name a level that runs, e.g. --levels L1 (or --seeds 3 for L5)"
+        )
     rows = [[c.level, c.dtype, c.name, c.value, c.bound, "PASS" if c.passed else "FAIL", c.detail] for c in checks]
     print(markdown_table(["level", "dtype", "check", "measured", "bound", "verdict", "detail"], rows))
     failed = [c for c in checks if not c.passed]

@@ -44,7 +44,10 @@ class Check:
     dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """A JSON-ready dict: numbers that a level computed with numpy (np.float64, np.bool_) become Python's."""
+        d = asdict(self)
+        d.update(value=float(self.value), bound=float(self.bound), passed=bool(self.passed), detail=str(self.detail))
+        return d
 
 
 def bound(level: str, dtype: str = "float32", device: str = "cpu") -> float:
