@@ -57,12 +57,19 @@ def validate(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_results(path: Path) -> dict[str, Any]:
+    """A results.json, refused in one line that names the file (``bench --compare`` takes two)."""
     try:
-        return validate(json.loads(Path(path).read_text()))
+        raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ResultsError(f"results file {path} does not exist") from None
     except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path} is not JSON ({exc})") from None
+        raise ResultsError(f"{path} is not JSON ({exc}); pass a results.json written by `dualkit bench`") from None
+    if not isinstance(raw, dict):  # validate() looks keys up in it
+        raise ResultsError(f"{path} holds a JSON {type(raw).__name__}, not benchmark results; pass a results.json")
+    try:
+        return validate(raw)
+    except ResultsError as exc:
+        raise ResultsError(f"{path}: {exc}") from None
 
 
 def _groups(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
