@@ -282,6 +282,23 @@ def refuse_writes(code: int, under: str) -> Callable[[pytest.MonkeyPatch, Path],
     return patch
 
 
+def nan_at_step(n: int) -> Callable[[pytest.MonkeyPatch, Path], None]:
+    """The PyTorch classifier's ``n``-th training step returns a nan loss (the model's update diverged)."""
+
+    def patch(monkeypatch: pytest.MonkeyPatch, ws: Path) -> None:
+        cls = registry.get_backend("torch").Classifier
+        real, calls = cls.train_step, {"n": 0}
+
+        def train_step(self, *args, **kwargs):
+            loss = real(self, *args, **kwargs)
+            calls["n"] += 1
+            return float("nan") if calls["n"] == n else loss
+
+        monkeypatch.setattr(cls, "train_step", train_step)
+
+    return patch
+
+
 def small_cifar(monkeypatch: pytest.MonkeyPatch, ws: Path) -> None:
     monkeypatch.setattr(dualkit.core.datasets, "CIFAR_RECORDS_PER_FILE", 10)
 
@@ -420,6 +437,14 @@ CASES: list[Case] = [
         (*TRAIN, *TINY, "--set", "optim.lr=1e30", *OUT),
         ("loss became nan", "no model was saved yet", "Lower optim.lr"),
         new=("out", "out/*"),  # the stopped run's folder (spec, step-0 checkpoint, events) is kept, as a record
+        backend=True,
+    ),
+    C(
+        "nan-guard-after-a-saved-model",
+        (*TRAIN[:-1], "train.epochs=2", *TINY, *OUT),  # 2 steps an epoch: model.safetensors is saved after step 2
+        ("loss became nan at step 3 (epoch 2)", "the last good model is {ws}/out/model.safetensors"),
+        patch=nan_at_step(3),
+        new=("out", "out/*"),
         backend=True,
     ),
     # -- unknown names and bad --set values
@@ -788,8 +813,8 @@ def test_the_planted_pickle_is_live(tmp_path):
 
 
 def test_the_catalogue_has_at_least_60_cases():
-    # + signals (3), two writers, the --quiet warning, a real full and read-only file system (2)
-    assert len(CASES) + len(PROCESS_CASES) + len(HELD) + 7 >= 60
+    # + signals (3), two writers, the --quiet warning, the DQN resume report, a real full and read-only file system
+    assert len(CASES) + len(PROCESS_CASES) + len(HELD) + 8 >= 60
 
 
 # --------------------------------------------------------------------------- a lock held by another process
@@ -973,3 +998,21 @@ def test_a_real_small_file_system(kind, tmp_path, capsys, request):
             assert_message(err, (f"cannot write the run folder {ws}/disk/run", "Read-only file system", "--out"))
             assert_untouched(before, hashes(ws))
         assert not list(ws.rglob("*.tmp"))
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
+def test_dqn_resume_reports_the_checkpoints_own_step(tmp_path, capsys, request):
+    """Misleading messages: a DQN resume says the env step and update of the checkpoint it continues from."""
+    from dualkit.core import runstate
+
+    with workspace(tmp_path, ("dqn",), request) as ws:
+        run_dir = ws / "dqn"
+        step, newest = runstate.list_checkpoints(run_dir)[-1]
+        state = runstate.load(newest).state
+        code, _, err = run_cli(capsys, ["train", "--resume", str(run_dir), "--set", "dqn.total_steps=300"])
+        assert code == 0, err
+        assert state.step == step
+        env_steps = state.counters["env_steps"]
+        assert err.splitlines()[0] == (
+            f"dualkit: resuming {run_dir} from {newest.name} at env step {env_steps:,} (update {step:,}) in torch"
+        ), err
