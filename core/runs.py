@@ -179,6 +179,8 @@ class RunLock:
                 path.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
+                if self._made_dir and path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()  # the folder this lock just made goes again
                 raise RunError(f"cannot write the run folder {path}: {exc.strerror}; choose another --out") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
