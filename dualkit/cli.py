@@ -18,7 +18,9 @@ from dualkit.core.runs import default_run_dir, write_json
 from dualkit.tasks import presets
 from dualkit.tasks import registry as task_registry
 from dualkit.tasks.base import EvalOptions
-from dualkit.tasks.parity import BACKENDS
+from dualkit.tasks.parity import BACKENDS, plot_gaps
+
+PLOT_FILE = "parity-gaps.png"  # `dualkit parity --plot DIR`
 
 
 def positive_int(text: str) -> int:
@@ -166,7 +168,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
         registry.get_backend(name, args.device)  # fail early, with the install hint, if one is missing
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     t0 = time.perf_counter()
-    checks = task.parity(spec, levels, dtypes, args.device, args.seeds)
+    extra = {"l4_steps": args.l4_steps} if args.l4_steps else {}
+    checks = task.parity(spec, levels, dtypes, args.device, args.seeds, **extra)
     if not checks:  # "0 passed, 0 failed" would read as a pass
         raise DualkitError(
             f"no parity check ran for --levels {','.join(levels)}"
@@ -184,6 +187,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
         write_json(
             Path(args.json), {"preset": args.preset, "device": args.device, "checks": [c.to_dict() for c in checks]}
         )
+    if args.plot:
+        Path(args.plot).mkdir(parents=True, exist_ok=True)
+        drawn = plot_gaps([{**c.to_dict(), "preset": args.preset} for c in checks], Path(args.plot) / PLOT_FILE)
+        print(f"wrote {drawn}" if drawn else "--plot: no check of these levels has per-step gaps (float32 L4 has)")
     return 1 if failed else 0
 
 
@@ -292,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", default="L0,L1,L2,L3,L4,L5,port", help="comma-separated subset of L0..L5,port")
     p.add_argument("--seeds", type=non_negative_int, default=3, help="seeds per backend for L5 (0 skips it)")
     p.add_argument("--json", help="also write the checks to this JSON file")
+    p.add_argument(
+        "--l4-steps",
+        type=positive_int,
+        help="L4: compare at least this many training steps (DQN: updates) instead of the task's own short run",
+    )
+    p.add_argument(
+        "--plot", metavar="DIR", help=f"also draw float32 L4's per-step gaps and rounding envelope in DIR/{PLOT_FILE}"
+    )
     p.set_defaults(fn=cmd_parity)
 
     p = sub.add_parser("bench", help="the benchmark suite: runs, parity levels, overhead; JSON, Markdown and plots")

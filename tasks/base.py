@@ -82,8 +82,11 @@ class Task:
         """Fail fast, before any work, if the spec's data or environment is missing."""
 
     # -- parity ----------------------------------------------------------------------------------------
-    def parity(self, spec: Any, levels: list[str], dtypes: list[str], device: str, seeds: int) -> list[Any]:
-        """``dualkit parity``: the requested levels (a subset of :attr:`levels`) as parity Checks."""
+    def parity(
+        self, spec: Any, levels: list[str], dtypes: list[str], device: str, seeds: int, l4_steps: int | None = None
+    ) -> list[Any]:
+        """``dualkit parity``: the requested levels (a subset of :attr:`levels`) as parity Checks; ``l4_steps``:
+        at least this many L4 training steps (DQN: updates) instead of the task's own."""
         raise NotImplementedError
 
     def bench_parity(self, spec: Any, device: str) -> list[Any]:

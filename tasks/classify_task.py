@@ -89,19 +89,19 @@ class ClassifyTask(Task):
     def check_inputs(self, spec) -> None:
         load_dataset(spec.data)
 
-    def parity(self, spec, levels, dtypes, device, seeds) -> list[Check]:
+    def parity(self, spec, levels, dtypes, device, seeds, l4_steps=None) -> list[Check]:
         checks: list[Check] = []
         for dtype in dtypes:
-            for level, fn in (
-                ("L0", parity.level0),
-                ("L1", parity.level1),
-                ("L2", parity.level2),
-                ("L3", parity.level3),
-            ):
-                if level in levels:
-                    checks += fn(dtype, device)
+            if "L0" in levels:
+                checks += parity.level0(dtype, device)
+            if "L1" in levels:
+                checks += parity.level1_all(spec, dtype, device)
+            if "L2" in levels:
+                checks += parity.level2_all(spec, dtype, device)
+            if "L3" in levels:
+                checks += parity.level3(dtype, device)
             if "L4" in levels:
-                checks += parity.level4(spec, dtype, device)
+                checks += parity.level4(spec, dtype, device, min_steps=l4_steps or parity.L4_MIN_STEPS, full=True)
         if "L5" in levels and seeds > 0:
             floor = parity.L5_MIN_ACCURACY if spec.data.name == "digits" else None
             checks += parity.level5(spec, device, tuple(range(seeds)), min_accuracy=floor)[0]
@@ -112,8 +112,8 @@ class ClassifyTask(Task):
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []
         for dtype in ("float32", "float64"):
-            checks += parity.level1(dtype, device) + parity.level2(dtype, device) + parity.level3(dtype, device)
-            checks += parity.level4(spec, dtype, device)
+            checks += parity.level1_all(spec, dtype, device) + parity.level2_all(spec, dtype, device)
+            checks += parity.level3(dtype, device) + parity.level4(spec, dtype, device, full=True)
         return checks + parity.port_checks(spec, device)
 
     def bench_l5(self, spec, runs) -> list[Check]:

@@ -232,6 +232,7 @@ def compare_runs(a, b, dtype: str, device: str, min_updates: int) -> Trajectory:
 # update every 2 env steps the first 1000 updates come early in the run, before that happens (README, "Why the
 # parity settings").
 L4_TRAIN_FREQ = 2
+L4_MIN_UPDATES = 1000
 
 
 # Double DQN picks each next state's action by an argmax of the online Q-values, and CartPole's two
@@ -385,9 +386,15 @@ def port_checks(base: DQNRunSpec, device: str = "cpu", total_steps: int = 5000) 
 
 
 def run_levels(
-    base: DQNRunSpec, levels: list[str], dtypes: list[str], device: str = "cpu", seeds: int = 3
+    base: DQNRunSpec,
+    levels: list[str],
+    dtypes: list[str],
+    device: str = "cpu",
+    seeds: int = 3,
+    l4_steps: int | None = None,
 ) -> list[Check]:
-    """The requested levels (L0..L5, port) for ``dualkit parity <dqn preset>``; L0-L4 in each dtype."""
+    """The requested levels (L0..L5, port) for ``dualkit parity <dqn preset>``; L0-L4 in each dtype (``l4_steps``:
+    L4's updates instead of L4_MIN_UPDATES)."""
     checks: list[Check] = []
     for dtype in dtypes:
         if "L0" in levels:
@@ -397,7 +404,7 @@ def run_levels(
         if "L2" in levels or "L3" in levels:
             checks += [c for c in level2_3(dtype, device) if c.level in levels]
         if "L4" in levels:
-            checks += level4(base, dtype, device)[0]
+            checks += level4(base, dtype, device, min_updates=l4_steps or L4_MIN_UPDATES)[0]
     if "L5" in levels and seeds > 0:
         checks += level5(base, device, tuple(range(seeds)))[0]
     if "port" in levels:

@@ -97,8 +97,8 @@ class DQNTask(Task):
     def check_inputs(self, spec) -> None:
         env_info(spec.env)
 
-    def parity(self, spec, levels, dtypes, device, seeds) -> list[Check]:
-        return dqn_parity.run_levels(spec, levels, dtypes, device, seeds)
+    def parity(self, spec, levels, dtypes, device, seeds, l4_steps=None) -> list[Check]:
+        return dqn_parity.run_levels(spec, levels, dtypes, device, seeds, l4_steps)
 
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []

@@ -20,13 +20,31 @@ from dualkit.core import losses as ref_losses
 from dualkit.core import registry
 from dualkit.core.batches import make_rng, num_batches
 from dualkit.core.datasets import load_dataset
-from dualkit.core.masking import random_masks
+from dualkit.core.masking import grid_shape, patch_size_for, random_masks
 from dualkit.core.specs import DecoderSpec, ModelSpec, OptimSpec, ScheduleSpec
 from dualkit.core.weights import init_masked
 from dualkit.tasks.classify import prepare_data
 from dualkit.tasks.masked_spec import MaskedRunSpec
-from dualkit.tasks.parity import BACKENDS, Check, check, level3, max_rel_diff, rel_diff
-from dualkit.tasks.pretrain import pretrain
+from dualkit.tasks.parity import (
+    BACKENDS,
+    PRESET_GRAD_BATCHES,
+    STATS_OPTIM,
+    STATS_STEPS,
+    Check,
+    check,
+    end_state_check,
+    envelope_check,
+    level3,
+    max_rel_diff,
+    off_identity,
+    perturb_ulp,
+    preset_gradient_check,
+    preset_name,
+    rel_diff,
+    rel_gaps,
+    stats_checks,
+)
+from dualkit.tasks.pretrain import build_autoencoder, pretrain
 from dualkit.tasks.probe import extract_features, linear_probe, load_encoder
 
 L5_MAX_GAP_POINTS = 1.0
@@ -128,6 +146,109 @@ def level2(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[C
     return out
 
 
+def level1_running_stats(
+    dtype: str = "float32", device: str = "cpu", seed: int = 0, spec: MaskedRunSpec | None = None
+) -> list[Check]:
+    """After STATS_STEPS masked train steps from the same weights, batches and masks (learning rate 0: tasks/parity.py),
+    the encoder's BatchNorm running mean and variance (taken over visible positions only), the eval-mode
+    reconstruction and the probe features, torch vs tf, for each BatchNorm variant; with ``spec``, also the preset's
+    own model on its own data and masks."""
+    out = []
+    x_eval, mask_eval = probe_inputs(seed, 16, dtype)
+    batches = [probe_inputs(seed + 1 + i, 16, dtype) for i in range(STATS_STEPS)]
+    for variant, (model, _, _) in VARIANTS.items():
+        if model.batchnorm:
+            out += stats_checks(
+                variant,
+                _pair(variant, dtype, device, seed),
+                lambda m, i: m.train_step(*batches[i], STATS_OPTIM.lr),
+                lambda m: [m.forward(x_eval, mask_eval, False), m.features(x_eval)],
+                dtype,
+                device,
+            )
+    if spec is not None and spec.model.batchnorm:
+        _, data = preset_inputs(spec, dtype, STATS_STEPS + 1)
+        (x0, m0), rest = data[0], data[1:]
+        out += stats_checks(
+            preset_name(spec),
+            preset_pair(spec, data_shape(spec), dtype, device),
+            lambda m, i: m.train_step(*rest[i], STATS_OPTIM.lr),
+            lambda m: [m.forward(x0, m0, False), m.features(x0)],
+            dtype,
+            device,
+        )
+    return out
+
+
+# -- L1/L2 on the preset's own model, data and masks ------------------------------------------------------------
+def data_shape(spec: MaskedRunSpec) -> tuple[int, int, int]:
+    return prepare_data(spec)[0].image_shape
+
+
+def preset_inputs(
+    spec: MaskedRunSpec, dtype: str, n_batches: int = 1
+) -> tuple[tuple[int, int, int], list[tuple[np.ndarray, np.ndarray]]]:
+    """The preset's image shape and its first ``n_batches`` training batches (normalised as in pretraining, in
+    ``dtype``) with masks drawn as pretraining draws them (the spec's ratio and patch size, a parity stream)."""
+    data, normalizer = prepare_data(spec)
+    patch = patch_size_for(spec.model, data.image_shape, spec.mask.patch_size)
+    rng = make_rng(spec.seed, "parity-preset-masks")
+    bs, n = spec.train.batch_size, len(data.y_train)
+    out = []
+    for i in range(n_batches):
+        idx = np.arange(i * bs, (i + 1) * bs) % n
+        masks = random_masks(bs, grid_shape(data.image_shape, patch), spec.mask.ratio, rng)
+        out.append((normalizer.apply(data.x_train[idx], dtype), masks))
+    return data.image_shape, out
+
+
+def preset_pair(spec: MaskedRunSpec, shape: tuple[int, int, int], dtype: str, device: str) -> list:
+    model = replace(spec.model, dropout=0.0)
+    weights = off_identity(init_masked(model, spec.decoder, shape[2], spec.seed, dtype), spec.seed, "parity-preset")
+    return [
+        registry.get_backend(name, device).MaskedAutoencoder(
+            model, spec.decoder, shape, weights, OptimSpec(name="sgd"), spec.mask.norm_pix, dtype, device
+        )
+        for name in BACKENDS
+    ]
+
+
+def level1_preset(spec: MaskedRunSpec, dtype: str = "float32", device: str = "cpu") -> list[Check]:
+    """The preset's own autoencoder on a batch of its own data and masks: reconstructions (train and eval mode) and
+    the probe features, torch vs tf (max abs diff)."""
+    shape, ((x, mask),) = preset_inputs(spec, dtype)
+    a, b = preset_pair(spec, shape, dtype, device)
+    detail = f"max abs diff, {len(x)} images {'x'.join(map(str, shape))}"
+    out = [
+        check(
+            "L1",
+            f"{preset_name(spec)} reconstruction {mode}",
+            float(np.abs(a.forward(x, mask, t) - b.forward(x, mask, t)).max()),
+            dtype,
+            device,
+            detail,
+        )
+        for mode, t in (("train", True), ("eval", False))
+    ]
+    diff = float(np.abs(a.features(x) - b.features(x)).max())
+    return out + [
+        check("L1", f"{preset_name(spec)} probe features", diff, dtype, device, detail + ", eval mode, no mask")
+    ]
+
+
+def level2_preset(spec: MaskedRunSpec, dtype: str = "float32", device: str = "cpu") -> list[Check]:
+    """The masked loss and its gradient w.r.t. every weight of the preset's own autoencoder, on batches of its own
+    data and masks (float32 against the rounding envelope: tasks/parity.py's preset_gradient_check)."""
+    shape, batches = preset_inputs(spec, dtype, PRESET_GRAD_BATCHES)
+    pair = preset_pair(spec, shape, dtype, device)
+    perturbed = []
+    if dtype == "float32":
+        perturbed = preset_pair(spec, shape, dtype, device)
+        for m in perturbed:
+            m.set_weights(perturb_ulp(m.get_weights(), spec.seed))
+    return [preset_gradient_check(preset_name(spec), pair, perturbed, batches, dtype, device)]
+
+
 # Settings that pretrain well on digits and keep float32 within the L4 bound: with a small Adam eps, steps on
 # near-zero gradients amplify float32 rounding (README, "Why the parity settings"); a larger eps learns as well.
 L4_OPTIM = OptimSpec(name="adamw", lr=1e-3, eps=1e-4, weight_decay=0.01)
@@ -142,8 +263,18 @@ def l4_spec(base: MaskedRunSpec, dtype: str, min_steps: int) -> MaskedRunSpec:
     )
 
 
-def level4(base: MaskedRunSpec, dtype: str = "float32", device: str = "cpu", min_steps: int = 200) -> list[Check]:
-    """A real pretraining run in both backends (same init, batches and masks): worst per-step relative loss gap."""
+L4_MIN_STEPS = 200  # masked L4's length by default (`dualkit parity --l4-steps` asks for more)
+L4_EVAL_IMAGES = 256  # held-out images whose eval-mode probe features L4's end state compares
+
+
+def level4(
+    base: MaskedRunSpec, dtype: str = "float32", device: str = "cpu", min_steps: int = L4_MIN_STEPS, full: bool = False
+) -> list[Check]:
+    """A real pretraining run in both backends (same init, batches and masks): worst per-step relative loss gap.
+    ``full`` adds the end state (encoder running statistics, eval-mode probe features of held-out images) and, in
+    float32, the rounding-envelope verdict, as the classifier's level4 (tasks/parity.py) does."""
+    from dualkit.tasks.parity import TIGHT_L4_DATA, TIGHT_L4_MAX_STEPS, bound, tight_l4_applies
+
     spec = l4_spec(base, dtype, min_steps)
     runs = {name: pretrain(spec, name, device=device, progress=False, evaluate=False) for name in BACKENDS}
     a, b = np.array(runs["tf"].step_losses), np.array(runs["torch"].step_losses)
@@ -152,7 +283,49 @@ def level4(base: MaskedRunSpec, dtype: str = "float32", device: str = "cpu", min
         f"{len(b)} steps, worst at step {int(per_step.argmax()) + 1}, "
         f"loss {b[0]:.4f} -> torch {b[-1]:.4f} / tf {a[-1]:.4f}"
     )
-    return [check("L4", "pretraining trajectory", float(per_step.max()), dtype, device, detail)]
+    out = []
+    if not full or dtype == "float64" or tight_l4_applies(base.data.name, len(b)):
+        out.append(check("L4", "pretraining trajectory", float(per_step.max()), dtype, device, detail))
+    if not full:
+        return out
+    data, normalizer = prepare_data(spec)
+    own = {}
+    if dtype == "float32":
+        w0 = perturb_ulp(init_masked(spec.model, spec.decoder, data.image_shape[2], spec.seed, dtype), spec.seed)
+        own = {
+            name: pretrain(spec, name, device=device, progress=False, evaluate=False, init_weights=w0)
+            for name in BACKENDS
+        }
+        c = envelope_check(
+            "L4",
+            "pretraining trajectory within the rounding envelope",
+            rel_gaps(a, b),
+            {name: rel_gaps(r.step_losses, runs[name].step_losses) for name, r in own.items()},
+            device,
+        )
+        if not tight_l4_applies(base.data.name, len(b)):
+            c.detail += (
+                f"; fixed {bound('L4', dtype, device):g} bound not applied (tuned on {', '.join(TIGHT_L4_DATA)} runs "
+                f"of <= {TIGHT_L4_MAX_STEPS} steps); worst gap {per_step.max():.2e}"
+            )
+        out.append(c)
+    held_out = normalizer.apply((data.x_test if len(data.x_test) else data.x_val)[:L4_EVAL_IMAGES], dtype)
+
+    def outputs(backend: str, weights: dict[str, np.ndarray]) -> np.ndarray:
+        mae = build_autoencoder(registry.get_backend(backend, device), spec, data.image_shape, weights, device)
+        return mae.features(held_out)
+
+    out.append(
+        end_state_check(
+            "pretraining",
+            {n: r.weights for n, r in runs.items()},
+            {n: r.weights for n, r in own.items()},
+            outputs,
+            dtype,
+            device,
+        )
+    )
+    return out
 
 
 def _probe_only(base: MaskedRunSpec, seed: int) -> MaskedRunSpec:
@@ -222,18 +395,39 @@ def port_checks(base: MaskedRunSpec, device: str = "cpu", epochs: int = 2) -> li
     return out
 
 
+def level1_all(spec: MaskedRunSpec, dtype: str = "float32", device: str = "cpu") -> list[Check]:
+    """What ``dualkit parity`` runs for L1: the variant sweep, the preset's own model, data and masks, and the running
+    statistics and eval mode after train steps (variants and preset)."""
+    return level1(dtype, device) + level1_preset(spec, dtype, device) + level1_running_stats(dtype, device, spec=spec)
+
+
+def level2_all(spec: MaskedRunSpec, dtype: str = "float32", device: str = "cpu") -> list[Check]:
+    """What ``dualkit parity`` runs for L2: the variant sweep and the preset's own model, data and masks."""
+    return level2(dtype, device) + level2_preset(spec, dtype, device)
+
+
 def run_levels(
-    base: MaskedRunSpec, levels: list[str], dtypes: list[str], device: str = "cpu", seeds: int = 3
+    base: MaskedRunSpec,
+    levels: list[str],
+    dtypes: list[str],
+    device: str = "cpu",
+    seeds: int = 3,
+    l4_steps: int | None = None,
 ) -> list[Check]:
     """The requested levels (L0..L5, port) for ``dualkit parity <masked preset>``; L0-L4 in each dtype.
     L3 (one optimizer update vs core's reference) is the classifier's: pretraining uses the same Optimizer."""
     checks: list[Check] = []
     for dtype in dtypes:
-        for level, fn in (("L0", level0), ("L1", level1), ("L2", level2), ("L3", level3)):
-            if level in levels:
-                checks += fn(dtype, device)
+        if "L0" in levels:
+            checks += level0(dtype, device)
+        if "L1" in levels:
+            checks += level1_all(base, dtype, device)
+        if "L2" in levels:
+            checks += level2_all(base, dtype, device)
+        if "L3" in levels:
+            checks += level3(dtype, device)
         if "L4" in levels:
-            checks += level4(base, dtype, device)
+            checks += level4(base, dtype, device, min_steps=l4_steps or L4_MIN_STEPS, full=True)
     if "L5" in levels and seeds > 0:
         checks += level5(base, device, tuple(range(seeds)))[0]
     if "port" in levels:

@@ -92,16 +92,16 @@ class MaskedTask(Task):
     def check_inputs(self, spec) -> None:
         load_dataset(spec.data)
 
-    def parity(self, spec, levels, dtypes, device, seeds) -> list[Check]:
-        return masked_parity.run_levels(spec, levels, dtypes, device, seeds)
+    def parity(self, spec, levels, dtypes, device, seeds, l4_steps=None) -> list[Check]:
+        return masked_parity.run_levels(spec, levels, dtypes, device, seeds, l4_steps)
 
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []
         for dtype in ("float32", "float64"):
-            checks += masked_parity.level0(dtype, device) + masked_parity.level1(dtype, device)
-            checks += masked_parity.level2(dtype, device)
+            checks += masked_parity.level0(dtype, device) + masked_parity.level1_all(spec, dtype, device)
+            checks += masked_parity.level2_all(spec, dtype, device)
             checks += parity.level3(dtype, device)  # pretraining steps with the classifier's Optimizer
-            checks += masked_parity.level4(spec, dtype, device, min_steps=BENCH_L4_STEPS)
+            checks += masked_parity.level4(spec, dtype, device, min_steps=BENCH_L4_STEPS, full=True)
         return checks + masked_parity.port_checks(spec, device, epochs=1)
 
     def bench_l5(self, spec, runs) -> list[Check]:

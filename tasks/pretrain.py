@@ -181,8 +181,10 @@ def pretrain(
     progress: bool = True,
     overwrite: bool = False,
     evaluate: bool = True,
+    init_weights: dict[str, np.ndarray] | None = None,
 ) -> PretrainResult:
-    """Pretrain ``spec``'s encoder on one backend, then (``evaluate``) probe and fine-tune it.
+    """Pretrain ``spec``'s encoder on one backend, then (``evaluate``) probe and fine-tune it. ``init_weights``
+    replace initial tensors by name (parity's rounding envelope starts from 1-ulp-moved weights).
 
     With ``run_dir`` it writes the run folder described in the module docstring, and run checkpoints
     (core.runstate) that ``resume`` continues from.
@@ -193,6 +195,8 @@ def pretrain(
     data, normalizer = prepare_data(spec)
     patch = patch_size_for(spec.model, data.image_shape, spec.mask.patch_size)
     weights = init_masked(spec.model, spec.decoder, data.image_shape[2], spec.seed, spec.dtype)
+    if init_weights:
+        weights.update({k: np.asarray(v).astype(spec.dtype) for k, v in init_weights.items()})
     mae = build_autoencoder(backend, spec, data.image_shape, weights, device)
     if run_dir is not None:
         run_dir = prepare_run_dir(Path(run_dir), overwrite)

@@ -85,3 +85,25 @@ def test_port_through_files_gives_identical_predictions(digits_spec, device):
     checks = parity.port_checks(digits_spec, device)
     assert {c.name for c in checks} == {"tf -> torch", "torch -> tf"}
     assert_all_pass(checks)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_l1_l2_on_the_preset_model_and_data_and_running_statistics(digits_spec, dtype, device):
+    l1, l2 = parity.level1_all(digits_spec, dtype, device), parity.level2_all(digits_spec, dtype, device)
+    names = {c.name for c in l1 + l2}
+    assert {"preset model on digits train", "preset model on digits eval", "preset model on digits"} <= names
+    assert "preset model on digits running statistics after 3 train steps" in names
+    assert_all_pass(l1 + l2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_l4_full_end_state_and_rounding_envelope(digits_spec, dtype, device):
+    checks = parity.level4(digits_spec, dtype, device, min_steps=120, full=True)
+    per_variant = 3 if dtype == "float32" else 2  # fixed bound (tuned run), envelope (float32), end state
+    assert len(checks) == per_variant * len(parity.L4_VARIANTS)
+    if dtype == "float32":
+        envelope = [c for c in checks if "rounding envelope" in c.name]
+        assert all(c.bound == parity.ENVELOPE_FACTOR and c.series for c in envelope)
+    assert_all_pass(checks)

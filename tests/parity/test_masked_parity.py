@@ -74,3 +74,22 @@ def test_port_encoder_pretrained_in_one_backend_probed_in_the_other(digits_spec,
     checks = masked_parity.port_checks(digits_spec, device, epochs=1)
     assert {c.name for c in checks} == {"tf -> torch", "torch -> tf"}
     assert_all_pass(checks)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_l1_l2_on_the_preset_model_data_masks_and_running_statistics(digits_spec, dtype, device):
+    l1, l2 = masked_parity.level1_all(digits_spec, dtype, device), masked_parity.level2_all(digits_spec, dtype, device)
+    names = {c.name for c in l1 + l2}
+    assert {"preset model on digits reconstruction eval", "preset model on digits probe features"} <= names
+    assert "preset model on digits running statistics after 3 train steps" in names
+    assert "preset model on digits" in {c.name for c in l2}
+    assert_all_pass(l1 + l2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_l4_full_end_state_and_rounding_envelope(digits_spec, dtype, device):
+    checks = masked_parity.level4(digits_spec, dtype, device, min_steps=100, full=True)
+    assert len(checks) == (3 if dtype == "float32" else 2)
+    assert_all_pass(checks)
