@@ -126,6 +126,10 @@ class ReplayBuffer:
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         return self.get(self.sample_indices(batch_size, rng))
 
+    def newest(self, n: int) -> Batch:
+        """The ``n`` transitions added last, oldest first, as the buffer holds them."""
+        return self.get((self.pos - np.arange(min(n, self.size), 0, -1)) % self.capacity)
+
     def state(self) -> tuple[dict[str, int], np.ndarray]:
         """(counters, the filled rows in slot order) for a run checkpoint."""
         return {"pos": self.pos, "size": self.size, "added": self.added}, self.data[: self.size].copy()

@@ -54,6 +54,9 @@ class DQNResult:
     run_dir: Path | None = None
     actions: list[np.ndarray] = field(default_factory=list)  # with record=True: the actions of every vector step
     q_values: list[np.ndarray] = field(default_factory=list)  # with record=True: each step's Q-values (nan = not asked)
+    # with record=True, per vector step: the envs' terminated and truncated flags of the stored transitions, and the
+    # terminated flag the replay buffer holds for them (parity checks that a time limit is stored as non-terminal)
+    ends: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     extra: dict[str, Any] = field(
         default_factory=dict
     )  # segments (backend per session) and, after a resume, where from
@@ -201,6 +204,7 @@ class DQNLoop:
     best_weights: dict[str, np.ndarray] | None = field(init=False, default=None)
     actions: list[np.ndarray] = field(init=False, default_factory=list)
     q_values: list[np.ndarray] = field(init=False, default_factory=list)
+    ends: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(init=False, default_factory=list)
     log: RunLog = field(init=False)
     cadence: Cadence = field(init=False)
     stop: StopSignal | None = field(init=False, default=None)
@@ -323,6 +327,10 @@ class DQNLoop:
                         self.q_values.append(np.full((n_envs, self.info.num_actions), np.nan) if q is None else q)
                     tr = self.rollout.step(actions)
                     self.buffer.add(tr.obs, tr.actions, tr.rewards, tr.next_obs, tr.terminated)
+                    if self.record:
+                        self.ends.append(
+                            (tr.terminated.copy(), tr.truncated.copy(), self.buffer.newest(len(tr)).terminated)
+                        )
                     env_steps = c["env_steps"] = c["env_steps"] + len(tr)
                     self.bar.update(len(tr))
                     if tr.episode_returns:
@@ -503,6 +511,7 @@ class DQNLoop:
             run_dir=self.run_dir,
             actions=self.actions,
             q_values=self.q_values,
+            ends=self.ends,
             extra={"segments": c["segments"]},
         )
         if self.run_dir is not None:

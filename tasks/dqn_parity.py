@@ -303,6 +303,68 @@ def level4(
     return [loss_check, actions_check], tr
 
 
+# -- L4 across time limits ----------------------------------------------------------------------------------
+# Whether a time-limit truncation bootstraps is decided by the shared driver (tasks/dqn.py stores the env's
+# `terminated`, never `truncated`, as the buffer's terminal flag), so both backends see the same flags and the
+# per-update comparison alone cannot tell a wrong driver. This check runs the preset with a time limit short enough
+# that episodes hit it during the compared updates, compares the TD loss per update as L4 does, and checks every
+# stored transition's flag against the env's own terminated/truncated in each backend's run.
+TRUNCATION_MAX_EPISODE_STEPS = 30  # random CartPole episodes last ~22 steps: a quarter of them reach 30
+TRUNCATION_UPDATES = 300
+
+
+def level4_truncation(
+    base: DQNRunSpec,
+    dtype: str = "float32",
+    device: str = "cpu",
+    min_updates: int = TRUNCATION_UPDATES,
+    max_episode_steps: int = TRUNCATION_MAX_EPISODE_STEPS,
+) -> list[Check]:
+    """The preset (as L4 runs it) with ``env.max_episode_steps`` set: the TD loss of each update torch vs tf, and
+    the terminal flag the replay buffer stores for every transition: the env's ``terminated``, so that truncated
+    transitions bootstrap. Fails if no truncation happened before the last compared update."""
+    from dualkit.tasks.dqn import train
+
+    spec = l4_spec(base, dtype)
+    spec = replace(spec, env=replace(spec.env, max_episode_steps=max_episode_steps))
+    runs = {
+        name: train(spec, name, device=device, progress=False, record=True, max_updates=min_updates, test=False)
+        for name in BACKENDS
+    }
+    tr = compare_runs(runs["tf"], runs["torch"], dtype, device, min_updates)
+    loss_check = check(
+        "L4",
+        f"TD loss per update across time limits ({tr.updates} updates, limit {max_episode_steps} steps)",
+        tr.worst_rel_loss,
+        dtype,
+        device,
+        f"worst at update {tr.worst_at}",
+    )
+    loss_check.passed = loss_check.passed and tr.updates >= min_updates
+    wrong, counts, truncations = 0, [], []
+    for name, run in runs.items():
+        term = np.concatenate([e[0] for e in run.ends]).astype(bool)
+        trunc = np.concatenate([e[1] for e in run.ends]).astype(bool)
+        stored = np.concatenate([e[2] for e in run.ends]) != 0
+        limit = trunc & ~term  # a step that hits the limit and the pole's bound at once is a termination
+        wrong += int((stored != term).sum())
+        truncations.append(int(limit.sum()))
+        counts.append(
+            f"{name}: {int(limit.sum())} time-limit ends, {int((stored & limit).sum())} stored terminal; "
+            f"{int(term.sum())} terminations, {int((stored & term).sum())} stored terminal"
+        )
+    flags_check = Check(
+        "L4",
+        "time-limit truncations stored non-terminal (bootstrap), terminations terminal",
+        float(wrong),
+        0.0,
+        wrong == 0 and min(truncations) >= 1,
+        f"transitions whose stored flag is not the env's terminated, over {tr.updates} updates; " + "; ".join(counts),
+        dtype,
+    )
+    return [loss_check, flags_check]
+
+
 # -- L5: the outcome -------------------------------------------------------------------------------------
 def level5(
     base: DQNRunSpec, device: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2)
@@ -405,6 +467,7 @@ def run_levels(
             checks += [c for c in level2_3(dtype, device) if c.level in levels]
         if "L4" in levels:
             checks += level4(base, dtype, device, min_updates=l4_steps or L4_MIN_UPDATES)[0]
+            checks += level4_truncation(base, dtype, device)
     if "L5" in levels and seeds > 0:
         checks += level5(base, device, tuple(range(seeds)))[0]
     if "port" in levels:

@@ -106,6 +106,7 @@ class DQNTask(Task):
             checks += dqn_parity.level0(dtype, device) + dqn_parity.level1(dtype, device)
             checks += dqn_parity.level2_3(dtype, device)
             checks += dqn_parity.level4(spec, dtype, device, min_updates=BENCH_L4_UPDATES[dtype])[0]
+            checks += dqn_parity.level4_truncation(spec, dtype, device)
         return checks + dqn_parity.port_checks(spec, device)
 
     def bench_l5(self, spec, runs) -> list[Check]:

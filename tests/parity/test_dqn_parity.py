@@ -85,3 +85,38 @@ def test_l5_cartpole_solved_in_2_of_3_seeds_per_backend(cartpole_spec, device):
         r["env_steps"] <= cartpole_spec.dqn.total_steps + cartpole_spec.env.num_envs for rs in runs.values() for r in rs
     )
     assert_all_pass(checks)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_l4_across_time_limits_truncations_bootstrap(cartpole_spec, dtype, device):
+    checks = dqn_parity.level4_truncation(cartpole_spec, dtype, device)
+    assert len(checks) == 2 and "time-limit ends" in checks[1].detail
+    assert_all_pass(checks)
+
+
+def test_truncation_treated_as_termination_in_one_backend_fails(cartpole_spec, monkeypatch):
+    """The blind spot: the tf run's driver stores terminated | truncated as the terminal flag. The flags check counts
+    every such row and (float64) the TD losses part from the first update that samples one."""
+    from dualkit.tasks import dqn
+
+    post_init = dqn.DQNLoop.__post_init__
+
+    def faulty(self, extra):
+        post_init(self, extra)
+        if self.backend.NAME == "tf":
+            step, add, last = self.rollout.step, self.buffer.add, {}
+
+            def remember(actions):
+                last["tr"] = step(actions)
+                return last["tr"]
+
+            def fold(obs, actions, rewards, next_obs, terminated):
+                add(obs, actions, rewards, next_obs, terminated | last["tr"].truncated)
+
+            self.rollout.step, self.buffer.add = remember, fold
+
+    monkeypatch.setattr(dqn.DQNLoop, "__post_init__", faulty)
+    loss, flags = dqn_parity.level4_truncation(cartpole_spec, "float64")
+    assert not flags.passed and flags.value >= 1
+    assert not loss.passed and loss.value > 1e6 * loss.bound
