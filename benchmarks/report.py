@@ -16,6 +16,7 @@ from dualkit.core.errors import ResultsError
 from dualkit.core.report import ABSENT, markdown_table, mean_std
 from dualkit.core.runs import atomic_write_text, write_json
 from dualkit.tasks import registry as task_registry
+from dualkit.tasks.parity import plot_gaps
 
 REQUIRED_KEYS = ("schema_version", "created", "config", "environment", "runs", "parity", "overhead", "wall_s")
 RUN_KEYS = (
@@ -362,15 +363,21 @@ def plot_throughput(results: dict[str, Any], path: Path) -> Path:
 
 
 def write_report(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write results.json, curves.png, throughput.png and report.md into ``out_dir``."""
+    """Write results.json, curves.png, throughput.png, parity-gaps.png (float32 L4's per-step gaps against the
+    rounding envelope, when the parity ran) and report.md into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", validate(results))
     curves = plot_curves(results, out_dir / "curves.png")
     bars = plot_throughput(results, out_dir / "throughput.png")
-    report = markdown_report(results, {"learning curves": curves.name, "throughput": bars.name})
-    atomic_write_text(out_dir / "report.md", report)
-    return {"results": out_dir / "results.json", "report": out_dir / "report.md", "curves": curves, "throughput": bars}
+    plots = {"learning curves": curves.name, "throughput": bars.name}
+    paths = {"results": out_dir / "results.json", "report": out_dir / "report.md", "curves": curves, "throughput": bars}
+    gaps = plot_gaps(results["parity"], out_dir / "parity-gaps.png")
+    if gaps is not None:
+        plots["float32 L4: torch-vs-tf gap and rounding envelope per step"] = gaps.name
+        paths["parity gaps"] = gaps
+    atomic_write_text(out_dir / "report.md", markdown_report(results, plots))
+    return paths
 
 
 def compare(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -364,3 +364,26 @@ def test_plots_of_all_tasks_are_non_empty(tmp_path):
     reloaded = report.load_results(paths["results"])
     assert {r["task"] for r in reloaded["runs"]} == {"classify", "masked", "dqn"}
     assert [r["solved_at"] for r in reloaded["runs"] if r["task"] == "dqn"][2] is None  # JSON null survives
+
+
+def test_parity_gaps_plot_of_envelope_checks(tmp_path):
+    results = fake_results()
+    env = [1e-6, 1e-6, 2e-6, 5e-6]  # the running max of the own gaps, floored
+    results["parity"].append(
+        {
+            **results["parity"][0],
+            "name": "adam-cosine per-step loss within the rounding envelope",
+            "value": 1.2,
+            "bound": 10.0,
+            "passed": True,
+            "series": {
+                "torch vs tf": [1e-7, 1e-6, 2e-6, 4e-6],
+                "torch vs torch (1-ulp init)": [0.0, 1e-7, 2e-6, 5e-6],
+                "rounding envelope": env,
+            },
+        }
+    )
+    paths = report.write_report(results, tmp_path / "out")
+    assert paths["parity gaps"].read_bytes().startswith(b"\x89PNG")
+    assert "(parity-gaps.png)" in paths["report"].read_text()
+    assert "parity gaps" not in report.write_report(fake_results(), tmp_path / "plain")  # no series, no plot
