@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[torch,tf-cpu,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[torch,tf-cpu,dev,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""The ``dualkit`` command line: info, train, eval, port, parity, bench."""
+"""The ``dualkit`` command line: info, train, eval, port, export, parity, bench."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from dualkit.core.runs import default_run_dir, write_json
 from dualkit.tasks import presets
 from dualkit.tasks import registry as task_registry
 from dualkit.tasks.base import EvalOptions
+from dualkit.tasks.export import FORMATS as EXPORT_FORMATS
 from dualkit.tasks.parity import BACKENDS, plot_gaps
 
 PLOT_FILE = "parity-gaps.png"  # `dualkit parity --plot DIR`
@@ -153,6 +154,18 @@ def cmd_port(args: argparse.Namespace) -> int:
     rep = task.port(Path(args.run), to, out, args.device)
     print(markdown_table(list(rep.row), [list(rep.row.values())]))
     print(f"wrote {rep.artifact}")
+    return 0 if rep.ok else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    rep = task_registry.for_run(run_dir).export(
+        run_dir, args.format, args.backend, Path(args.out) if args.out else None, args.device, args.overwrite
+    )
+    print(markdown_table(rep.headers, rep.rows))
+    for note in rep.notes:
+        print(note)
+    print(f"wrote {rep.artifact} (verification: {rep.record})")
     return 0 if rep.ok else 1
 
 
@@ -292,11 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=registry.DEVICES)
     p.set_defaults(fn=cmd_port)
 
+    p = sub.add_parser(
+        "export", help="write a run's inference model for deployment, verified in its runtime against both backends"
+    )
+    p.add_argument("run", help="a run folder written by `dualkit train` or `dualkit pretrain`")
+    p.add_argument("--format", required=True, choices=tuple(EXPORT_FORMATS), help="onnx, savedmodel, pt2, keras or pt")
+    p.add_argument(
+        "--backend", help="the framework that writes it (onnx: torch or tf; default: the run's own where it can)"
+    )
+    p.add_argument("--out", help="artifact path (default: RUN/exports/model-<backend>.<format>, or a folder)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device", default="cpu", choices=registry.DEVICES)
+    p.set_defaults(fn=cmd_export)
+
     p = sub.add_parser("parity", help="run the parity levels on both backends and print a verdict table")
     _spec_args(p)
     p.add_argument("--device", default="cpu", choices=registry.DEVICES)
     p.add_argument("--dtype", default="both", choices=("float32", "float64", "both"))
-    p.add_argument("--levels", default="L0,L1,L2,L3,L4,L5,port", help="comma-separated subset of L0..L5,port")
+    p.add_argument("--levels", default="L0,L1,L2,L3,L4,L5,port", help="comma-separated subset of L0..L5,port,export")
     p.add_argument("--seeds", type=non_negative_int, default=3, help="seeds per backend for L5 (0 skips it)")
     p.add_argument("--json", help="also write the checks to this JSON file")
     p.add_argument(

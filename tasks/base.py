@@ -36,6 +36,20 @@ class PortReport:
     ok: bool
 
 
+@dataclass
+class ExportReport:
+    """What ``dualkit export`` prints: the verification table (one row per compared pair of outputs), notes
+    (the artifact's input and output, export times, comparisons left out), the artifact and its verification
+    record (JSON in the run folder), and whether every row passed (the exit code)."""
+
+    headers: list[str]
+    rows: list[list[Any]]
+    artifact: Path
+    record: Path
+    notes: list[str]
+    ok: bool
+
+
 class Task:
     """One task. Class attributes describe it; methods run it."""
 
@@ -47,7 +61,7 @@ class Task:
     metric_label: str = ""  # how the report names it
     metric_decimals: int = 4
     throughput_unit: str = "images/s"
-    levels: tuple[str, ...] = ("L0", "L1", "L2", "L3", "L4", "L5", "port")  # what ``dualkit parity`` knows
+    levels: tuple[str, ...] = ("L0", "L1", "L2", "L3", "L4", "L5", "port", "export")  # what ``dualkit parity`` knows
     native_suffix: dict[str, str] = {"torch": ".pt", "tf": ".keras"}  # ``dualkit port`` artifacts
 
     # -- running ---------------------------------------------------------------------------------------
@@ -77,6 +91,14 @@ class Task:
 
     def port(self, run_dir: Path, to: str, out: Path, device: str) -> PortReport:
         raise DualkitError(f"{run_dir} is a {self.name!r} run, which `dualkit port` does not carry")
+
+    def export(
+        self, run_dir: Path, fmt: str, backend: str | None, out: Path | None, device: str, overwrite: bool = False
+    ) -> ExportReport:
+        """``dualkit export``: the run's inference model as ``fmt`` (tasks/export.py's FORMATS) written by
+        ``backend`` (None: the run's own where it writes the format) to ``out`` (None: in RUN/exports/),
+        verified in its runtime against both backends."""
+        raise DualkitError(f"{run_dir} is a {self.name!r} run, which `dualkit export` does not export")
 
     def check_inputs(self, spec: Any) -> None:
         """Fail fast, before any work, if the spec's data or environment is missing."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +11,12 @@ import numpy as np
 
 from dualkit.core.datasets import load_dataset
 from dualkit.core.report import markdown_table
-from dualkit.tasks import classify, parity
-from dualkit.tasks.base import EvalOptions, PortReport, Task, run_summary
+from dualkit.tasks import classify, export, parity
+from dualkit.tasks.base import EvalOptions, ExportReport, PortReport, Task, run_summary
 from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.tasks.parity import Check
+
+EXPORT_TRAIN_IMAGES = 512  # the export level's short run: export does not depend on how well the model learned
 
 
 def show_history(history: list[dict[str, Any]]) -> None:
@@ -86,6 +90,45 @@ class ClassifyTask(Task):
         }
         return PortReport(row, Path(rep["artifact"]), rep["identical_classes"])
 
+    def export_source(self, run_dir: Path, device: str) -> export.ExportSource:
+        """The classifier's logits on NHWC images, normalised as in training; probed on the first test images."""
+        run = classify.load_run(Path(run_dir))
+        x = export.probe_images(load_dataset(run.spec.data))
+
+        def reference(backend: str) -> np.ndarray:
+            clf = classify.load_classifier(run, backend, device)
+            return clf.predict(run.normalizer.apply(x, run.spec.dtype))
+
+        return export.ExportSource(
+            task=self.name,
+            trained_in=run.meta["backend"],
+            ops=export.cnn_ops(run.spec.model, run.image_shape, head=True),
+            weights=run.weights,
+            input_shape=run.image_shape,
+            input_name="images",
+            output_name="logits",
+            probe=run.normalizer.apply(x, "float32"),
+            reference=reference,
+            predicted="classes",
+            metadata=export.image_metadata(run.normalizer, run.meta.get("classes")),
+        )
+
+    def export(self, run_dir, fmt, backend, out, device, overwrite=False) -> ExportReport:
+        return export.export_run(self.export_source(run_dir, device), run_dir, fmt, backend, out, device, overwrite)
+
+    def export_parity(self, spec, device) -> list[Check]:
+        """The export level: a short run of the preset (one epoch on at most EXPORT_TRAIN_IMAGES images), exported
+        in every format from both backends."""
+        short = replace(
+            spec,
+            data=replace(spec.data, limit_train=EXPORT_TRAIN_IMAGES),
+            train=replace(spec.train, epochs=1),
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = Path(tmp) / "run"
+            classify.train(short, "torch", run_dir=run_dir, device=device, progress=False)
+            return export.export_checks(self.export_source(run_dir, device), device)
+
     def check_inputs(self, spec) -> None:
         load_dataset(spec.data)
 
@@ -107,6 +150,8 @@ class ClassifyTask(Task):
             checks += parity.level5(spec, device, tuple(range(seeds)), min_accuracy=floor)[0]
         if "port" in levels:
             checks += parity.port_checks(spec, device)
+        if "export" in levels:
+            checks += self.export_parity(spec, device)
         return checks
 
     def bench_parity(self, spec, device) -> list[Check]:
@@ -114,7 +159,7 @@ class ClassifyTask(Task):
         for dtype in ("float32", "float64"):
             checks += parity.level1_all(spec, dtype, device) + parity.level2_all(spec, dtype, device)
             checks += parity.level3(dtype, device) + parity.level4(spec, dtype, device, full=True)
-        return checks + parity.port_checks(spec, device)
+        return checks + parity.port_checks(spec, device) + self.export_parity(spec, device)
 
     def bench_l5(self, spec, runs) -> list[Check]:
         acc = {b: [r["value"] for r in runs if r["backend"] == b] for b in parity.BACKENDS}

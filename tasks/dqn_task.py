@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from dualkit.core.envs import env_info
+import numpy as np
+
+from dualkit.core import registry
+from dualkit.core.envs import Evaluator, env_info, episode_seeds
 from dualkit.core.errors import DualkitError
+from dualkit.core.exploration import greedy
 from dualkit.core.report import markdown_table, mean_or_absent
-from dualkit.tasks import dqn, dqn_parity
-from dualkit.tasks.base import EvalOptions, PortReport, Task, run_summary
+from dualkit.core.weights import QNET_PREFIX
+from dualkit.tasks import dqn, dqn_parity, export
+from dualkit.tasks.base import EvalOptions, ExportReport, PortReport, Task, run_summary
 from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.tasks.parity import BACKENDS, Check
 
 # The benchmark's L4 trajectory: float32 as long as the parity suite's own; float64, which shows that the float32
 # gap is rounding, is shorter because its gap does not grow along the run (README, "Why the parity settings").
 BENCH_L4_UPDATES = {"float32": 1000, "float64": 300}
+EXPORT_STEPS = 2000  # the export level's short run: export does not depend on how well the agent learned
+EXPORT_EPISODES = 2  # greedy episodes played at a time for the export's probe batch
+EXPORT_MAX_EPISODES = 32
 
 
 class DQNTask(Task):
@@ -94,11 +103,66 @@ class DQNTask(Task):
         }
         return PortReport(row, Path(rep["artifact"]), rep["identical_returns"])
 
+    def export_source(self, run_dir: Path, device: str) -> export.ExportSource:
+        """The online network's Q-values on observations; probed on observations of the run's environment, seen
+        by the agent playing held-out greedy episodes (in the backend that trained it, or the other where that
+        one is not installed), spread evenly over the episodes."""
+        run = dqn.load_run(Path(run_dir))
+        player = run.meta["backend"] if registry.is_installed(run.meta["backend"]) else registry.available()[0]
+        agent = dqn.load_agent(run, player, device)
+        seen: list[np.ndarray] = []
+
+        def policy(obs: np.ndarray) -> np.ndarray:
+            seen.append(obs.copy())
+            return greedy(agent.act_values(obs))
+
+        # held-out episodes, EXPORT_EPISODES at a time, until the probe is full (an untrained agent's are short)
+        first = run.spec.env.test_seed
+        while sum(map(len, seen)) < export.PROBE_SIZE and first < run.spec.env.test_seed + EXPORT_MAX_EPISODES:
+            evaluator = Evaluator(run.spec.env, episode_seeds(first, EXPORT_EPISODES), run.spec.dtype)
+            try:
+                evaluator.run(policy)
+            finally:
+                evaluator.close()
+            first += EXPORT_EPISODES
+        obs = export.spread(np.concatenate(seen))
+
+        def reference(backend: str) -> np.ndarray:
+            return dqn.load_agent(run, backend, device).act_values(obs)
+
+        return export.ExportSource(
+            task=self.name,
+            trained_in=run.meta["backend"],
+            ops=export.mlp_ops(run.spec.qnet, run.info.obs_dim, run.info.num_actions, QNET_PREFIX),
+            weights=run.weights,
+            input_shape=(run.info.obs_dim,),
+            input_name="observations",
+            output_name="q_values",
+            probe=obs.astype(np.float32),
+            reference=reference,
+            predicted="actions",
+            metadata={"env": run.spec.env.id, "input": "float32 observations (N, obs_dim), as the env returns them"},
+        )
+
+    def export(self, run_dir, fmt, backend, out, device, overwrite=False) -> ExportReport:
+        return export.export_run(self.export_source(run_dir, device), run_dir, fmt, backend, out, device, overwrite)
+
+    def export_parity(self, spec, device) -> list[Check]:
+        """The export level: a short run of the preset (EXPORT_STEPS env steps), its Q-network exported in every
+        format from both backends."""
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = Path(tmp) / "run"
+            short = dqn_parity.port_spec(spec, EXPORT_STEPS)
+            dqn.train(short, "torch", run_dir=run_dir, device=device, progress=False, test=False)
+            return export.export_checks(self.export_source(run_dir, device), device)
+
     def check_inputs(self, spec) -> None:
         env_info(spec.env)
 
     def parity(self, spec, levels, dtypes, device, seeds, l4_steps=None) -> list[Check]:
-        return dqn_parity.run_levels(spec, levels, dtypes, device, seeds, l4_steps)
+        return dqn_parity.run_levels(spec, levels, dtypes, device, seeds, l4_steps) + (
+            self.export_parity(spec, device) if "export" in levels else []
+        )
 
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []
@@ -107,7 +171,7 @@ class DQNTask(Task):
             checks += dqn_parity.level2_3(dtype, device)
             checks += dqn_parity.level4(spec, dtype, device, min_updates=BENCH_L4_UPDATES[dtype])[0]
             checks += dqn_parity.level4_truncation(spec, dtype, device)
-        return checks + dqn_parity.port_checks(spec, device)
+        return checks + dqn_parity.port_checks(spec, device) + self.export_parity(spec, device)
 
     def bench_l5(self, spec, runs) -> list[Check]:
         """As dqn_parity.level5: per backend, the seeds whose greedy test return reaches L5_MIN_RETURN, at least

@@ -3,7 +3,9 @@ parity and benchmark. Its product is the encoder, which either backend loads dir
 
 from __future__ import annotations
 
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,13 @@ import numpy as np
 from dualkit.core.datasets import load_dataset
 from dualkit.core.errors import DualkitError
 from dualkit.core.report import ABSENT, markdown_table, mean_or_absent, mean_std
-from dualkit.tasks import masked_parity, parity, pretrain
-from dualkit.tasks.base import EvalOptions, Task, run_summary
+from dualkit.tasks import export, masked_parity, parity, pretrain
+from dualkit.tasks.base import EvalOptions, ExportReport, Task, run_summary
 from dualkit.tasks.masked_spec import MaskedRunSpec
 from dualkit.tasks.parity import Check
 
 BENCH_L4_STEPS = 200  # as tests/parity/test_masked_parity.py
+EXPORT_STEPS = 20  # the export level's short pretraining: export does not depend on how well the encoder learned
 
 
 def show_evaluation(ev: dict[str, Any]) -> None:
@@ -89,11 +92,51 @@ class MaskedTask(Task):
             f"start a classifier from it with `dualkit train cnn-cifar10 --init-from {run_dir}`"
         )
 
+    def export_source(self, run_dir: Path, device: str) -> export.ExportSource:
+        """The encoder's features of whole images (eval mode, global-average-pooled: what ``features()`` gives
+        the linear probe) on NHWC images, normalised as in pretraining; probed on the first test images."""
+        from dualkit.tasks.probe import feature_extractor
+
+        run = pretrain.load_run(Path(run_dir))
+        x = export.probe_images(load_dataset(run.spec.data))
+        encoder = {k: v for k, v in run.weights.items() if k.startswith("encoder.")}
+
+        def reference(backend: str) -> np.ndarray:
+            return feature_extractor(backend, run.spec, encoder, run.normalizer, run.image_shape, device)(x)
+
+        return export.ExportSource(
+            task=self.name,
+            trained_in=run.meta["backend"],
+            ops=export.cnn_ops(run.spec.model, run.image_shape, head=False),
+            weights=encoder,
+            input_shape=run.image_shape,
+            input_name="images",
+            output_name="features",
+            probe=run.normalizer.apply(x, "float32"),
+            reference=reference,
+            predicted=None,
+            metadata=export.image_metadata(run.normalizer, None),
+        )
+
+    def export(self, run_dir, fmt, backend, out, device, overwrite=False) -> ExportReport:
+        return export.export_run(self.export_source(run_dir, device), run_dir, fmt, backend, out, device, overwrite)
+
+    def export_parity(self, spec, device) -> list[Check]:
+        """The export level: EXPORT_STEPS steps of pretraining on the preset, the encoder exported in every format
+        from both backends."""
+        short = replace(spec, max_steps=EXPORT_STEPS, train=replace(spec.train, epochs=1))
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = Path(tmp) / "run"
+            pretrain.pretrain(short, "torch", run_dir=run_dir, device=device, progress=False, evaluate=False)
+            return export.export_checks(self.export_source(run_dir, device), device)
+
     def check_inputs(self, spec) -> None:
         load_dataset(spec.data)
 
     def parity(self, spec, levels, dtypes, device, seeds, l4_steps=None) -> list[Check]:
-        return masked_parity.run_levels(spec, levels, dtypes, device, seeds, l4_steps)
+        return masked_parity.run_levels(spec, levels, dtypes, device, seeds, l4_steps) + (
+            self.export_parity(spec, device) if "export" in levels else []
+        )
 
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []
@@ -102,7 +145,7 @@ class MaskedTask(Task):
             checks += masked_parity.level2_all(spec, dtype, device)
             checks += parity.level3(dtype, device)  # pretraining steps with the classifier's Optimizer
             checks += masked_parity.level4(spec, dtype, device, min_steps=BENCH_L4_STEPS, full=True)
-        return checks + masked_parity.port_checks(spec, device, epochs=1)
+        return checks + masked_parity.port_checks(spec, device, epochs=1) + self.export_parity(spec, device)
 
     def bench_l5(self, spec, runs) -> list[Check]:
         """As masked_parity.level5: the mean probe accuracies within L5_MAX_GAP_POINTS; each backend's mean and

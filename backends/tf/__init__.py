@@ -1,5 +1,6 @@
 """TensorFlow / Keras 3 backend. Imported only when chosen (core.registry); mirrors backends/torch module by module."""
 
+from dualkit.backends.tf import export
 from dualkit.backends.tf.classifier import Classifier
 from dualkit.backends.tf.dqn import DQNAgent
 from dualkit.backends.tf.losses import numpy_loss
@@ -14,6 +15,7 @@ __all__ = [
     "MaskedAutoencoder",
     "Optimizer",
     "apply_updates",
+    "export",
     "numpy_loss",
     "check_device",
     "devices",

@@ -1,5 +1,6 @@
 """PyTorch backend. Imported only when chosen (core.registry); mirrors backends/tf module by module."""
 
+from dualkit.backends.torch import export
 from dualkit.backends.torch.classifier import Classifier
 from dualkit.backends.torch.dqn import DQNAgent
 from dualkit.backends.torch.losses import numpy_loss
@@ -14,6 +15,7 @@ __all__ = [
     "MaskedAutoencoder",
     "Optimizer",
     "apply_updates",
+    "export",
     "numpy_loss",
     "check_device",
     "devices",
