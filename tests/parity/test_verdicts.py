@@ -65,3 +65,17 @@ def test_json_written_for_every_level(task_name, tmp_path, monkeypatch):
     assert rc == 0
     written = json.loads(out.read_text())
     assert len(written["checks"]) == 3 * len(task.levels)
+
+
+def test_plot_writes_the_envelope_gaps(tmp_path, monkeypatch, capsys):
+    """``--plot DIR`` draws the per-step gaps of the checks that have them (float32 L4's envelope verdicts)."""
+    from dualkit.core import registry
+    from dualkit.tasks.parity import ENVELOPE_SERIES
+
+    series = {"torch vs tf": [1e-7, 3e-7], "tf vs tf (1-ulp init)": [2e-7, 4e-7], ENVELOPE_SERIES: [1e-6, 1e-6]}
+    check = Check("L4", "v within the rounding envelope", 0.3, 10.0, True, "", "float32", series)
+    monkeypatch.setattr(registry, "get_backend", lambda *a, **k: None)
+    monkeypatch.setattr(type(task_registry.get("classify")), "parity", lambda self, *a, **k: [check])
+    assert main(["parity", "cnn-digits", "--levels", "L4", "--plot", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "parity-gaps.png").read_bytes().startswith(b"\x89PNG")
+    assert "parity-gaps.png" in capsys.readouterr().out
