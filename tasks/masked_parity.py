@@ -33,7 +33,7 @@ from dualkit.tasks.parity import (
     Check,
     check,
     end_state_check,
-    envelope_check,
+    l4_envelope_check,
     level3,
     max_rel_diff,
     off_identity,
@@ -41,7 +41,6 @@ from dualkit.tasks.parity import (
     preset_gradient_check,
     preset_name,
     rel_diff,
-    rel_gaps,
     stats_checks,
 )
 from dualkit.tasks.pretrain import build_autoencoder, pretrain
@@ -273,7 +272,7 @@ def level4(
     """A real pretraining run in both backends (same init, batches and masks): worst per-step relative loss gap.
     ``full`` adds the end state (encoder running statistics, eval-mode probe features of held-out images) and, in
     float32, the rounding-envelope verdict, as the classifier's level4 (tasks/parity.py) does."""
-    from dualkit.tasks.parity import TIGHT_L4_DATA, TIGHT_L4_MAX_STEPS, bound, tight_l4_applies
+    from dualkit.tasks.parity import tight_l4_applies
 
     spec = l4_spec(base, dtype, min_steps)
     runs = {name: pretrain(spec, name, device=device, progress=False, evaluate=False) for name in BACKENDS}
@@ -296,18 +295,9 @@ def level4(
             name: pretrain(spec, name, device=device, progress=False, evaluate=False, init_weights=w0)
             for name in BACKENDS
         }
-        c = envelope_check(
-            "L4",
-            "pretraining trajectory within the rounding envelope",
-            rel_gaps(a, b),
-            {name: rel_gaps(r.step_losses, runs[name].step_losses) for name, r in own.items()},
-            device,
+        c = l4_envelope_check(
+            "pretraining trajectory within the rounding envelope", a, b, own, runs, base.data.name, dtype, device
         )
-        if not tight_l4_applies(base.data.name, len(b)):
-            c.detail += (
-                f"; fixed {bound('L4', dtype, device):g} bound not applied (tuned on {', '.join(TIGHT_L4_DATA)} runs "
-                f"of <= {TIGHT_L4_MAX_STEPS} steps); worst gap {per_step.max():.2e}"
-            )
         out.append(c)
     held_out = normalizer.apply((data.x_test if len(data.x_test) else data.x_val)[:L4_EVAL_IMAGES], dtype)
 
