@@ -1,7 +1,7 @@
 """DQN throughput and time to solve, per backend: environment steps per second end to end (acting,
 training, evaluating), for a DQN preset (default dqn-cartpole), over a few seeds.
 
-    python -m benchmarks.dqn_speed [--preset dqn-cartpole] [--seeds 3] [--full] [--out bench-dqn]
+    python -m dualkit.benchmarks.dqn_speed [--preset dqn-cartpole] [--seeds 3] [--full] [--out bench-dqn]
 
 By default the run stops once solved (the preset's dqn.stop_return), which gives the wall time to solve;
 ``--full`` turns early stopping off and runs the whole budget (the steady-state throughput). Writes
