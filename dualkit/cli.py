@@ -149,8 +149,6 @@ def cmd_port(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run) / f"model{suffix}"
     if out.exists() and not args.overwrite:
         raise DualkitError(f"{out} already exists; choose another --out or pass --overwrite")
-    if out.suffix != suffix:
-        raise DualkitError(f"--out for backend {to!r} must end in {suffix}, got {out.name!r}")
     rep = task.port(Path(args.run), to, out, args.device)
     print(markdown_table(list(rep.row), [list(rep.row.values())]))
     print(f"wrote {rep.artifact}")

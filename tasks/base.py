@@ -50,6 +50,10 @@ class ExportReport:
     ok: bool
 
 
+# ``dualkit port`` artifacts: each framework's native file
+NATIVE_SUFFIX: dict[str, str] = {"torch": ".pt", "tf": ".keras"}
+
+
 class Task:
     """One task. Class attributes describe it; methods run it."""
 
@@ -62,7 +66,7 @@ class Task:
     metric_decimals: int = 4
     throughput_unit: str = "images/s"
     levels: tuple[str, ...] = ("L0", "L1", "L2", "L3", "L4", "L5", "port", "export")  # what ``dualkit parity`` knows
-    native_suffix: dict[str, str] = {"torch": ".pt", "tf": ".keras"}  # ``dualkit port`` artifacts
+    native_suffix: dict[str, str] = NATIVE_SUFFIX
 
     # -- running ---------------------------------------------------------------------------------------
     def train(

@@ -23,6 +23,7 @@ from dualkit.core.runs import (
 from dualkit.core.runstate import RunState
 from dualkit.core.specs import save_json, to_dict
 from dualkit.core.weights import classifier_shapes, init_classifier
+from dualkit.tasks.base import NATIVE_SUFFIX
 from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.tasks.loop import (
     EpochTask,
@@ -282,9 +283,6 @@ def evaluate_run(
         "trained_in": run.meta["backend"],
         **metrics,
     }
-
-
-NATIVE_SUFFIX = {"torch": ".pt", "tf": ".keras"}
 
 
 def port_run(run_dir: Path, to: str, out: Path, device: str = "cpu") -> dict[str, Any]:

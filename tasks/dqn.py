@@ -30,6 +30,7 @@ from dualkit.core.runstate import RunState
 from dualkit.core.schedules import lr_at
 from dualkit.core.specs import load_json, save_json, to_dict
 from dualkit.core.weights import QNET_PREFIX, TARGET_PREFIX, init_qnet, qnet_shapes
+from dualkit.tasks.base import NATIVE_SUFFIX
 from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.tasks.loop import Cadence, RunLog, check_finite, interrupted
 from dualkit.tasks.progress import progress_bar
@@ -728,9 +729,6 @@ def evaluate_run(
         "seed": seed,
         **res,
     }
-
-
-NATIVE_SUFFIX = {"torch": ".pt", "tf": ".keras"}
 
 
 def port_run(run_dir: Path, to: str, out: Path, device: str = "cpu", episodes: int | None = None) -> dict[str, Any]:

@@ -424,7 +424,8 @@ def port_spec(base: DQNRunSpec, total_steps: int = 5000) -> DQNRunSpec:
 
 def port_checks(base: DQNRunSpec, device: str = "cpu", total_steps: int = 5000) -> list[Check]:
     """Train in A, write the run, play the same seeded episodes in B from the checkpoint, both ways."""
-    from dualkit.tasks.dqn import NATIVE_SUFFIX, port_run, train
+    from dualkit.tasks.base import NATIVE_SUFFIX
+    from dualkit.tasks.dqn import port_run, train
 
     out = []
     spec = port_spec(base, total_steps)

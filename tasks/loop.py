@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dualkit.core import checkpoint, registry, runstate
-from dualkit.core.batches import Normalizer, epoch_batches, make_rng
+from dualkit.core.batches import Normalizer, epoch_batches, make_rng, num_batches
 from dualkit.core.datasets import Dataset, load_dataset
 from dualkit.core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError, TrainingError
 from dualkit.core.interrupt import StopSignal
@@ -46,7 +46,7 @@ class RunLog:
     def __init__(self, run_dir: Path | None) -> None:
         self.run_dir = run_dir
         self.metrics = MetricLog(run_dir / METRICS_FILE) if run_dir is not None else None
-        self.events = EventLog(run_dir, enabled=run_dir is not None) if run_dir is not None else None
+        self.events = EventLog(run_dir) if run_dir is not None else None
 
     @property
     def enabled(self) -> bool:
@@ -194,7 +194,7 @@ def run_epochs(
     """
     tr = spec.train
     run_dir = log.run_dir
-    steps_per_epoch = -(-len(data.y_train) // tr.batch_size)
+    steps_per_epoch = num_batches(len(data.y_train), tr.batch_size, drop_last=False)
     total_steps = total_steps_of(tr.epochs, steps_per_epoch, max_steps)
     epochs = -(-total_steps // steps_per_epoch)
     lrs = lr_table(spec.schedule, spec.optim.lr, total_steps)
@@ -407,7 +407,7 @@ def open_epoch_resume(
         )
     max_steps = getattr(spec, "max_steps", 0)
     limits = f"train.epochs={spec.train.epochs}" + (f" and max_steps={max_steps}" if hasattr(spec, "max_steps") else "")
-    steps_per_epoch = -(-len(data.y_train) // spec.train.batch_size)
+    steps_per_epoch = num_batches(len(data.y_train), spec.train.batch_size, drop_last=False)
     total_steps = total_steps_of(spec.train.epochs, steps_per_epoch, max_steps)
     needed = st.epoch + (1 if st.batch else 0)
     if total_steps < st.step:

@@ -21,15 +21,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dualkit.backends.tf.runtime import save_native
+from dualkit.backends.tf.cnn import _layer_name
+from dualkit.backends.tf.runtime import CONV_LAYOUT, DENSE_LAYOUT, save_native
 from dualkit.core.errors import BackendError
 
 FORMATS = ("onnx", "savedmodel", "keras")
 ENDPOINT = "serve"  # the SavedModel's endpoint; also its serving_default signature
-
-
-def _layer_name(canonical: str) -> str:
-    return canonical.replace(".", "_")
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -55,7 +52,7 @@ def inference_model(
                 args["cout"], 3, padding="same", use_bias=args["bias"], dtype=dtype, name=_layer_name(args["name"])
             )
             x = layer(x)
-            kernel = _f32(np.asarray(weights[f"{args['name']}.weight"]).transpose(2, 3, 1, 0))
+            kernel = _f32(CONV_LAYOUT[0](np.asarray(weights[f"{args['name']}.weight"])))
             layer.set_weights([kernel, _f32(weights[f"{args['name']}.bias"])] if args["bias"] else [kernel])
         elif op == "batchnorm":
             layer = keras.layers.BatchNormalization(epsilon=args["eps"], dtype=dtype, name=_layer_name(args["name"]))
@@ -78,7 +75,10 @@ def inference_model(
             layer = keras.layers.Dense(args["width"], dtype=dtype, name=_layer_name(args["name"]))
             x = layer(x)
             layer.set_weights(
-                [_f32(np.asarray(weights[f"{args['name']}.weight"]).T), _f32(weights[f"{args['name']}.bias"])]
+                [
+                    _f32(DENSE_LAYOUT[0](np.asarray(weights[f"{args['name']}.weight"]))),
+                    _f32(weights[f"{args['name']}.bias"]),
+                ]
             )
         else:
             raise ValueError(f"unknown export op {op!r}")
