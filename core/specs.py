@@ -120,6 +120,56 @@ class MaskSpec:
     norm_pix: bool = True  # targets normalised per patch (MAE's norm_pix_loss)
 
 
+@dataclass(frozen=True)
+class TransformerSpec:
+    """A BERT-style encoder (core/transformer.py names its weights as Hugging Face's BERT does)."""
+
+    hidden: int = 64  # width of every token's vector
+    layers: int = 2
+    heads: int = 2  # hidden must divide by heads
+    intermediate: int = 256  # width of each block's feed-forward layer
+    max_positions: int = 128  # learned position embeddings: the longest sequence the model takes
+    type_vocab_size: int = 2  # segment (token type) embeddings
+    layer_norm_eps: float = 1e-12  # BERT's
+    norm: str = "post"  # post (BERT: LayerNorm after each residual) | pre (before; a final LayerNorm)
+    tie_embeddings: bool = True  # the MLM decoder reuses the word embeddings (stored once)
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    init_std: float = 0.02  # normal init of kernels and embeddings, as BERT's initializer_range
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    # "" = build a WordPiece vocabulary from the training text (core/tokenizer.py, deterministic); else a
+    # vocab.txt, a WordPiece tokenizer.json, or a folder holding one (e.g. a Hugging Face model folder)
+    vocab: str = ""
+    vocab_size: int = 2000  # when building: the most tokens, special tokens and single characters included
+    min_frequency: int = 2  # when building: a merge must occur at least this often
+    lowercase: bool = True  # BERT "uncased": lowercase and strip accents before splitting
+
+
+@dataclass(frozen=True)
+class TextDataSpec:
+    # mlm: stdlib (shipped: the Python standard library's documentation text) | text (the .txt files under root)
+    # tag: pyroles (shipped: roles of identifiers in the standard library's source) | conll | conllu
+    name: str = "stdlib"
+    root: str = ""  # text: a folder of .txt files; conll/conllu: a folder with train/dev/test files
+    column: int = -1  # conll: the tag column (-1 = the last); conllu: the column (3 = UPOS)
+    scheme: str = "auto"  # the files' tags: auto | bio | iob1 | iobes | none (plain labels such as POS tags)
+    max_length: int = 64  # tokens per sequence, [CLS] and [SEP] included
+    val_fraction: float = 0.1  # for corpora without their own dev split
+    test_fraction: float = 0.1  # for corpora without their own test split
+    limit_train: int = 0  # keep only the first N training sequences (0 = all)
+    limit_words: int = 0  # shipped corpora: use only the first N words (0 = all); for quick runs
+
+
+@dataclass(frozen=True)
+class MlmSpec:
+    ratio: float = 0.15  # BERT's share of (non-special) tokens chosen for prediction
+    mask_fraction: float = 0.8  # of those, replaced by [MASK]
+    random_fraction: float = 0.1  # replaced by a random token; the rest are kept unchanged
+
+
 DTYPES = ("float32", "float64")
 # task name -> its spec class; filled by the tasks (register_task), which the task registry imports.
 TASK_SPECS: dict[str, type] = {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -139,7 +139,9 @@ class EpochTask:
     generators (beyond the batch order), restored from and saved into the run state; ``record(rec)`` adds the
     task's own per-epoch values (validation metrics) to an epoch record; ``save_model(epoch, step)`` writes the
     run's canonical model file(s) at checkpoint epochs. ``loss_name``/``verb`` word the NaN message,
-    ``desc`` labels the progress bar."""
+    ``desc`` labels the progress bar. ``batches(rng)`` yields one epoch's ``(x, y)`` training batches drawn
+    from the batch generator ``rng`` (None: the image batches of core.batches.epoch_batches, normalised and
+    augmented as the spec's data section says)."""
 
     model: Any
     step: Callable[[np.ndarray, np.ndarray, float], float]
@@ -149,6 +151,7 @@ class EpochTask:
     loss_name: str = "loss"
     verb: str = "training"
     desc: str = "epoch"
+    batches: Callable[[np.random.Generator], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None
 
 
 @dataclass
@@ -170,7 +173,7 @@ def run_epochs(
     device: str,
     task: EpochTask,
     data: Dataset,
-    normalizer: Normalizer,
+    normalizer: Normalizer | None,
     state: RunState,
     log: RunLog,
     meta: dict[str, Any],
@@ -240,15 +243,19 @@ def run_epochs(
         for epoch in range(first_epoch, epochs + 1):
             todo = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)  # max_steps may cut the last
             epoch_start = runstate.capture_rng(rng)
-            batches = epoch_batches(
-                data.x_train,
-                data.y_train,
-                tr.batch_size,
-                rng,
-                normalizer,
-                crop_padding=spec.data.crop_padding,
-                flip=spec.data.flip,
-                dtype=spec.dtype,
+            batches = (
+                task.batches(rng)
+                if task.batches is not None
+                else epoch_batches(
+                    data.x_train,
+                    data.y_train,
+                    tr.batch_size,
+                    rng,
+                    normalizer,
+                    crop_padding=spec.data.crop_padding,
+                    flip=spec.data.flip,
+                    dtype=spec.dtype,
+                )
             )
             done = state.batch
             for _ in itertools.islice(batches, done):
