@@ -17,6 +17,10 @@ hidden, ``I`` intermediate, ``V`` vocabulary, ``P`` max_positions, ``T`` type_vo
                                        when not tied (tied: it IS the word embeddings, stored once)
     classifier.weight (K, H) / .bias (K,)                                  head "tag"
 
+Hugging Face also keeps ``cls.predictions.decoder.bias``, a copy of ``cls.predictions.bias`` that is not a
+canonical tensor: transformers 5 unties it from ``cls.predictions.bias`` when ``tie_word_embeddings`` is false,
+so an export to Hugging Face writes it too (HF_DECODER_BIAS), and an import ignores it.
+
 The forward here is the parity oracle (float64-capable), in eval mode: dropout is not modelled.
 """
 
@@ -34,6 +38,7 @@ HEADS = ("mlm", "tag", "none")
 IGNORE_INDEX = -100  # labels with this value are left out of losses and metrics (as PyTorch / Hugging Face)
 WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 DECODER = "cls.predictions.decoder.weight"  # absent when tied: the MLM decoder is WORD_EMBEDDINGS
+HF_DECODER_BIAS = "cls.predictions.decoder.bias"  # Hugging Face's copy of cls.predictions.bias (see above)
 FINAL_LN = "bert.encoder.LayerNorm"  # pre-LN's final LayerNorm
 _LAYER = "bert.encoder.layer.{}."
 _LAYER_PARTS = (  # one encoder layer's tensors, in Hugging Face's order, with their shape's symbols
