@@ -9,11 +9,17 @@ import numpy as np
 from dualkit.core.errors import SpecError
 from dualkit.core.specs import ScheduleSpec
 
-_NAMES = ("constant", "step", "cosine")
+_NAMES = ("constant", "step", "cosine", "linear")
 
 
 def lr_at(spec: ScheduleSpec, base_lr: float, step: int, total_steps: int) -> float:
-    """Learning rate for 0-based ``step``: linear warm-up, then constant, step decay or cosine to min_lr."""
+    """Learning rate for 0-based ``step``: linear warm-up, then constant, step decay, or cosine or linear
+    decay to min_lr at ``total_steps``.
+
+    "linear" is BERT's schedule (Hugging Face's ``get_linear_schedule_with_warmup``) with min_lr = 0: after
+    the warm-up its values are HF's exactly, ``base * max(0, (total - step) / max(1, total - warmup))``.
+    The warm-up differs by one step: HF's is ``step / warmup`` (its first step has lr 0), this module's
+    ``(step + 1) / warmup``, the convention every schedule here shares."""
     if spec.name not in _NAMES:
         raise SpecError(f"schedule.name={spec.name!r} is not one of: {', '.join(_NAMES)}")
     if step < 0:
@@ -30,6 +36,8 @@ def lr_at(spec: ScheduleSpec, base_lr: float, step: int, total_steps: int) -> fl
             raise SpecError("schedule.step_size must be >= 1")
         return float(base_lr * spec.gamma ** (t // spec.step_size))
     T = max(1, total_steps - w)
+    if spec.name == "linear":  # HF's formula, so also its 0 after a warm-up that fills the whole run
+        return float(spec.min_lr + (base_lr - spec.min_lr) * max(0.0, (total_steps - step) / T))
     t = min(t, T)  # past the planned end the cosine stays at its floor
     return float(spec.min_lr + (base_lr - spec.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / T)))
 

@@ -65,11 +65,11 @@ class OptimSpec:
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    name: str = "constant"  # constant | step | cosine
+    name: str = "constant"  # constant | step | cosine | linear (BERT's: linear decay to min_lr)
     warmup_steps: int = 0  # linear warm-up from 0 to the base lr
     step_size: int = 1000  # step schedule: multiply by gamma every step_size steps
     gamma: float = 0.1
-    min_lr: float = 0.0  # cosine floor
+    min_lr: float = 0.0  # cosine and linear floor
 
 
 @dataclass(frozen=True)

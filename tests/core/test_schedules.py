@@ -55,9 +55,39 @@ def test_lr_table_matches_lr_at():
 
 
 def test_errors():
+    with pytest.raises(SpecError, match="linear"):  # the message lists the names, linear among them
+        lr_at(ScheduleSpec(name="exponential"), 0.1, 0, 10)
     with pytest.raises(SpecError):
-        lr_at(ScheduleSpec(name="linear"), 0.1, 0, 10)
-    with pytest.raises(SpecError):
-        lr_table(ScheduleSpec(name="linear"), 0.1, 10)
+        lr_table(ScheduleSpec(name="exponential"), 0.1, 10)
     with pytest.raises(ValueError):
         lr_at(ScheduleSpec(), 0.1, -1, 10)
+
+
+def test_linear_hand_computed():
+    spec = ScheduleSpec(name="linear", warmup_steps=2)
+    # total 6: warm-up 0.5, 1.0 (this module's (step + 1) / w), then base * (4 - t) / 4 for t = step - 2
+    assert lr_table(spec, 1.0, 6).tolist() == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert lr_at(spec, 1.0, 6, 6) == 0.0 and lr_at(spec, 1.0, 60, 6) == 0.0  # 0 at total_steps and after
+    floor = ScheduleSpec(name="linear", min_lr=0.1)
+    assert lr_table(floor, 0.5, 4).tolist() == pytest.approx([0.5, 0.4, 0.3, 0.2], rel=1e-15)
+    assert lr_at(floor, 0.5, 9, 4) == pytest.approx(0.1, rel=1e-15)
+    assert lr_at(ScheduleSpec(name="linear", warmup_steps=5), 0.2, 7, 5) == 0.0  # total <= warm-up: no decay span
+
+
+@pytest.mark.parametrize("warmup, total", [(0, 9), (3, 20), (10, 10), (4, 1)])
+def test_linear_decay_equals_hugging_faces(warmup, total):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    base = 3e-4
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    sched = transformers.get_linear_schedule_with_warmup(opt, warmup, total)
+    spec = ScheduleSpec(name="linear", warmup_steps=warmup)
+    for step in range(total + 3):
+        hf = sched.get_last_lr()[0]  # the lr HF's step ``step`` (0-based) trains with
+        if step >= warmup:  # the decay is HF's exactly; the warm-up is one step ahead of HF's step / warmup
+            assert lr_at(spec, base, step, total) == pytest.approx(hf, rel=1e-12, abs=1e-18), step
+        else:
+            assert lr_at(spec, base, step, total) == pytest.approx(base * (step + 1) / warmup, rel=1e-15)
+            assert hf == pytest.approx(base * step / warmup, rel=1e-12, abs=1e-18)
+        opt.step()
+        sched.step()
