@@ -1,4 +1,5 @@
-"""Masks for masked image pretraining, drawn here in numpy so both backends see the same ones.
+"""Masks for masked image pretraining and masked language modelling (mlm_mask), drawn here in numpy so both
+backends see the same ones.
 
 A mask lives on the encoder's coarsest grid: one entry per patch of ``patch_size`` x ``patch_size``
 pixels, where the patch size is the encoder's total downsampling (2 ** blocks), as SparK does for CNNs.
@@ -8,10 +9,13 @@ pixels, where the patch size is the encoder's total downsampling (2 ** blocks), 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from dualkit.core.errors import SpecError
-from dualkit.core.specs import ModelSpec
+from dualkit.core.specs import MlmSpec, ModelSpec
+from dualkit.core.transformer import IGNORE_INDEX
 
 
 def patch_size_for(model: ModelSpec, image_shape: tuple[int, int, int], requested: int = 0) -> int:
@@ -116,3 +120,73 @@ def denormalize(pred: np.ndarray, x: np.ndarray, patch: int, eps: float = NORM_E
     mean, var = patch_stats(x, patch)
     p = patchify(np.asarray(pred, dtype=np.float64), patch) * np.sqrt(var + eps) + mean
     return unpatchify(p, patch, x.shape[1:])
+
+
+# -- masked language modelling (BERT) ------------------------------------------------------------------------------
+
+
+def _check_mlm_spec(spec: MlmSpec) -> None:
+    if not 0.0 < spec.ratio <= 1.0:
+        raise SpecError(f"mlm.ratio must be in (0, 1], got {spec.ratio}")
+    if spec.mask_fraction < 0 or spec.random_fraction < 0 or spec.mask_fraction + spec.random_fraction > 1.0:
+        raise SpecError(
+            f"mlm.mask_fraction={spec.mask_fraction} and mlm.random_fraction={spec.random_fraction} must be >= 0 "
+            f"and sum to at most 1 (the rest of the chosen tokens are kept unchanged)"
+        )
+
+
+def mlm_mask(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None,
+    special_ids: Sequence[int],
+    mask_id: int,
+    vocab_size: int,
+    spec: MlmSpec,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's masking, as Hugging Face's DataCollatorForLanguageModeling: returns (masked_ids, labels).
+
+    A position is eligible when it is attended (``attention_mask`` 1; None = all) and its id is not in
+    ``special_ids`` (which should hold [PAD], [CLS], [SEP], [MASK], ...). Each eligible position is chosen
+    with probability ``spec.ratio``; of the chosen, ``mask_fraction`` become ``mask_id``, ``random_fraction``
+    a random token, the rest keep their id. ``labels`` is the original id at chosen positions and
+    IGNORE_INDEX (-100) elsewhere; a row with nothing chosen is allowed (it adds nothing to the loss).
+
+    Random tokens are drawn uniformly from the NON-special ids (Hugging Face draws from the whole vocabulary,
+    so it may insert [CLS] or [PAD]; here a replacement is always an ordinary token).
+
+    Draw order (fixed, part of the reproducibility contract), each over the whole (N, L) batch regardless of
+    eligibility, so the stream does not depend on the content: ``u = rng.random((N, L))`` (chosen where
+    ``u < ratio`` and eligible), ``v = rng.random((N, L))`` (chosen and ``v < mask_fraction`` -> mask_id;
+    chosen and ``mask_fraction <= v < mask_fraction + random_fraction`` -> random), then
+    ``r = rng.integers(0, len(ordinary), (N, L))``, the random token being ``ordinary[r]`` with
+    ``ordinary`` the sorted non-special ids. ``input_ids`` is not modified."""
+    _check_mlm_spec(spec)
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be an (N, L) integer array, got {ids.dtype} {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"input_ids must lie in [0, {vocab_size})")
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError(f"mask_id={mask_id} is not in [0, {vocab_size})")
+    special = np.unique(np.asarray(list(special_ids), dtype=np.int64))
+    ordinary = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), special)
+    if ordinary.size == 0:
+        raise ValueError(f"every one of the {vocab_size} ids is special: no token to draw a replacement from")
+    eligible = ~np.isin(ids, special)
+    if attention_mask is not None:
+        am = np.asarray(attention_mask)
+        if am.shape != ids.shape:
+            raise ValueError(f"attention_mask must have input_ids' shape {ids.shape}, got {am.shape}")
+        eligible &= am.astype(bool)
+    u = rng.random(ids.shape)
+    v = rng.random(ids.shape)
+    r = rng.integers(0, ordinary.size, ids.shape)
+    chosen = eligible & (u < spec.ratio)
+    to_mask = chosen & (v < spec.mask_fraction)
+    to_random = chosen & (v >= spec.mask_fraction) & (v < spec.mask_fraction + spec.random_fraction)
+    masked = ids.copy()
+    masked[to_mask] = mask_id
+    masked[to_random] = ordinary[r[to_random]]
+    labels = np.where(chosen, ids, IGNORE_INDEX).astype(np.int64)
+    return masked, labels

@@ -1,4 +1,4 @@
-"""core.masking, the masked loss reference, the masked spec's checks and the decoder's canonical weights."""
+"""core.masking (image masks, mlm_mask), the masked loss reference, the masked spec's checks, the decoder's weights."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dualkit.core.losses import masked_mse
 from dualkit.core.masking import (
     denormalize,
     grid_shape,
+    mlm_mask,
     normalized_targets,
     num_masked,
     patch_size_for,
@@ -20,7 +21,7 @@ from dualkit.core.masking import (
     upsample_mask,
     visible,
 )
-from dualkit.core.specs import DecoderSpec, ModelSpec, apply_overrides, validate
+from dualkit.core.specs import DecoderSpec, MlmSpec, ModelSpec, apply_overrides, validate
 from dualkit.core.weights import decoder_shapes, encoder_shapes, init_classifier, init_masked, masked_shapes
 from dualkit.tasks.masked_spec import MaskedRunSpec
 
@@ -221,3 +222,85 @@ def test_decoder_shapes_and_the_encoder_init_is_the_classifiers():
     assert not np.array_equal(
         init_masked(model, DecoderSpec(), 3, seed=8)["decoder.up0.weight"], w["decoder.up0.weight"]
     )
+
+
+# --------------------------------------------------------------------------- masked language modelling (mlm_mask)
+
+_PAD, _CLS, _SEP, _MASK = 0, 1, 2, 3
+_SPECIAL = (_PAD, _CLS, _SEP, _MASK)
+
+
+def _mlm_batch(n: int, length: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """[CLS] tokens [SEP] [PAD]... rows of random lengths, with their attention mask."""
+    rng = np.random.default_rng(seed)
+    ids = np.full((n, length), _PAD, dtype=np.int64)
+    mask = np.zeros((n, length), dtype=np.int64)
+    for i, used in enumerate(rng.integers(2, length + 1, n)):
+        ids[i, :used] = np.concatenate([[_CLS], rng.integers(len(_SPECIAL), vocab, used - 2), [_SEP]])
+        mask[i, :used] = 1
+    return ids, mask
+
+
+def test_mlm_mask_follows_its_documented_draws():
+    spec = MlmSpec(ratio=0.3, mask_fraction=0.6, random_fraction=0.25)
+    ids, am = _mlm_batch(6, 12, 40)
+    before = ids.copy()
+    masked, labels = mlm_mask(ids, am, _SPECIAL, _MASK, 40, spec, make_rng(3, "mlm"))
+    np.testing.assert_array_equal(ids, before)  # the input is not modified
+    rng = make_rng(3, "mlm")
+    u, v, r = rng.random(ids.shape), rng.random(ids.shape), rng.integers(0, 40 - 4, ids.shape)
+    chosen = (u < 0.3) & (am == 1) & (ids > _MASK)
+    expect = ids.copy()
+    expect[chosen & (v < 0.6)] = _MASK
+    rand = chosen & (v >= 0.6) & (v < 0.85)
+    expect[rand] = np.arange(4, 40)[r[rand]]
+    np.testing.assert_array_equal(masked, expect)
+    np.testing.assert_array_equal(labels, np.where(chosen, ids, -100))
+    assert labels.dtype == np.int64 and masked.dtype == ids.dtype
+    again = mlm_mask(ids, am, _SPECIAL, _MASK, 40, spec, make_rng(3, "mlm"))
+    np.testing.assert_array_equal(again[0], masked)
+
+
+def test_mlm_mask_rates_and_what_is_never_chosen():
+    vocab = 50
+    ids, am = _mlm_batch(300, 64, vocab, seed=1)
+    masked, labels = mlm_mask(ids, am, _SPECIAL, _MASK, vocab, MlmSpec(), make_rng(0, "mlm"))
+    chosen = labels != -100
+    eligible = (am == 1) & ~np.isin(ids, _SPECIAL)
+    assert not np.any(chosen & ~eligible)  # never [CLS], [SEP] or padding
+    np.testing.assert_array_equal(masked[~chosen], ids[~chosen])
+    np.testing.assert_array_equal(labels[chosen], ids[chosen])
+    k = chosen.sum()
+    assert abs(k / eligible.sum() - 0.15) < 0.01
+    is_mask = masked[chosen] == _MASK
+    changed = (masked[chosen] != ids[chosen]) & ~is_mask
+    assert abs(is_mask.mean() - 0.8) < 0.02
+    # a random replacement equals the original with probability 1 / 46, so slightly fewer than 10% change
+    assert abs(changed.mean() - 0.1 * 45 / 46) < 0.015
+    assert not np.any(np.isin(masked[chosen & (masked != _MASK)], _SPECIAL))  # replacements are ordinary ids
+    # without an attention mask, padding is left alone because [PAD] is special
+    masked2, labels2 = mlm_mask(ids, None, _SPECIAL, _MASK, vocab, MlmSpec(), make_rng(0, "mlm"))
+    np.testing.assert_array_equal(labels2, labels)
+    np.testing.assert_array_equal(masked2, masked)
+
+
+def test_mlm_mask_draws_do_not_depend_on_the_tokens():
+    ids, am = _mlm_batch(4, 16, 30, seed=2)
+    other = np.where(ids > _MASK, (ids - 4 + 7) % 26 + 4, ids)  # same specials, different ordinary tokens
+    a = mlm_mask(ids, am, _SPECIAL, _MASK, 30, MlmSpec(), make_rng(5, "mlm"))[1] != -100
+    b = mlm_mask(other, am, _SPECIAL, _MASK, 30, MlmSpec(), make_rng(5, "mlm"))[1] != -100
+    np.testing.assert_array_equal(a, b)
+    none = mlm_mask(ids[:, :2], am[:, :2], _SPECIAL, _MASK, 30, MlmSpec(), make_rng(5, "mlm"))[1]
+    assert np.all(none == -100)  # rows with nothing to choose from are allowed
+
+
+@pytest.mark.parametrize(
+    "ratio, mask_fraction, random_fraction",
+    [(0.0, 0.8, 0.1), (1.5, 0.8, 0.1), (0.15, 0.95, 0.1), (0.15, -0.1, 0.1)],
+)
+def test_mlm_mask_refuses_bad_fractions(ratio, mask_fraction, random_fraction):
+    ids, am = _mlm_batch(2, 8, 20)
+    with pytest.raises(SpecError, match="mlm"):
+        mlm_mask(ids, am, _SPECIAL, _MASK, 20, MlmSpec(ratio, mask_fraction, random_fraction), make_rng(0, "mlm"))
+    with pytest.raises(ValueError, match="mask_id"):
+        mlm_mask(ids, am, _SPECIAL, 20, 20, MlmSpec(), make_rng(0, "mlm"))
