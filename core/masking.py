@@ -137,12 +137,12 @@ def _check_mlm_spec(spec: MlmSpec) -> None:
 
 def mlm_mask(
     input_ids: np.ndarray,
-    attention_mask: np.ndarray | None,
     special_ids: Sequence[int],
     mask_id: int,
     vocab_size: int,
     spec: MlmSpec,
     rng: np.random.Generator,
+    attention_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """BERT's masking, as Hugging Face's DataCollatorForLanguageModeling: returns (masked_ids, labels).
 

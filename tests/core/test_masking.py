@@ -245,7 +245,7 @@ def test_mlm_mask_follows_its_documented_draws():
     spec = MlmSpec(ratio=0.3, mask_fraction=0.6, random_fraction=0.25)
     ids, am = _mlm_batch(6, 12, 40)
     before = ids.copy()
-    masked, labels = mlm_mask(ids, am, _SPECIAL, _MASK, 40, spec, make_rng(3, "mlm"))
+    masked, labels = mlm_mask(ids, _SPECIAL, _MASK, 40, spec, make_rng(3, "mlm"), attention_mask=am)
     np.testing.assert_array_equal(ids, before)  # the input is not modified
     rng = make_rng(3, "mlm")
     u, v, r = rng.random(ids.shape), rng.random(ids.shape), rng.integers(0, 40 - 4, ids.shape)
@@ -257,14 +257,14 @@ def test_mlm_mask_follows_its_documented_draws():
     np.testing.assert_array_equal(masked, expect)
     np.testing.assert_array_equal(labels, np.where(chosen, ids, -100))
     assert labels.dtype == np.int64 and masked.dtype == ids.dtype
-    again = mlm_mask(ids, am, _SPECIAL, _MASK, 40, spec, make_rng(3, "mlm"))
+    again = mlm_mask(ids, _SPECIAL, _MASK, 40, spec, make_rng(3, "mlm"), attention_mask=am)
     np.testing.assert_array_equal(again[0], masked)
 
 
 def test_mlm_mask_rates_and_what_is_never_chosen():
     vocab = 50
     ids, am = _mlm_batch(300, 64, vocab, seed=1)
-    masked, labels = mlm_mask(ids, am, _SPECIAL, _MASK, vocab, MlmSpec(), make_rng(0, "mlm"))
+    masked, labels = mlm_mask(ids, _SPECIAL, _MASK, vocab, MlmSpec(), make_rng(0, "mlm"), attention_mask=am)
     chosen = labels != -100
     eligible = (am == 1) & ~np.isin(ids, _SPECIAL)
     assert not np.any(chosen & ~eligible)  # never [CLS], [SEP] or padding
@@ -279,7 +279,7 @@ def test_mlm_mask_rates_and_what_is_never_chosen():
     assert abs(changed.mean() - 0.1 * 45 / 46) < 0.015
     assert not np.any(np.isin(masked[chosen & (masked != _MASK)], _SPECIAL))  # replacements are ordinary ids
     # without an attention mask, padding is left alone because [PAD] is special
-    masked2, labels2 = mlm_mask(ids, None, _SPECIAL, _MASK, vocab, MlmSpec(), make_rng(0, "mlm"))
+    masked2, labels2 = mlm_mask(ids, _SPECIAL, _MASK, vocab, MlmSpec(), make_rng(0, "mlm"))
     np.testing.assert_array_equal(labels2, labels)
     np.testing.assert_array_equal(masked2, masked)
 
@@ -287,10 +287,10 @@ def test_mlm_mask_rates_and_what_is_never_chosen():
 def test_mlm_mask_draws_do_not_depend_on_the_tokens():
     ids, am = _mlm_batch(4, 16, 30, seed=2)
     other = np.where(ids > _MASK, (ids - 4 + 7) % 26 + 4, ids)  # same specials, different ordinary tokens
-    a = mlm_mask(ids, am, _SPECIAL, _MASK, 30, MlmSpec(), make_rng(5, "mlm"))[1] != -100
-    b = mlm_mask(other, am, _SPECIAL, _MASK, 30, MlmSpec(), make_rng(5, "mlm"))[1] != -100
+    a = mlm_mask(ids, _SPECIAL, _MASK, 30, MlmSpec(), make_rng(5, "mlm"), attention_mask=am)[1] != -100
+    b = mlm_mask(other, _SPECIAL, _MASK, 30, MlmSpec(), make_rng(5, "mlm"), attention_mask=am)[1] != -100
     np.testing.assert_array_equal(a, b)
-    none = mlm_mask(ids[:, :2], am[:, :2], _SPECIAL, _MASK, 30, MlmSpec(), make_rng(5, "mlm"))[1]
+    none = mlm_mask(ids[:, :2], _SPECIAL, _MASK, 30, MlmSpec(), make_rng(5, "mlm"), attention_mask=am[:, :2])[1]
     assert np.all(none == -100)  # rows with nothing to choose from are allowed
 
 
@@ -301,6 +301,14 @@ def test_mlm_mask_draws_do_not_depend_on_the_tokens():
 def test_mlm_mask_refuses_bad_fractions(ratio, mask_fraction, random_fraction):
     ids, am = _mlm_batch(2, 8, 20)
     with pytest.raises(SpecError, match="mlm"):
-        mlm_mask(ids, am, _SPECIAL, _MASK, 20, MlmSpec(ratio, mask_fraction, random_fraction), make_rng(0, "mlm"))
+        mlm_mask(
+            ids,
+            _SPECIAL,
+            _MASK,
+            20,
+            MlmSpec(ratio, mask_fraction, random_fraction),
+            make_rng(0, "mlm"),
+            attention_mask=am,
+        )
     with pytest.raises(ValueError, match="mask_id"):
-        mlm_mask(ids, am, _SPECIAL, 20, 20, MlmSpec(), make_rng(0, "mlm"))
+        mlm_mask(ids, _SPECIAL, 20, 20, MlmSpec(), make_rng(0, "mlm"), attention_mask=am)
