@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dualkit.core.transformer import IGNORE_INDEX
+
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Log-softmax over the last axis, in the input's float dtype (integers become float64)."""
@@ -123,3 +125,24 @@ def masked_mse(
         raise ValueError("the mask hides no patch: the masked loss is undefined")
     per_patch = ((patchify(p, patch_size) - target) ** 2).mean(axis=-1)
     return float((per_patch * m).sum() / m.sum())
+
+
+def masked_cross_entropy(logits: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> float:
+    """Mean softmax cross-entropy over the positions whose label is not ``ignore_index`` (token tasks).
+
+    ``logits`` is (..., C) and ``labels`` (...) of the same leading shape. The denominator is the number of
+    labelled positions; with none (e.g. an MLM batch where nothing was chosen) the loss is 0.0, which both
+    backends return too (PyTorch's mean reduction would give 0/0 = NaN). Computed in float64."""
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    if x.ndim < 1 or y.shape != x.shape[:-1]:
+        raise ValueError(f"logits must be (..., C) and labels their leading shape, got {x.shape} and {y.shape}")
+    x = x.reshape(-1, x.shape[-1])
+    y = y.reshape(-1)
+    keep = y != ignore_index
+    if not keep.any():
+        return 0.0
+    y = y[keep]
+    if y.min() < 0 or y.max() >= x.shape[1]:
+        raise ValueError(f"labels must lie in [0, {x.shape[1]}) or equal ignore_index={ignore_index}")
+    return float(-log_softmax(x[keep])[np.arange(y.size), y].mean())

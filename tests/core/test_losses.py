@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dualkit.core.losses import log_softmax, softmax_cross_entropy
+from dualkit.core.losses import log_softmax, masked_cross_entropy, softmax_cross_entropy
 
 
 def test_log_softmax_hand_values():
@@ -65,3 +65,29 @@ def test_cross_entropy_matches_torch(ls):
     np.testing.assert_allclose(
         log_softmax(logits), torch.log_softmax(torch.from_numpy(logits), dim=1).numpy(), rtol=1e-12
     )
+
+
+def test_masked_cross_entropy_averages_over_labelled_positions_only():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 3, 5))
+    labels = np.array([[4, -100, 0], [-100, -100, 2]])
+    keep = labels != -100
+    expect = np.mean([-log_softmax(logits[i, j])[labels[i, j]] for i, j in zip(*np.nonzero(keep))])
+    assert masked_cross_entropy(logits, labels) == pytest.approx(expect, rel=1e-14)
+    assert masked_cross_entropy(logits, np.full((2, 3), -100)) == 0.0  # nothing labelled: 0, not NaN
+    assert masked_cross_entropy(logits, np.where(keep, labels, 7), ignore_index=7) == pytest.approx(expect, rel=1e-14)
+    with pytest.raises(ValueError):
+        masked_cross_entropy(logits, np.array([[5, 0, 0], [0, 0, 0]]))  # 5 is out of range for 5 classes
+    with pytest.raises(ValueError):
+        masked_cross_entropy(logits, labels[:, :2])
+
+
+def test_masked_cross_entropy_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    logits = rng.normal(scale=3.0, size=(4, 9, 11))
+    labels = np.where(rng.random((4, 9)) < 0.3, rng.integers(0, 11, (4, 9)), -100)
+    ref = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits).reshape(-1, 11), torch.from_numpy(labels).reshape(-1), ignore_index=-100
+    ).item()
+    assert masked_cross_entropy(logits, labels) == pytest.approx(ref, rel=1e-12)
