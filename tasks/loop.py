@@ -344,8 +344,8 @@ class EpochResume:
     req: runstate.ResumeRequest
     backend: ModuleType
     device: str
-    data: Dataset
-    normalizer: Normalizer
+    data: Any  # a core.datasets.Dataset, or a task's own training data
+    normalizer: Normalizer | None  # image tasks
     steps_per_epoch: int
     total_steps: int
 
@@ -390,23 +390,35 @@ def open_epoch_resume(
     resumable: tuple[str, ...],
     backend_name: str | None,
     device: str,
-    shapes: Callable[[Any, tuple[int, int, int]], dict[str, tuple[int, ...]]],
+    shapes: Callable[[Any, Any], dict[str, tuple[int, ...]]],
     streams: tuple[str, ...] = ("batches",),
+    load_data: Callable[[Any, Path, dict[str, Any]], tuple[Any, Any]] | None = None,
 ) -> EpochResume:
     """Open ``run_dir`` (a ``task`` run; its model a ``model_kind``, ``what`` in messages) for resuming in
     ``backend_name`` (default: the checkpoint's) with ``overrides`` of the ``resumable`` spec fields.
 
     Checks, before anything is written: the checkpoint's metadata, the training data (by content), that the
     spec's length (train.epochs, and max_steps where the task has it) still covers the checkpoint and that the
-    run is not complete, that the weights fit ``shapes(spec, image_shape)`` and the optimizer state the spec's
-    optimizer, and that the run state is consistent with the data."""
+    run is not complete, that the weights fit ``shapes(spec, key)`` and the optimizer state the spec's
+    optimizer, and that the run state is consistent with the data.
+
+    ``load_data(spec, run_dir, meta) -> (data, key)`` loads a task's own training data (x_train, y_train) and the
+    key its shapes depend on; None: the spec's image dataset (key: the image shape) and the checkpoint's
+    normalizer."""
     req = runstate.open_for_resume(run_dir, task, model_kind, what, overrides, resumable)
     run_dir, spec, ckpt, st = req.run_dir, req.spec, req.ckpt, req.ckpt.state
-    if "normalizer" not in ckpt.meta:
-        raise CheckpointError(f"{ckpt.path} has no normalizer in its metadata; the file is damaged")
+    normalizer = None
+    if load_data is None:
+        if "normalizer" not in ckpt.meta:
+            raise CheckpointError(f"{ckpt.path} has no normalizer in its metadata; the file is damaged")
+        normalizer = Normalizer.from_dict(ckpt.meta["normalizer"])
     backend = registry.get_backend(backend_name or ckpt.backend, device)
     device = registry.resolve_device(backend, device)
-    data = load_dataset(spec.data)
+    if load_data is None:
+        data = load_dataset(spec.data)
+        key = data.image_shape
+    else:
+        data, key = load_data(spec, run_dir, ckpt.meta)
     if data_fingerprint(data) != ckpt.meta.get("data_fingerprint"):
         raise DataError(
             f"the training data loaded for {spec.data.name!r} (data.root={spec.data.root!r}) differ from those the "
@@ -429,7 +441,7 @@ def open_epoch_resume(
             f"{-(-total_steps // steps_per_epoch)} epochs); to train it longer, resume with {more} "
             f"(more than {st.step} steps)"
         )
-    expected = shapes(spec, data.image_shape)
+    expected = shapes(spec, key)
     checkpoint.check_fits(ckpt.weights, expected, f"the {what} run's model")
     runstate.check_optimizer_state(ckpt, spec.optim, [n for n in expected if not is_buffer(n)])
     if (
@@ -442,9 +454,7 @@ def open_epoch_resume(
             f"{ckpt.path}: run state (step {st.step}, epoch {st.epoch}, batch {st.batch}) is inconsistent"
         )
     backend.seed(spec.seed)
-    return EpochResume(
-        req, backend, device, data, Normalizer.from_dict(ckpt.meta["normalizer"]), steps_per_epoch, total_steps
-    )
+    return EpochResume(req, backend, device, data, normalizer, steps_per_epoch, total_steps)
 
 
 @dataclass
