@@ -21,6 +21,8 @@ from dualkit.tasks.base import EvalOptions
 from dualkit.tasks.export import FORMATS as EXPORT_FORMATS
 from dualkit.tasks.parity import BACKENDS, plot_gaps
 
+HF = "hf"  # `dualkit port --to hf`: a Hugging Face folder (transformer runs)
+
 PLOT_FILE = "parity-gaps.png"  # `dualkit parity --plot DIR`
 
 
@@ -144,9 +146,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_port(args: argparse.Namespace) -> int:
     task = task_registry.for_run(Path(args.run))
-    to = registry.resolve_name(args.to)
+    to = args.to if args.to == HF else registry.resolve_name(args.to)
+    if to not in task.native_suffix:
+        raise DualkitError(
+            f"{args.run} is a {task.name!r} run; --to {to} is for the transformer tasks' runs; use --to torch or tf"
+        )
     suffix = task.native_suffix[to]
-    out = Path(args.out) if args.out else Path(args.run) / f"model{suffix}"
+    out = Path(args.out) if args.out else Path(args.run) / (HF if to == HF else f"model{suffix}")
     if out.exists() and not args.overwrite:
         raise DualkitError(f"{out} already exists; choose another --out or pass --overwrite")
     rep = task.port(Path(args.run), to, out, args.device)
@@ -263,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-from",
         metavar="RUN",
-        help="start the classifier's encoder from a pretraining run (its encoder.safetensors; the head starts fresh)",
+        help="start the encoder from a pretraining run (classifier: a masked run's encoder.safetensors; tagger: an mlm "
+        "run or a Hugging Face BERT folder, with its vocabulary); the head starts fresh",
     )
     p.add_argument(
         "--resume",
@@ -273,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("pretrain", help="masked image pretraining of the CNN encoder (then linear probe and fine-tune)")
+    p = sub.add_parser(
+        "pretrain",
+        help="pretraining: masked image modelling of the CNN encoder, or BERT's masked language model (then "
+        "evaluated downstream)",
+    )
     _spec_args(p)
     _backend_args(p)
     p.add_argument("--out", help="run folder (default: runs/<preset>-<backend>-<time>)")
@@ -297,8 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("port", help="write a run's model as the other framework's native artifact, with a parity check")
     p.add_argument("run", help="a run folder written by `dualkit train`")
-    p.add_argument("--to", required=True, help="target backend: torch (.pt) or tf (.keras)")
-    p.add_argument("--out", help="artifact path (default: RUN/model.pt or RUN/model.keras)")
+    p.add_argument(
+        "--to",
+        required=True,
+        help="target backend: torch (.pt) or tf (.keras); hf: a Hugging Face folder (transformer runs)",
+    )
+    p.add_argument("--out", help="artifact path (default: RUN/model.pt, RUN/model.keras or RUN/hf)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default="cpu", choices=registry.DEVICES)
     p.set_defaults(fn=cmd_port)
