@@ -141,7 +141,8 @@ def write_hf_folder(
     writes vocab.txt and/or tokenizer.json there (``WordPiece.save``), beside which this writes
     tokenizer_config.json and special_tokens_map.json. A new or empty ``out`` appears whole or not at all
     (built in a temp sibling, then renamed). A non-empty ``out`` is refused unless ``overwrite``, which then
-    replaces only EXPORT_FILES (each file atomically) and keeps everything else the user has there."""
+    replaces the files written (each atomically), removes an older export's EXPORT_FILES not written this time,
+    and keeps everything else the user has there."""
     out = Path(out)
     config = hf_config(model, vocab_size, head, labels)
     expected = bert_shapes(model, vocab_size, head, len(labels or ()))
@@ -163,10 +164,11 @@ def write_hf_folder(
         if not existing:
             os.replace(tmp, out)  # rename(2) replaces a missing or empty folder in one step
             return out
-        for name in EXPORT_FILES:  # overwrite: one file at a time; the user's other files stay
-            if (tmp / name).exists():
-                os.replace(tmp / name, out / name)
-            elif (out / name).is_file():
+        written = sorted(p.name for p in tmp.iterdir())
+        for name in written:  # overwrite: one file at a time; the user's other files stay
+            os.replace(tmp / name, out / name)
+        for name in set(EXPORT_FILES) - set(written):
+            if (out / name).is_file():
                 (out / name).unlink()  # e.g. an old export's tokenizer that no longer belongs to these weights
         return out
     finally:

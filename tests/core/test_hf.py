@@ -302,13 +302,19 @@ def test_non_empty_folder_is_refused_without_overwrite_and_kept_with_it(saved, t
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "config.json").write_text("{}")
+    (out / "vocab.txt").write_text("[PAD]\n")  # an older export's tokenizer
     with pytest.raises(RunError) as exc:
         hf.write_hf_folder(out, m.weights, m.model, m.vocab_size, "tag", m.labels)
     assert "--overwrite" in _one_line(exc)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt", "vocab.txt"]
     assert (out / "config.json").read_text() == "{}"
     hf.write_hf_folder(out, m.weights, m.model, m.vocab_size, "tag", m.labels, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"  # the user's own file stays
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "notes.txt",
+    ]  # stale vocab gone
     assert hf.read_hf_folder(out).labels == LABELS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
