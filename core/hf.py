@@ -28,24 +28,22 @@ from dualkit.core import checkpoint
 from dualkit.core.errors import CheckpointError, RunError, SpecError
 from dualkit.core.runs import atomic_write_bytes, write_json
 from dualkit.core.specs import TransformerSpec
+from dualkit.core.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
+from dualkit.core.tokenizer import SPECIAL_TOKENS, TOKENIZER_FILE, VOCAB_FILE
 from dualkit.core.transformer import DECODER, WORD_EMBEDDINGS, bert_shapes, check_model, encoder_shapes, head_shapes
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"  # a sharded checkpoint's name -> shard map
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+TOKENIZER_FILES = (VOCAB_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG, SPECIAL_TOKENS_FILE)
 # what write_hf_folder writes; with overwrite=True it replaces these and leaves every other file alone
 EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES)
 # files Hugging Face may hold instead of safetensors, which dualkit will not open (pickles / other frameworks)
 _FOREIGN_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 ARCHITECTURES = {"mlm": "BertForMaskedLM", "tag": "BertForTokenClassification"}
-SPECIAL_TOKENS = {  # dualkit's WordPiece specials, as BertTokenizer names them
-    "pad_token": "[PAD]",
-    "unk_token": "[UNK]",
-    "cls_token": "[CLS]",
-    "sep_token": "[SEP]",
-    "mask_token": "[MASK]",
-}
+# dualkit's WordPiece specials under the names BertTokenizer gives them
+_SPECIAL_NAMES = dict(zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS))
 DECODER_BIAS = "cls.predictions.decoder.bias"  # Hugging Face's copy of cls.predictions.bias (tied or not)
 MLM_BIAS = "cls.predictions.bias"
 
@@ -138,8 +136,8 @@ def write_hf_folder(
     ``AutoTokenizer.from_pretrained`` load offline, with no missing or unexpected weights.
 
     ``weights`` are canonical (core/transformer.py bert_shapes for ``head``); ``tokenizer_folder_writer(folder)``
-    writes vocab.txt and/or tokenizer.json there (``WordPiece.save``), beside which this writes
-    tokenizer_config.json and special_tokens_map.json. A new or empty ``out`` appears whole or not at all
+    writes vocab.txt and/or tokenizer.json there (``WordPiece(...).save``), beside which this completes
+    tokenizer_config.json and adds special_tokens_map.json. A new or empty ``out`` appears whole or not at all
     (built in a temp sibling, then renamed). A non-empty ``out`` is refused unless ``overwrite``, which then
     replaces the files written (each atomically), removes an older export's EXPORT_FILES not written this time,
     and keeps everything else the user has there."""
@@ -160,7 +158,7 @@ def write_hf_folder(
         write_json(tmp / CONFIG_FILE, config)
         if tokenizer_folder_writer is not None:
             tokenizer_folder_writer(tmp)
-            _write_tokenizer_config(tmp, model, vocab_size)
+            _complete_tokenizer_config(tmp, model, vocab_size)
         if not existing:
             os.replace(tmp, out)  # rename(2) replaces a missing or empty folder in one step
             return out
@@ -195,32 +193,27 @@ def _safetensors_bytes(
     return st_save(tensors, metadata={"format": "pt"})
 
 
-def _write_tokenizer_config(folder: Path, model: TransformerSpec, vocab_size: int) -> None:
-    """tokenizer_config.json (BertTokenizer, do_lower_case, model_max_length) and special_tokens_map.json beside
-    the vocabulary the writer put there; lowercase is read from its tokenizer.json (BERT's default True without)."""
-    if not (folder / "vocab.txt").is_file() and not (folder / "tokenizer.json").is_file():
-        raise ValueError("tokenizer_folder_writer wrote neither vocab.txt nor tokenizer.json")
-    lowercase = True
-    if (folder / "tokenizer.json").is_file():
-        tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-        size = len((tok.get("model") or {}).get("vocab") or {})
-        lowercase = bool((tok.get("normalizer") or {}).get("lowercase", True))
+def _complete_tokenizer_config(folder: Path, model: TransformerSpec, vocab_size: int) -> None:
+    """Beside the vocabulary the writer put in ``folder`` (WordPiece.save: vocab.txt, tokenizer.json and a
+    tokenizer_config.json), make tokenizer_config.json complete for AutoTokenizer (its class, do_lower_case,
+    the specials, model_max_length = max_positions) and add special_tokens_map.json (read by older transformers)."""
+    vocab_txt, tok_json = folder / VOCAB_FILE, folder / TOKENIZER_FILE
+    if not vocab_txt.is_file() and not tok_json.is_file():
+        raise ValueError(f"tokenizer_folder_writer wrote neither {VOCAB_FILE} nor {TOKENIZER_FILE}")
+    tok = json.loads(tok_json.read_text(encoding="utf-8")) if tok_json.is_file() else {}
+    if vocab_txt.is_file():
+        size = len(vocab_txt.read_text(encoding="utf-8").splitlines())
     else:
-        size = len((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())
+        size = len((tok.get("model") or {}).get("vocab") or {})
     if size != vocab_size:
         raise ValueError(f"the tokenizer written has {size} tokens but the model's vocab_size is {vocab_size}")
-    write_json(
-        folder / "tokenizer_config.json",
-        {
-            "tokenizer_class": "BertTokenizer",
-            "do_lower_case": lowercase,
-            "strip_accents": None,  # None: strip accents exactly when lowercasing (BERT uncased; dualkit's WordPiece)
-            "tokenize_chinese_chars": True,
-            "model_max_length": model.max_positions,
-            **SPECIAL_TOKENS,
-        },
-    )
-    write_json(folder / "special_tokens_map.json", SPECIAL_TOKENS)
+    written = folder / TOKENIZER_CONFIG
+    config = json.loads(written.read_text(encoding="utf-8")) if written.is_file() else {}
+    lowercase = config.get("do_lower_case", (tok.get("normalizer") or {}).get("lowercase", True))  # BERT's default
+    config = {"tokenizer_class": "BertTokenizer", **_SPECIAL_NAMES, **config, "do_lower_case": bool(lowercase)}
+    config["model_max_length"] = model.max_positions
+    write_json(written, config)
+    write_json(folder / SPECIAL_TOKENS_FILE, _SPECIAL_NAMES)
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
@@ -280,7 +273,7 @@ def read_hf_folder(path: Path) -> HFModel:
             dropped[name] = "not part of a BERT encoder or a head dualkit has"
             del weights[name]
     _check_shapes(weights, expected, where, config_path)
-    tokenizer = path if any((path / n).is_file() for n in ("vocab.txt", "tokenizer.json")) else None
+    tokenizer = path if any((path / n).is_file() for n in (VOCAB_FILE, TOKENIZER_FILE)) else None
     return HFModel(path, weights, model, vocab_size, labels, heads, tokenizer, dropped, config)
 
 

@@ -23,6 +23,7 @@ from safetensors.numpy import save_file  # noqa: E402
 
 from dualkit.core import hf  # noqa: E402
 from dualkit.core.errors import CheckpointError, RunError, SpecError  # noqa: E402
+from dualkit.core.tokenizer import WordPiece  # noqa: E402
 from dualkit.core.transformer import DECODER, bert_encoder, mlm_logits, tag_logits  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz.,'") + [
@@ -80,14 +81,7 @@ def _batch():
 
 
 def _write_tokenizer(lowercase: bool = True):
-    """Stands in for WordPiece.save: vocab.txt and a BERT WordPiece tokenizer.json."""
-
-    def write(folder: Path) -> None:
-        (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-        vocab = {t: i for i, t in enumerate(VOCAB)}
-        tokenizers.BertWordPieceTokenizer(vocab, lowercase=lowercase).save(str(folder / "tokenizer.json"))
-
-    return write
+    return WordPiece(VOCAB, lowercase).save
 
 
 @contextlib.contextmanager
@@ -189,14 +183,21 @@ def test_tokenizer_files_load_offline_and_encode_as_the_original(saved, tmp_path
     _, folder = saved["mlm-tied"]
     m = hf.read_hf_folder(folder)
     out = hf.write_hf_folder(tmp_path / "x", m.weights, m.model, m.vocab_size, "mlm", None, _write_tokenizer(lowercase))
+    ours = WordPiece(VOCAB, lowercase)
     reference = tokenizers.BertWordPieceTokenizer({t: i for i, t in enumerate(VOCAB)}, lowercase=lowercase)
+    want = [ours.cls_id, *ours.encode(SENTENCE), ours.sep_id]
+    assert reference.encode(SENTENCE).ids == want
     for cls in (transformers.AutoTokenizer, transformers.BertTokenizerFast):
-        tok = cls.from_pretrained(out)
-        assert tok(SENTENCE)["input_ids"] == reference.encode(SENTENCE).ids
+        with hf_warnings() as logged:
+            tok = cls.from_pretrained(out)
+        assert [r.getMessage() for r in logged] == []
+        assert tok(SENTENCE)["input_ids"] == want
         assert tok.model_max_length == m.model.max_positions
-        assert (tok.pad_token_id, tok.mask_token_id, tok.cls_token_id) == (0, 4, 2)
+        assert (tok.pad_token_id, tok.mask_token_id, tok.cls_token_id) == (ours.pad_id, ours.mask_id, ours.cls_id)
     assert json.loads((out / "tokenizer_config.json").read_text())["do_lower_case"] is lowercase
-    assert hf.read_hf_folder(out).tokenizer_path == out
+    back = hf.read_hf_folder(out)
+    assert back.tokenizer_path == out
+    assert WordPiece.load(back.tokenizer_path).fingerprint() == ours.fingerprint()
 
 
 def test_bare_bert_model_gets_the_prefix_and_loses_the_pooler(tmp_path):
