@@ -235,7 +235,11 @@ def read_hf_folder(path: Path) -> HFModel:
     config = _read_config(config_path)
     raw, where = _read_weights(path)
     weights, dropped = _canonical_names(raw)
-    vocab_size = int(config.get("vocab_size", 0))
+    vocab_size = config.get("vocab_size", 30522)  # BertConfig's default
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise CheckpointError(
+            f"{config_path}: vocab_size is {vocab_size!r}, not a positive whole number; the config is damaged"
+        )
     tie = bool(config.get("tie_word_embeddings", True))
 
     if DECODER_BIAS in weights:  # the bias Hugging Face computes with (see _safetensors_bytes)
@@ -284,7 +288,7 @@ def _read_config(config_path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{config_path} is not JSON ({exc}); the folder is damaged") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path} is not a JSON object; the folder is damaged")
-    refusals = (  # (field, the value dualkit's BERT computes, what dualkit computes instead)
+    refusals = (  # (field, the only value dualkit's BERT computes, why)
         ("model_type", "bert", "dualkit reads Hugging Face BERT folders only"),
         ("hidden_act", "gelu", "dualkit's BERT uses the exact erf GELU"),
         ("position_embedding_type", "absolute", "dualkit's BERT has learned absolute position embeddings only"),
