@@ -6,7 +6,8 @@ Conventions every consumer relies on:
 
 - A tagged sentence is ``(words, tags)``, two equal-length lists of strings.
 - ``TokenData`` rows are ``[CLS] ... [SEP]`` then ``pad_id`` up to ``max_length``; ``attention_mask`` is 1 on
-  real tokens (specials included) and 0 on padding, so it always equals ``input_ids != pad_id``.
+  real tokens (specials included) and 0 on padding, so it always equals ``input_ids != pad_id`` (a ``[PAD]``
+  written in the text, which WordPiece keeps whole, is encoded as ``[UNK]``).
 - ``labels`` is -100 wherever nothing is scored: for tagging, only the FIRST subword of each word carries its
   label id (later subwords, [CLS], [SEP], padding: -100); for MLM, -100 everywhere (masks are drawn per step).
 - A batch is ``(x, y)`` = ``(input_ids, labels)``, both (B, L) int64; the attention mask is ``x != pad_id``.
@@ -458,6 +459,13 @@ def _pack(rows: list[list[int]], max_length: int, pad_id: int) -> tuple[np.ndarr
     return ids, mask
 
 
+def _no_pad(ids: Sequence[int], tokenizer: Any) -> list[int]:
+    """``ids`` with a literal [PAD] of the text (WordPiece keeps written special tokens whole) as [UNK]: padding
+    is only ever what :func:`_pack` adds, so ``input_ids != pad_id`` is the attention mask."""
+    pad, unk = tokenizer.pad_id, tokenizer.unk_id
+    return [unk if i == pad else i for i in ids]
+
+
 def _chunks(pieces: list[list[int]], tags: Sequence[str], budget: int) -> list[tuple[int, int]]:
     """Consecutive word ranges whose subwords fit in ``budget``: greedy, but a cut before an ``I-`` word
     moves back to the nearest earlier word that does not continue an entity, when there is one."""
@@ -498,7 +506,7 @@ def encode_tagged(sentences: Sequence[Sentence], tokenizer: Any, labels: Sequenc
             raise DataError(f"sentence {s} has {len(words)} words but {len(tags)} tags")
         pieces = []
         for word in words:
-            ids = list(tokenizer.encode_word(word)) or [tokenizer.unk_id]
+            ids = _no_pad(tokenizer.encode_word(word), tokenizer) or [tokenizer.unk_id]
             if len(ids) > budget:
                 stats["cut_words"] += 1
                 stats["cut_subwords"] += len(ids) - budget
@@ -545,7 +553,7 @@ def encode_documents(docs: Sequence[str], tokenizer: Any, max_length: int) -> To
     stream: list[int] = []
     starts: list[int] = []  # per token of the stream: its document
     for d, doc in enumerate(docs):
-        ids = list(tokenizer.encode(doc))
+        ids = _no_pad(tokenizer.encode(doc), tokenizer)
         if not ids:
             continue
         if stream:

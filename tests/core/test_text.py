@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dualkit.core.batches import make_rng
+from dualkit.core.corpora import stdlib_documents
 from dualkit.core.errors import DataError, SpecError
 from dualkit.core.specs import TextDataSpec
 from dualkit.core.text import (
@@ -27,39 +28,7 @@ from dualkit.core.text import (
     split_indices,
     text_batches,
 )
-
-
-class StubWordPiece:
-    """A tiny stand-in with WordPiece's interface (core/tokenizer.py): greedy longest-match subwords."""
-
-    def __init__(self, vocab: list[str]):
-        self.vocab = list(vocab)
-        self.token_to_id = {t: i for i, t in enumerate(self.vocab)}
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = range(5)
-        self.special_ids = frozenset(range(5))
-
-    def pre_tokenize(self, text: str) -> list[str]:
-        return re.findall(r"\w+|[^\w\s]", text.lower())
-
-    def _wordpiece(self, word: str) -> list[int]:
-        ids, start = [], 0
-        while start < len(word):
-            for end in range(len(word), start, -1):
-                piece = word[start:end] if start == 0 else "##" + word[start:end]
-                if piece in self.token_to_id:
-                    ids.append(self.token_to_id[piece])
-                    start = end
-                    break
-            else:
-                return [self.unk_id]
-        return ids
-
-    def encode_word(self, word: str) -> list[int]:
-        return [i for w in self.pre_tokenize(word) for i in self._wordpiece(w)]
-
-    def encode(self, text: str) -> list[int]:
-        return [i for w in self.pre_tokenize(text) for i in self._wordpiece(w)]
-
+from dualkit.core.tokenizer import WordPiece
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "cat", "sat", "new", "york", "is", "big", "un", "##believ", "##able", "a", "##b", "##c", "."]
@@ -69,7 +38,7 @@ ID = {t: i for i, t in enumerate(VOCAB)}
 
 @pytest.fixture
 def tok():
-    return StubWordPiece(VOCAB)
+    return WordPiece(VOCAB)
 
 
 def write(path, text: str, encoding: str = "utf-8"):
@@ -467,3 +436,41 @@ def test_eval_text_batches_in_order():
     assert list(eval_text_batches(0, 3)) == []
     with pytest.raises(ValueError, match="batch_size"):
         list(eval_text_batches(4, 0))
+
+
+# --------------------------------------------------------------------------- the shipped corpora, end to end
+
+
+def test_pyroles_encoded_with_a_built_vocabulary_keep_every_word_label():
+    corpus = load_tag_corpus(TextDataSpec(name="pyroles", limit_words=3000))
+    tok = WordPiece.build([" ".join(w) for w, _ in corpus.train], 400, 2, True)
+    labels = label_list(corpus.train + corpus.val + corpus.test)
+    data = encode_tagged(corpus.train, tok, labels, max_length=16)  # short rows: long lines are split
+    assert data.stats["split_sentences"] > 0
+    got: dict[tuple[int, int], str] = {}
+    for r, c in zip(*np.nonzero(data.labels != IGNORE), strict=True):
+        key = (int(data.source_ids[r]), int(data.word_ids[r, c]))
+        assert key not in got  # each word scored once
+        got[key] = labels[data.labels[r, c]]
+    want = {(s, w): tag for s, (_, tags) in enumerate(corpus.train) for w, tag in enumerate(tags)}
+    assert got == want
+    assert np.array_equal(data.attention_mask, (data.input_ids != tok.pad_id).astype(np.int64))
+
+
+def test_stdlib_blocks_hold_the_concatenated_stream():
+    docs = stdlib_documents(3000)
+    tok = WordPiece.build(docs, 500, 2, True)
+    data = encode_documents(docs, tok, max_length=32)
+    inner = data.input_ids[:, 1:][data.attention_mask[:, 1:] == 1]  # drop [CLS]; real tokens incl. [SEP]
+    stream = []
+    for d in docs:
+        stream += ([tok.sep_id] if stream else []) + tok.encode(d)
+    rows_sep = np.cumsum(data.attention_mask.sum(1) - 1) - 1  # where each row's closing [SEP] is in `inner`
+    assert np.array_equal(np.delete(inner, rows_sep), np.array(stream))
+    assert (data.input_ids[:, 0] == tok.cls_id).all() and len(data) == -(-len(stream) // 30)
+
+
+def test_literal_special_tokens_in_text_are_not_padding(tok):
+    data = encode_documents(["the [PAD] cat [MASK]"], tok, 8)
+    assert data.input_ids[0, :6].tolist() == [2, ID["the"], tok.unk_id, ID["cat"], tok.mask_id, 3]
+    assert np.array_equal(data.attention_mask, (data.input_ids != tok.pad_id).astype(np.int64))
