@@ -17,7 +17,8 @@ Encoding is BERT's, as Hugging Face ``tokenizers`` does it (``BertNormalizer`` +
 The character classes (control, whitespace, punctuation, nonspacing mark) and the CJK ranges are fixed
 tables, copied from what ``tokenizers`` does (its Unicode tables are older than Python's and its CJK ranges
 skip U+2B820..U+2B91F), so encoding does not change with the Python version. NFD and lowercasing use
-Python's ``unicodedata``: characters newer than Python's Unicode database may differ.
+Python's ``unicodedata``: characters newer than Python's Unicode database may differ, and tokenizers 0.23
+leaves U+11938 undecomposed.
 
 Vocabulary building (``build_vocab``), the exact rule, which makes it a function of the multiset of words
 (the same text in any order of documents gives the same list):
