@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from dualkit.backends.tf.runtime import framework_device, to_tensor
+from dualkit.core.transformer import IGNORE_INDEX
 
 
 def softmax_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
@@ -73,6 +74,17 @@ def masked_mse(
     per_patch = tf.reduce_mean(tf.square(patches(pred) - target), axis=-1)
     m = tf.reshape(tf.cast(mask, pred.dtype), tf.shape(per_patch))
     return tf.reduce_sum(per_patch * m) / tf.reduce_sum(m)
+
+
+def masked_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, ignore_index: int = IGNORE_INDEX) -> tf.Tensor:
+    """Mean cross-entropy over the positions whose label is not ``ignore_index``; logits (..., C), labels (...).
+    With no labelled position it is 0 with zero gradients (a plain mean would be 0/0 = NaN)."""
+    y = tf.reshape(labels, [-1])
+    keep = tf.not_equal(y, ignore_index)
+    logp = tf.nn.log_softmax(tf.reshape(logits, [-1, tf.shape(logits)[-1]]))
+    nll = -tf.gather(logp, tf.where(keep, y, tf.zeros_like(y)), batch_dims=1)  # ignored rows gather class 0 ...
+    total = tf.reduce_sum(tf.where(keep, nll, tf.zeros_like(nll)))  # ... and are dropped here, gradient too
+    return total / tf.maximum(tf.reduce_sum(tf.cast(keep, logits.dtype)), tf.constant(1.0, logits.dtype))
 
 
 def numpy_loss(name: str, *arrays: np.ndarray, device: str = "cpu", **kwargs) -> float:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dualkit.backends.torch.runtime import framework_device, to_tensor
+from dualkit.core.transformer import IGNORE_INDEX
 
 
 def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -73,6 +74,14 @@ def masked_mse(
     per_patch = ((patches(pred) - target) ** 2).mean(dim=-1)
     m = mask.reshape(n, -1).to(pred.dtype)
     return (per_patch * m).sum() / m.sum()
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean cross-entropy over the positions whose label is not ``ignore_index``; logits (..., C), labels (...).
+    With no labelled position it is 0 with zero gradients (a plain mean would be 0/0 = NaN)."""
+    y = labels.reshape(-1)
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y, ignore_index=ignore_index, reduction="sum")
+    return total / (y != ignore_index).sum().clamp(min=1).to(logits.dtype)
 
 
 def numpy_loss(name: str, *arrays: np.ndarray, device: str = "cpu", **kwargs) -> float:
