@@ -115,6 +115,21 @@ class Task:
         at least this many L4 training steps (DQN: updates) instead of the task's own."""
         raise NotImplementedError
 
+    # -- golden files (tasks/golden.py, tasks/golden_files.py) ---------------------------------------------
+    golden_levels: tuple[str, ...] = ()  # levels with a golden form: ``dualkit parity --record/--against``
+
+    def golden_cases(self, spec: Any, levels: list[str], dtype: str, l4_steps: int | None = None) -> list[Any]:
+        """The parity levels of ``levels`` (a subset of :attr:`golden_levels`) in ``dtype`` as golden cases: each
+        level's computation for one backend from inputs built once, recorded on CPU by both backends and checked
+        later in one backend on any device. Building the list reads no data: only a case's ``inputs()`` does."""
+        raise DualkitError(f"{self.name!r} tasks have no golden-file parity")
+
+    def step_throughput(self, spec: Any, backend: str, device: str, seconds: float) -> list[dict[str, Any]]:
+        """Training-step throughput of the preset's model on ``device``, on synthetic inputs of its shape (no data or
+        environment needed): rows of ``{"what", "value", "unit", "detail"}``, timed for about ``seconds`` each after
+        a warm-up. Empty where the task measures none."""
+        return []
+
     def bench_parity(self, spec: Any, device: str) -> list[Any]:
         """The benchmark's parity: every level below L5 and the port, both dtypes, sized for the bench."""
         raise NotImplementedError

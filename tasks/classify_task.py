@@ -11,7 +11,7 @@ import numpy as np
 
 from dualkit.core.datasets import load_dataset
 from dualkit.core.report import markdown_table
-from dualkit.tasks import classify, export, parity
+from dualkit.tasks import classify, classify_golden, export, parity
 from dualkit.tasks.base import EvalOptions, ExportReport, PortReport, Task, run_summary
 from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.tasks.parity import Check
@@ -153,6 +153,11 @@ class ClassifyTask(Task):
         if "export" in levels:
             checks += self.export_parity(spec, device)
         return checks
+
+    golden_levels = classify_golden.GOLDEN_LEVELS
+
+    def golden_cases(self, spec, levels, dtype, l4_steps=None):
+        return classify_golden.golden_cases(spec, levels, dtype, l4_steps)
 
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from dualkit.core import registry
-from dualkit.core.envs import Evaluator, env_info, episode_seeds
 from dualkit.core.errors import DualkitError
 from dualkit.core.exploration import greedy
 from dualkit.core.report import markdown_table, mean_or_absent
 from dualkit.core.weights import QNET_PREFIX
-from dualkit.tasks import dqn, dqn_parity, export
+from dualkit.tasks import dqn_golden, dqn_parity, export
 from dualkit.tasks.base import EvalOptions, ExportReport, PortReport, Task, run_summary
 from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.tasks.parity import BACKENDS, Check
@@ -25,6 +25,14 @@ BENCH_L4_UPDATES = {"float32": 1000, "float64": 300}
 EXPORT_STEPS = 2000  # the export level's short run: export does not depend on how well the agent learned
 EXPORT_EPISODES = 2  # greedy episodes played at a time for the export's probe batch
 EXPORT_MAX_EPISODES = 32
+
+
+def driver() -> ModuleType:
+    """tasks/dqn.py, imported when first used: it runs Gymnasium (core.envs), which a machine that only checks
+    golden files (tasks/golden_files.py, e.g. a GPU machine with PyTorch alone) does not need or have."""
+    from dualkit.tasks import dqn
+
+    return dqn
 
 
 class DQNTask(Task):
@@ -41,10 +49,10 @@ class DQNTask(Task):
             raise DualkitError(
                 f"--init-from starts a classifier from a pretrained encoder; this is a {self.name!r} task"
             )
-        return dqn.train(spec, backend, run_dir=run_dir, device=device, progress=progress, overwrite=overwrite)
+        return driver().train(spec, backend, run_dir=run_dir, device=device, progress=progress, overwrite=overwrite)
 
     def resume(self, run_dir, backend, *, overrides, device, progress):
-        return dqn.resume(run_dir, backend, overrides=overrides, device=device, progress=progress)
+        return driver().resume(run_dir, backend, overrides=overrides, device=device, progress=progress)
 
     def show(self, result) -> None:
         rows = [
@@ -70,7 +78,7 @@ class DQNTask(Task):
         )
 
     def evaluate(self, run_dir, backend, device, options: EvalOptions) -> None:
-        res = dqn.evaluate_run(Path(run_dir), backend, device, options.episodes, options.seed)
+        res = driver().evaluate_run(Path(run_dir), backend, device, options.episodes, options.seed)
         print(
             markdown_table(
                 ["run", "trained in", "evaluated in", "env", "episodes", "first seed", "mean return", "std", "min"],
@@ -91,7 +99,7 @@ class DQNTask(Task):
         )
 
     def port(self, run_dir, to, out, device) -> PortReport:
-        rep = dqn.port_run(Path(run_dir), to, out, device)
+        rep = driver().port_run(Path(run_dir), to, out, device)
         row = {
             "from": rep["from"],
             "to": rep["to"],
@@ -107,9 +115,11 @@ class DQNTask(Task):
         """The online network's Q-values on observations; probed on observations of the run's environment, seen
         by the agent playing held-out greedy episodes (in the backend that trained it, or the other where that
         one is not installed), spread evenly over the episodes."""
-        run = dqn.load_run(Path(run_dir))
+        from dualkit.core.envs import Evaluator, episode_seeds
+
+        run = driver().load_run(Path(run_dir))
         player = run.meta["backend"] if registry.is_installed(run.meta["backend"]) else registry.available()[0]
-        agent = dqn.load_agent(run, player, device)
+        agent = driver().load_agent(run, player, device)
         seen: list[np.ndarray] = []
 
         def policy(obs: np.ndarray) -> np.ndarray:
@@ -128,7 +138,7 @@ class DQNTask(Task):
         obs = export.spread(np.concatenate(seen))
 
         def reference(backend: str) -> np.ndarray:
-            return dqn.load_agent(run, backend, device).act_values(obs)
+            return driver().load_agent(run, backend, device).act_values(obs)
 
         return export.ExportSource(
             task=self.name,
@@ -153,16 +163,23 @@ class DQNTask(Task):
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = Path(tmp) / "run"
             short = dqn_parity.port_spec(spec, EXPORT_STEPS)
-            dqn.train(short, "torch", run_dir=run_dir, device=device, progress=False, test=False)
+            driver().train(short, "torch", run_dir=run_dir, device=device, progress=False, test=False)
             return export.export_checks(self.export_source(run_dir, device), device)
 
     def check_inputs(self, spec) -> None:
+        from dualkit.core.envs import env_info
+
         env_info(spec.env)
 
     def parity(self, spec, levels, dtypes, device, seeds, l4_steps=None) -> list[Check]:
         return dqn_parity.run_levels(spec, levels, dtypes, device, seeds, l4_steps) + (
             self.export_parity(spec, device) if "export" in levels else []
         )
+
+    golden_levels = dqn_golden.GOLDEN_LEVELS
+
+    def golden_cases(self, spec, levels, dtype, l4_steps=None):
+        return dqn_golden.golden_cases(spec, levels, dtype, l4_steps)
 
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []
@@ -200,7 +217,7 @@ class DQNTask(Task):
         """Mean greedy return on the held-out test seeds; the curve is the periodic greedy evaluation's mean
         return against environment steps. Time to solve is the wall time of the evaluation that first reached
         the preset's stop return (None when the budget ran out first)."""
-        result = dqn.train(spec, backend, device=device, progress=False)
+        result = driver().train(spec, backend, device=device, progress=False)
         solve_s = next((e["wall_s"] for e in result.evals if e["env_steps"] == result.solved_at), None)
         return run_summary(
             self,

@@ -71,14 +71,21 @@ def probe_inputs(seed: int, n: int, dtype: str) -> tuple[np.ndarray, np.ndarray]
     return rng.normal(size=(n, *PROBE_SHAPE)).astype(dtype), random_masks(n, GRID, RATIO, rng)
 
 
-def _pair(variant: str, dtype: str, device: str, seed: int):
-    model, decoder, norm_pix = VARIANTS[variant]
+def variant_weights(variant: str, dtype: str, seed: int) -> dict[str, np.ndarray]:
+    """A variant's canonical weights, BatchNorm running statistics away from their identity init (so that eval mode
+    is really tested)."""
+    model, decoder, _ = VARIANTS[variant]
     weights = init_masked(model, decoder, PROBE_SHAPE[2], seed, dtype)
-    # BatchNorm running statistics away from their identity init, so eval mode is really tested
     for name in weights:
         if name.endswith(("running_mean", "running_var")):
             r = make_rng(seed, "parity-masked/" + name).uniform(0.5, 1.5, weights[name].shape)
             weights[name] = (r if name.endswith("var") else r - 1.0).astype(dtype)
+    return weights
+
+
+def _pair(variant: str, dtype: str, device: str, seed: int):
+    model, decoder, norm_pix = VARIANTS[variant]
+    weights = variant_weights(variant, dtype, seed)
     return [
         registry.get_backend(name, device).MaskedAutoencoder(
             model, decoder, PROBE_SHAPE, weights, OptimSpec(name="sgd"), norm_pix, dtype, device
@@ -87,13 +94,18 @@ def _pair(variant: str, dtype: str, device: str, seed: int):
     ]
 
 
-def level0(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[Check]:
-    """Each backend's masked loss vs core's numpy reference, on random predictions, images and masks."""
-    out = []
+def loss_probe(seed: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """L0's inputs: random predictions, images and masks."""
     rng = make_rng(seed, "parity-masked-loss")
     pred = rng.normal(size=(16, *PROBE_SHAPE)).astype(dtype)
     images = rng.normal(size=(16, *PROBE_SHAPE)).astype(dtype)
-    mask = random_masks(16, GRID, 0.6, rng)
+    return pred, images, random_masks(16, GRID, 0.6, rng)
+
+
+def level0(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[Check]:
+    """Each backend's masked loss vs core's numpy reference, on random predictions, images and masks."""
+    out = []
+    pred, images, mask = loss_probe(seed, dtype)
     for name in BACKENDS:
         backend = registry.get_backend(name, device)
         for norm_pix in (False, True):

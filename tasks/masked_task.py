@@ -14,7 +14,7 @@ import numpy as np
 from dualkit.core.datasets import load_dataset
 from dualkit.core.errors import DualkitError
 from dualkit.core.report import ABSENT, markdown_table, mean_or_absent, mean_std
-from dualkit.tasks import export, masked_parity, parity, pretrain
+from dualkit.tasks import export, masked_golden, masked_parity, parity, pretrain
 from dualkit.tasks.base import EvalOptions, ExportReport, Task, run_summary
 from dualkit.tasks.masked_spec import MaskedRunSpec
 from dualkit.tasks.parity import Check
@@ -137,6 +137,11 @@ class MaskedTask(Task):
         return masked_parity.run_levels(spec, levels, dtypes, device, seeds, l4_steps) + (
             self.export_parity(spec, device) if "export" in levels else []
         )
+
+    golden_levels = masked_golden.GOLDEN_LEVELS
+
+    def golden_cases(self, spec, levels, dtype, l4_steps=None):
+        return masked_golden.golden_cases(spec, levels, dtype, l4_steps)
 
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []

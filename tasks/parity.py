@@ -197,7 +197,8 @@ OPTIM_VARIANTS = {
 PROBE_SHAPE = (8, 8, 1)
 
 
-def _probe(seed: int, n: int, dtype: str, shape=PROBE_SHAPE, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def probe(seed: int, n: int, dtype: str, shape=PROBE_SHAPE, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random inputs (``n`` x ``shape``) and labels: the variant sweeps' probe batch."""
     rng = make_rng(seed, "parity-probe")
     return rng.normal(size=(n, *shape)).astype(dtype), rng.integers(0, classes, n).astype(np.int64)
 
@@ -215,7 +216,7 @@ def _pair(model: ModelSpec, optim: OptimSpec, dtype: str, device: str, seed: int
 def level0(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[Check]:
     """Each backend's differentiable loss vs core's numpy reference, on random logits."""
     out = []
-    logits, labels = _probe(seed, 64, dtype, shape=(10,))
+    logits, labels = probe(seed, 64, dtype, shape=(10,))
     for name in BACKENDS:
         backend = registry.get_backend(name, device)
         for ls in (0.0, 0.1):
@@ -228,7 +229,7 @@ def level0(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[C
 def level1(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[Check]:
     """Logits of torch vs tf from the same canonical weights, train and eval mode (max abs diff)."""
     out = []
-    x, _ = _probe(seed, 32, dtype)
+    x, _ = probe(seed, 32, dtype)
     for variant, model in MODEL_VARIANTS.items():
         a, b = _pair(model, OPTIM_VARIANTS["sgd"], dtype, device, seed)
         for training in (True, False):
@@ -241,7 +242,7 @@ def level1(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[C
 def level2(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[Check]:
     """Gradients of the loss w.r.t. every weight, torch vs tf (worst tensor, relative)."""
     out = []
-    x, y = _probe(seed, 32, dtype)
+    x, y = probe(seed, 32, dtype)
     for variant, model in MODEL_VARIANTS.items():
         a, b = _pair(model, OPTIM_VARIANTS["sgd"], dtype, device, seed, label_smoothing=0.1)
         (la, ga), (lb, gb) = a.loss_and_grads(x, y), b.loss_and_grads(x, y)
@@ -297,8 +298,8 @@ def level1_running_stats(
     """After STATS_STEPS train steps from the same weights and batches, each BatchNorm variant's running mean and
     variance and its eval-mode logits, torch vs tf; with ``spec``, also the preset's own model on its own data."""
     out = []
-    x_eval, _ = _probe(seed, 32, dtype)
-    batches = [_probe(seed + 1 + i, 32, dtype) for i in range(STATS_STEPS)]
+    x_eval, _ = probe(seed, 32, dtype)
+    batches = [probe(seed + 1 + i, 32, dtype) for i in range(STATS_STEPS)]
     for variant, model in MODEL_VARIANTS.items():
         if model.batchnorm:
             pair = _pair(model, STATS_OPTIM, dtype, device, seed)
@@ -424,13 +425,20 @@ def level2_all(spec: ClassifyRunSpec, dtype: str = "float32", device: str = "cpu
     return level2(dtype, device) + level2_preset(spec, dtype, device)
 
 
-def level3(dtype: str = "float32", device: str = "cpu", seed: int = 0, steps: int = 5) -> list[Check]:
-    """Each optimizer over several steps (changing lr) in each backend vs core's numpy reference."""
-    out = []
+def optim_probe(
+    seed: int, dtype: str, steps: int
+) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]], list[float]]:
+    """L3's inputs: parameters, one gradient per step and a changing learning rate."""
     rng = make_rng(seed, "parity-optim")
     params = {"w": rng.normal(size=(6, 5)).astype(dtype), "b": rng.normal(size=(5,)).astype(dtype)}
     grads_seq = [{k: rng.normal(size=v.shape).astype(dtype) for k, v in params.items()} for _ in range(steps)]
-    lrs = [0.1 * (0.7**i) for i in range(steps)]
+    return params, grads_seq, [0.1 * (0.7**i) for i in range(steps)]
+
+
+def level3(dtype: str = "float32", device: str = "cpu", seed: int = 0, steps: int = 5) -> list[Check]:
+    """Each optimizer over several steps (changing lr) in each backend vs core's numpy reference."""
+    out = []
+    params, grads_seq, lrs = optim_probe(seed, dtype, steps)
     for variant, spec in OPTIM_VARIANTS.items():
         ref = {k: v.astype(np.float64) for k, v in params.items()}
         state = optim_ref.init_state(spec, ref)
