@@ -57,6 +57,11 @@ def _read_utf8(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def paragraphs(text: str) -> list[str]:
+    """``text`` split into documents at blank lines (whitespace-only lines count as blank), each stripped."""
+    return [d.strip() for d in re.split(r"\n[ \t\f\v]*\n", text) if d.strip()]
+
+
 def read_text_folder(root: Path) -> list[str]:
     """The documents of every ``*.txt`` file under ``root`` (recursive, sorted by relative path, UTF-8): each
     file is split into documents at blank lines (whitespace-only lines count as blank)."""
@@ -68,7 +73,7 @@ def read_text_folder(root: Path) -> list[str]:
         raise DataError(f"{root} holds no .txt file; put the text in UTF-8 .txt files (blank lines part documents)")
     docs = []
     for path in files:
-        docs.extend(d.strip() for d in re.split(r"\n[ \t\f\v]*\n", _read_utf8(path)) if d.strip())
+        docs.extend(paragraphs(_read_utf8(path)))
     if not docs:
         raise DataError(f"the .txt files under {root} hold only whitespace; add text to them")
     return docs

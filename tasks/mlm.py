@@ -23,7 +23,15 @@ from dualkit.core.masking import mlm_mask
 from dualkit.core.runs import MODEL_FILE, SPEC_FILE, one_writer, prepare_run_dir, write_json
 from dualkit.core.runstate import RunState
 from dualkit.core.specs import MlmSpec, save_json
-from dualkit.core.text import TokenData, encode_documents, eval_text_batches, read_text_folder, text_batches
+from dualkit.core.text import (
+    TokenData,
+    encode_documents,
+    eval_text_batches,
+    paragraphs,
+    read_text_folder,
+    split_indices,
+    text_batches,
+)
 from dualkit.core.transformer import init_bert
 from dualkit.tasks.base import PortReport
 from dualkit.tasks.loop import EpochTask, RunLog, data_fingerprint, new_state, run_epochs
@@ -45,7 +53,6 @@ from dualkit.tasks.transformer import (
 
 EVAL_MASK_SEED = 0  # validation and test masks do not move with the training seed
 VAL_SEQUENCES = 256  # the per-epoch validation numbers use the first N validation sequences
-SPLIT_SEED = 0  # which documents are held out does not move with the training seed either
 
 
 @dataclass
@@ -62,18 +69,16 @@ class MlmResult:
 
 
 def documents(spec: MlmRunSpec) -> list[str]:
+    """The corpus as documents, split at blank lines (paragraphs: the unit the held-out splits take whole)."""
     if spec.data.name == "stdlib":
-        return corpora.stdlib_documents(spec.data.limit_words)
+        return [p for doc in corpora.stdlib_documents(spec.data.limit_words) for p in paragraphs(doc)]
     return read_text_folder(Path(spec.data.root))
 
 
 def split_documents(docs: list[str], spec: MlmRunSpec) -> tuple[list[str], list[str], list[str]]:
-    """Whole documents to train, validation and test, by a permutation from a fixed seed."""
-    order = make_rng(SPLIT_SEED, "mlm/split").permutation(len(docs))
-    n_val = int(round(spec.data.val_fraction * len(docs)))
-    n_test = int(round(spec.data.test_fraction * len(docs)))
-    pick = [docs[i] for i in order]
-    return pick[n_val + n_test :], pick[:n_val], pick[n_val : n_val + n_test]
+    """Whole documents to train, validation and test (core.text.split_indices: the same split for every seed)."""
+    parts = split_indices(len(docs), spec.data.val_fraction, spec.data.test_fraction, "mlm/split")
+    return tuple([docs[i] for i in idx] for idx in parts)
 
 
 def prepare_data(spec: MlmRunSpec, tokenizer: Any = None) -> TextData:

@@ -17,6 +17,8 @@ TASKS: dict[str, str] = {
     "classify": "dualkit.tasks.classify_task",
     "masked": "dualkit.tasks.masked_task",
     "dqn": "dualkit.tasks.dqn_task",
+    "mlm": "dualkit.tasks.mlm_task",
+    "tag": "dualkit.tasks.tag_task",
 }
 
 

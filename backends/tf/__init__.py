@@ -1,6 +1,7 @@
 """TensorFlow / Keras 3 backend. Imported only when chosen (core.registry); mirrors backends/torch module by module."""
 
 from dualkit.backends.tf import export
+from dualkit.backends.tf.bert import MaskedLM, TokenTagger
 from dualkit.backends.tf.classifier import Classifier
 from dualkit.backends.tf.dqn import DQNAgent
 from dualkit.backends.tf.losses import numpy_loss
@@ -13,6 +14,8 @@ __all__ = [
     "Classifier",
     "DQNAgent",
     "MaskedAutoencoder",
+    "MaskedLM",
+    "TokenTagger",
     "Optimizer",
     "apply_updates",
     "export",

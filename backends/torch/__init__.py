@@ -1,6 +1,7 @@
 """PyTorch backend. Imported only when chosen (core.registry); mirrors backends/tf module by module."""
 
 from dualkit.backends.torch import export
+from dualkit.backends.torch.bert import MaskedLM, TokenTagger
 from dualkit.backends.torch.classifier import Classifier
 from dualkit.backends.torch.dqn import DQNAgent
 from dualkit.backends.torch.losses import numpy_loss
@@ -13,6 +14,8 @@ __all__ = [
     "Classifier",
     "DQNAgent",
     "MaskedAutoencoder",
+    "MaskedLM",
+    "TokenTagger",
     "Optimizer",
     "apply_updates",
     "export",
