@@ -31,7 +31,7 @@ from dualkit.backends.tf.runtime import (
 )
 from dualkit.core.checkpoint import check_fits
 from dualkit.core.specs import OptimSpec, TransformerSpec
-from dualkit.core.transformer import DECODER, FINAL_LN, MASK_VALUE, WORD_EMBEDDINGS, bert_shapes
+from dualkit.core.transformer import DECODER, FINAL_LN, IGNORE_INDEX, MASK_VALUE, WORD_EMBEDDINGS, bert_shapes
 
 
 def _gelu(x: tf.Tensor) -> tf.Tensor:
@@ -168,9 +168,8 @@ class _BertNet(keras.Model):
         x = ln_attn(self._attention(x, bias, p, training) + x)
         return ln_out(self._feed_forward(x, p, training) + x)
 
-    def call(self, ids: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """The head's logits: (N, L, V) for "mlm", (N, L, K) for "tag", the hidden states for "none"."""
-        x = self.encode(ids, mask, training)
+    def head_logits(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+        """Hidden states (..., H) -> the head's logits: (..., V) for "mlm", (..., K) for "tag"."""
         m = self.parts
         if self.head == "mlm":
             t = "cls.predictions.transform."
@@ -180,9 +179,12 @@ class _BertNet(keras.Model):
             else:
                 x = m[DECODER.removesuffix(".weight")](x)
             return x + self.mlm_bias
-        if self.head == "tag":
-            return m["classifier"](m["dropout"](x, training=training))
-        return x
+        return m["classifier"](m["dropout"](x, training=training))
+
+    def call(self, ids: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The head's logits (N, L, V or K); the hidden states (N, L, H) for head "none"."""
+        x = self.encode(ids, mask, training)
+        return x if self.head == "none" else self.head_logits(x, training)
 
 
 class BertModel(ModelState):
@@ -229,8 +231,12 @@ class BertModel(ModelState):
 
     def _loss_and_grads(self, ids: tf.Tensor, mask: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, list]:
         trainable = list(self.params.values())
+        keep = tf.not_equal(labels, IGNORE_INDEX)
         with tf.GradientTape() as tape:
-            loss = masked_cross_entropy(self.net(ids, mask, training=True), labels)
+            # The loss needs logits only where a label is: the head (for MLM a (V, H) decoder and a softmax over
+            # V) runs on those rows alone, ~15% of the tokens in BERT's masking.
+            hidden = tf.boolean_mask(self.net.encode(ids, mask, True), keep)
+            loss = masked_cross_entropy(self.net.head_logits(hidden, True), tf.boolean_mask(labels, keep))
         # the word embeddings' gradient from the lookup alone is IndexedSlices: dense, as torch's, for the
         # optimizer and for comparison (tied, it is summed with the decoder's dense gradient anyway)
         return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, trainable)]

@@ -20,7 +20,7 @@ from dualkit.backends.torch.optim import Optimizer
 from dualkit.backends.torch.runtime import DTYPES, framework_device, get_rng_state, set_rng_state, to_numpy, to_tensor
 from dualkit.core.checkpoint import check_fits
 from dualkit.core.specs import OptimSpec, TransformerSpec
-from dualkit.core.transformer import DECODER, FINAL_LN, MASK_VALUE, WORD_EMBEDDINGS, bert_shapes
+from dualkit.core.transformer import DECODER, FINAL_LN, IGNORE_INDEX, MASK_VALUE, WORD_EMBEDDINGS, bert_shapes
 
 
 def _add(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -126,18 +126,20 @@ class _BertNet(nn.Module):
         x = ln_attn(self._attention(x, bias, p) + x)
         return ln_out(self._feed_forward(x, p) + x)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The head's logits: (N, L, V) for "mlm", (N, L, K) for "tag", the hidden states for "none"."""
-        x = self.encode(ids, mask)
+    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., H) -> the head's logits: (..., V) for "mlm", (..., K) for "tag"."""
         m = self.part
         if self.head == "mlm":
             t = "cls.predictions.transform."
             x = m(t + "LayerNorm")(F.gelu(m(t + "dense")(x)))
             decoder = self.get_parameter(WORD_EMBEDDINGS if self.spec.tie_embeddings else DECODER)
             return F.linear(x, decoder, self.get_parameter("cls.predictions.bias"))
-        if self.head == "tag":
-            return m("classifier")(m("dropout")(x))
-        return x
+        return m("classifier")(m("dropout")(x))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The head's logits (N, L, V or K); the hidden states (N, L, H) for head "none"."""
+        x = self.encode(ids, mask)
+        return x if self.head == "none" else self.head_logits(x)
 
 
 def _bias_after_transform(module: nn.Module, state: dict, prefix: str, _meta: object) -> None:
@@ -184,7 +186,10 @@ class BertModel(ModelState):
     def _loss(self, input_ids: np.ndarray, attention_mask: np.ndarray, labels: np.ndarray) -> torch.Tensor:
         self.net.train()
         ids, mask, y = self._tensors(input_ids, attention_mask, labels)
-        return masked_cross_entropy(self.net(ids, mask), y)
+        keep = y != IGNORE_INDEX
+        # The loss needs logits only where a label is: the head (for MLM a (V, H) decoder and a softmax over V)
+        # runs on those rows alone, ~15% of the tokens in BERT's masking.
+        return masked_cross_entropy(self.net.head_logits(self.net.encode(ids, mask)[keep]), y[keep])
 
     def train_step(self, input_ids: np.ndarray, attention_mask: np.ndarray, labels: np.ndarray, lr: float) -> float:
         """One optimizer update on a batch; returns the loss before the update (mean cross-entropy over the
