@@ -121,13 +121,17 @@ def _docstrings(node: ast.AST) -> Iterator[str]:
         yield from _docstrings(child)
 
 
+# reStructuredText's section rules and table borders ("-----", "*****", "+---+---+"): decoration, not English
+_RULE_LINE = re.compile(r"^[ \t]*[-=*~^+#`'\".:_|]{3,}[ \t]*$", re.MULTILINE)
+
+
 def _all_documents() -> Iterator[str]:
     try:
         from pydoc_data.topics import topics
     except ImportError:  # some distributions package pydoc_data separately
         topics = {}
     for key in sorted(topics):
-        yield topics[key].strip()
+        yield _RULE_LINE.sub("", topics[key]).strip()
     for path in stdlib_files():
         source = _read_source(path)
         tree = _parse(source) if source is not None else None

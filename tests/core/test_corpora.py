@@ -104,7 +104,8 @@ def test_stdlib_documents_deterministic_and_limited():
     assert stdlib_documents(70000) == docs
     assert sum(len(d.split()) for d in docs) == 70000
     assert len(set(docs)) == len(docs)
-    assert docs[0] == topics[sorted(topics)[0]].strip()
+    assert docs[0] == corpora._RULE_LINE.sub("", topics[sorted(topics)[0]]).strip()
+    assert not any(corpora._RULE_LINE.search(d) for d in docs[:5])  # reST rules ("-----") are dropped
     small = stdlib_documents(1000)  # a smaller limit gives a prefix: whole documents, the last one cut
     assert small[:-1] == docs[: len(small) - 1] and docs[len(small) - 1].startswith(small[-1])
     assert sum(len(d.split()) for d in small) == 1000
