@@ -85,7 +85,11 @@ class MlmTask(Task):
         return text_parity.bench_levels(spec, device)
 
     def bench_l5(self, spec, runs) -> list[Check]:
-        return text_parity.l5_checks(runs, "MLM accuracy", text_parity.L5_MAX_GAP_POINTS_MLM)
+        checks = text_parity.l5_checks(runs, "MLM accuracy", text_parity.L5_MAX_GAP_POINTS_MLM)
+        if all(np.isfinite(r.get("pretrained_f1", np.nan)) for r in runs):  # the downstream tagger's F1
+            f1 = [{"backend": r["backend"], "value": r["pretrained_f1"]} for r in runs]
+            checks += text_parity.l5_checks(f1, "downstream F1", text_parity.L5_MAX_GAP_POINTS_TAG)
+        return checks
 
     def bench_run(self, spec, backend, device) -> dict[str, Any]:
         """Held-out MLM accuracy (and the unigram guess); the downstream tagger's F1 from the pretrained encoder and

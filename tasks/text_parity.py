@@ -376,5 +376,16 @@ def run_levels(
 
 
 def bench_levels(spec: Any, device: str) -> list[Check]:
-    """The benchmark's parity: every level below L5 and the port, both dtypes."""
-    return run_levels(spec, ["L0", "L1", "L2", "L3", "L4", "port"], ["float32", "float64"], device)
+    """The benchmark's parity: every level below L5 and the port, both dtypes; for an MLM preset, also its
+    downstream tag preset's own model levels (preset L1/L2, L4, port: the tag head on its data)."""
+    levels, dtypes = ["L0", "L1", "L2", "L3", "L4", "port"], ["float32", "float64"]
+    checks = run_levels(spec, levels, dtypes, device)
+    if spec.task == "mlm" and spec.downstream.preset:
+        from dualkit.tasks import presets
+
+        tag_spec = presets.load(spec.downstream.preset)
+        data = prepare(tag_spec)
+        for dtype in dtypes:
+            checks += preset_levels(tag_spec, data, dtype, device) + level4(tag_spec, data, dtype, device)
+        checks += port_checks(tag_spec, data, device)
+    return checks
