@@ -265,6 +265,8 @@ def downstream(
     if spec.downstream.max_steps:
         overrides.append(f"max_steps={spec.downstream.max_steps}")
     tag_spec = presets.load(spec.downstream.preset, overrides)
+    if tag_spec.data.max_length > spec.model.max_positions:  # the pretrained encoder's length is the limit
+        tag_spec = replace(tag_spec, data=replace(tag_spec.data, max_length=spec.model.max_positions))
     encoder = {k: v for k, v in weights.items() if k.startswith("bert.")}
     src = InitSource(Path(f"<{spec.task} pretraining>"), encoder, tokenizer, spec.model, "mlm run")
     data = tag.prepare_data(tag_spec, tokenizer)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dualkit.core import checkpoint, registry
-from dualkit.core.errors import DataError
+from dualkit.core.errors import DataError, SpecError
 from dualkit.core.losses import masked_cross_entropy
 from dualkit.core.metrics import entity_report, label_report, token_accuracy
 from dualkit.core.runs import MODEL_FILE, SPEC_FILE, one_writer, prepare_run_dir, write_json
@@ -146,6 +146,11 @@ def train(
     src = init_source(init_from) if isinstance(init_from, (str, Path)) else init_from
     if src is not None:
         spec = replace(spec, model=adopt_encoder(spec.model, src))
+        if spec.data.max_length > spec.model.max_positions:  # checked on the spec's own model before adopting
+            raise SpecError(
+                f"--init-from {src.path}: its encoder takes at most {spec.model.max_positions} positions, but "
+                f"data.max_length={spec.data.max_length}; set --set data.max_length={spec.model.max_positions}"
+            )
     backend = registry.get_backend(backend_name, device)
     device = registry.resolve_device(backend, device)
     backend.seed(spec.seed)

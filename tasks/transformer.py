@@ -23,7 +23,7 @@ from dualkit.core.runs import MODEL_FILE, SPEC_FILE, require_run_dir
 from dualkit.core.specs import TokenizerSpec, TransformerSpec, load_json, to_dict
 from dualkit.core.text import TokenData
 from dualkit.core.tokenizer import WordPiece
-from dualkit.core.transformer import bert_shapes
+from dualkit.core.transformer import WORD_EMBEDDINGS, bert_shapes
 from dualkit.tasks.base import PortReport
 from dualkit.tasks.loop import EpochResume, open_epoch_resume
 
@@ -174,6 +174,11 @@ def init_source(path: Path) -> InitSource:
     """An MLM (or tag) run folder, or a local Hugging Face BERT folder (config.json + model.safetensors +
     vocab.txt), as the encoder to start from."""
     path = Path(path)
+    if not path.is_dir():
+        raise DataError(
+            f"--init-from {path}: no such folder; give a `dualkit pretrain` mlm run folder or a Hugging Face BERT "
+            "folder (config.json, model.safetensors, vocab.txt)"
+        )
     if (path / "config.json").is_file():
         from dualkit.core import hf
 
@@ -182,6 +187,14 @@ def init_source(path: Path) -> InitSource:
         if tok is None:
             raise DataError(f"{path} has no vocab.txt or tokenizer.json; copy the model's tokenizer files beside it")
         encoder = {k: v for k, v in m.weights.items() if k.startswith("bert.")}
+        if len(tok) > m.vocab_size:
+            raise DataError(
+                f"--init-from {path}: its tokenizer has {len(tok)} tokens but config.json's vocab_size is "
+                f"{m.vocab_size} (ids past {m.vocab_size - 1} have no embedding); copy the model's own vocab.txt "
+                "beside it"
+            )
+        # a vocabulary padded to a round size: rows past the tokenizer's last id are never looked up
+        encoder[WORD_EMBEDDINGS] = encoder[WORD_EMBEDDINGS][: len(tok)]
         return InitSource(path, encoder, tok, m.model, "hugging face folder")
     if (path / SPEC_FILE).is_file():
         raw_kind = checkpoint.load(require_run_dir(path) / MODEL_FILE)[1].get("kind")
@@ -194,7 +207,8 @@ def init_source(path: Path) -> InitSource:
         encoder = {k: v for k, v in run.weights.items() if k.startswith("bert.")}
         return InitSource(path, encoder, run.tokenizer, run.spec.model, f"{raw_kind} run")
     raise DataError(
-        f"--init-from {path}: neither a dualkit run folder (spec.json) nor a Hugging Face folder (config.json)"
+        f"--init-from {path}: neither a dualkit run folder (spec.json) nor a Hugging Face folder (config.json); "
+        "give a `dualkit pretrain` mlm run folder or a Hugging Face BERT folder"
     )
 
 
