@@ -10,6 +10,7 @@ is the only framework randomness; init, MLM masks and batches come from core.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -25,6 +26,7 @@ from dualkit.backends.tf.runtime import (
     IDENTITY_LAYOUT,
     framework_device,
     get_rng_state,
+    save_native,
     set_rng_state,
     to_numpy,
     to_tensor,
@@ -40,14 +42,16 @@ def _gelu(x: tf.Tensor) -> tf.Tensor:
     return x * tf.constant(0.5, x.dtype) * (1.0 + tf.math.erf(x * tf.constant(math.sqrt(0.5), x.dtype)))
 
 
+@keras.saving.register_keras_serializable(package="dualkit", name="BertNet")
 class _BertNet(keras.Model):
     """The encoder and one head ("mlm", "tag" or "none"); every part is reached by its canonical prefix, as in
     backends/torch/bert.py. Inputs: (N, L) int64 ids and (N, L) 0/1 attention mask. The layers sit in one flat
     dict, so that ``self.layers`` lists every Dropout (runtime.get_rng_state saves their generators)."""
 
-    def __init__(self, model: TransformerSpec, vocab_size: int, head: str, num_labels: int, dtype: str):
+    def __init__(self, model: TransformerSpec, vocab_size: int, head: str, num_labels: int, dtype: str, **kwargs):
         super().__init__(dtype=dtype, name="bert")
         self.spec, self.head = model, head
+        self.config = {"vocab_size": vocab_size, "head": head, "num_labels": num_labels, "dtype": dtype}
         self.mask_value = MASK_VALUE(dtype)
         h, eps = model.hidden, model.layer_norm_eps
 
@@ -103,6 +107,15 @@ class _BertNet(keras.Model):
             parts["dropout"] = dropout(model.hidden_dropout)
             parts["classifier"] = dense(num_labels)
         self.parts = parts
+
+    def get_config(self) -> dict:
+        """What a ``.keras`` archive needs to build the network again (the spec as a plain dict)."""
+        return {"model": dataclasses.asdict(self.spec), **self.config}
+
+    @classmethod
+    def from_config(cls, config: dict) -> _BertNet:
+        config = dict(config)
+        return cls(TransformerSpec(**config.pop("model")), **config)
 
     def canonical_variables(self, names: list[str]) -> dict[str, tuple[keras.Variable, object, object]]:
         """canonical name -> (variable, canonical->keras, keras->canonical), in the order of ``names``."""
@@ -273,6 +286,11 @@ class BertModel(ModelState):
         """Eval-mode last hidden states (N, L, H) (after the final LayerNorm for pre-LN)."""
         with tf.device(self.device):
             return to_numpy(self._encode_fn(*self._tensors(input_ids, attention_mask)))
+
+    def save_native(self, path: str) -> None:
+        """A Keras ``.keras`` archive of the network (weights in Keras layout), written to a temp name, then
+        renamed."""
+        save_native(self.net, path)
 
 
 class MaskedLM(BertModel):

@@ -17,7 +17,15 @@ from torch import nn
 from dualkit.backends.torch.losses import masked_cross_entropy
 from dualkit.backends.torch.model import ModelState
 from dualkit.backends.torch.optim import Optimizer
-from dualkit.backends.torch.runtime import DTYPES, framework_device, get_rng_state, set_rng_state, to_numpy, to_tensor
+from dualkit.backends.torch.runtime import (
+    DTYPES,
+    framework_device,
+    get_rng_state,
+    save_native,
+    set_rng_state,
+    to_numpy,
+    to_tensor,
+)
 from dualkit.core.checkpoint import check_fits
 from dualkit.core.specs import OptimSpec, TransformerSpec
 from dualkit.core.transformer import DECODER, FINAL_LN, IGNORE_INDEX, MASK_VALUE, WORD_EMBEDDINGS, bert_shapes
@@ -222,6 +230,11 @@ class BertModel(ModelState):
         """Eval-mode last hidden states (N, L, H) (after the final LayerNorm for pre-LN)."""
         self.net.eval()
         return to_numpy(self.net.encode(*self._tensors(input_ids, attention_mask)))
+
+    def save_native(self, path: str) -> None:
+        """A plain PyTorch state dict (``.pt``) of the network (Hugging Face BERT's names; the tied decoder is the
+        word-embedding tensor), written to a temp name, then renamed."""
+        save_native(self.net, path)
 
 
 class MaskedLM(BertModel):
