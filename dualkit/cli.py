@@ -24,6 +24,7 @@ from dualkit.tasks.parity import BACKENDS, plot_gaps
 HF = "hf"  # `dualkit port --to hf`: a Hugging Face folder (transformer runs)
 
 PLOT_FILE = "parity-gaps.png"  # `dualkit parity --plot DIR`
+PARITY_LEVELS = "L0,L1,L2,L3,L4,L5,port"  # `dualkit parity`'s levels when --levels is not given
 
 
 def positive_int(text: str) -> int:
@@ -173,20 +174,71 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 1
 
 
+def _golden_levels(args: argparse.Namespace, task, levels: list[str], available: list[str], where: str) -> list[str]:
+    """The levels of a --record or --against run: all of ``available`` unless --levels names some of them."""
+    if args.levels is None:
+        return list(available)
+    missing = [lvl for lvl in levels if lvl not in available]
+    if missing:
+        raise DualkitError(
+            f"parity level {missing[0]} has no golden files {where} (golden levels: {', '.join(available)}); "
+            "drop it from --levels"
+        )
+    return levels
+
+
+def _golden_parity(args: argparse.Namespace, spec, task, levels: list[str]) -> tuple[list, str]:
+    """``--record DIR`` (both backends on CPU; the checks compare the recorded backends) or ``--against DIR`` (one
+    backend on --device against the recording): the checks and a closing line."""
+    from dualkit.tasks import golden_files
+
+    if args.record:
+        if args.device != "cpu" or args.backend:
+            raise DualkitError(
+                "golden files are recorded on CPU by both backends; drop --device and --backend from --record"
+            )
+        if not task.golden_levels:
+            raise DualkitError(f"{task.name!r} tasks have no golden-file parity; drop --record")
+        for name in BACKENDS:
+            registry.get_backend(name, "cpu")  # fail early, with the install hint, if one is missing
+        levels = _golden_levels(args, task, levels, list(task.golden_levels), f"for {task.name!r} tasks")
+        dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+        rec = golden_files.record(task, spec, args.preset, levels, dtypes, Path(args.record), args.l4_steps)
+        note = f"wrote {rec.path}: {rec.cases} cases, {rec.nbytes / 2**20:.1f} MiB, recorded in {rec.seconds:.0f} s"
+        return rec.checks, note
+    if args.l4_steps:
+        raise DualkitError("--against replays the recording's own L4 run; drop --l4-steps (it is set by --record)")
+    golden = golden_files.load(Path(args.against))
+    levels = _golden_levels(args, task, levels, golden.levels, f"in {args.against}")
+    dtypes = golden.dtypes if args.dtype == "both" else [args.dtype]
+    if not set(dtypes) <= set(golden.dtypes):
+        raise DualkitError(f"{args.against} holds {', '.join(golden.dtypes)} only; choose --dtype from those")
+    backend = registry.resolve_name(args.backend or "torch")
+    checks = golden_files.check(task, spec, golden, backend, args.device, levels, dtypes)
+    return checks, f"checked {backend} on {args.device} against {args.against} ({golden.preset}, recorded on CPU)"
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
     spec, task = _task_of_preset(args)
-    levels = [lvl.strip() for lvl in args.levels.split(",")]
+    levels = [lvl.strip() for lvl in (args.levels or PARITY_LEVELS).split(",")]
     unknown = [lvl for lvl in levels if lvl not in task.levels]
     if unknown:  # an unknown level would run nothing and report "0 failed"
         raise DualkitError(f"unknown parity level {unknown[0]!r}; {task.name!r} has: {', '.join(task.levels)}")
     if args.json and Path(args.json).is_dir():  # refused before the checks run, not after
         raise DualkitError(f"--json {args.json} is a folder; name a file, e.g. {Path(args.json) / 'parity.json'}")
-    for name in BACKENDS:
-        registry.get_backend(name, args.device)  # fail early, with the install hint, if one is missing
-    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    golden = args.record or args.against
+    if args.backend and not args.against:
+        raise DualkitError("--backend names the one backend checked against golden files; use it with --against DIR")
     t0 = time.perf_counter()
-    extra = {"l4_steps": args.l4_steps} if args.l4_steps else {}
-    checks = task.parity(spec, levels, dtypes, args.device, args.seeds, **extra)
+    note = ""
+    if golden:
+        checks, note = _golden_parity(args, spec, task, levels)
+    else:
+        for name in BACKENDS:
+            registry.get_backend(name, args.device)  # fail early, with the install hint, if one is missing
+        dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+        extra = {"l4_steps": args.l4_steps} if args.l4_steps else {}
+        checks = task.parity(spec, levels, dtypes, args.device, args.seeds, **extra)
     if not checks:  # "0 passed, 0 failed" would read as a pass
         raise DualkitError(
             f"no parity check ran for --levels {','.join(levels)}"
@@ -198,12 +250,15 @@ def cmd_parity(args: argparse.Namespace) -> int:
     failed = [c for c in checks if not c.passed]
     print(
         f"\n{len(checks) - len(failed)} passed, {len(failed)} failed "
-        f"({time.perf_counter() - t0:.0f} s on {args.device})"
+        f"({time.perf_counter() - t0:.0f} s on {'cpu' if args.record else args.device})"
     )
+    if note:
+        print(note)
     if args.json:
-        write_json(
-            Path(args.json), {"preset": args.preset, "device": args.device, "checks": [c.to_dict() for c in checks]}
-        )
+        record = {"preset": args.preset, "device": args.device, "checks": [c.to_dict() for c in checks]}
+        if golden:
+            record.update(golden=str(golden), mode="record" if args.record else "against", backend=args.backend)
+        write_json(Path(args.json), record)
     if args.plot:
         Path(args.plot).mkdir(parents=True, exist_ok=True)
         drawn = plot_gaps([{**c.to_dict(), "preset": args.preset} for c in checks], Path(args.plot) / PLOT_FILE)
@@ -335,7 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     p.add_argument("--device", default="cpu", choices=registry.DEVICES)
     p.add_argument("--dtype", default="both", choices=("float32", "float64", "both"))
-    p.add_argument("--levels", default="L0,L1,L2,L3,L4,L5,port", help="comma-separated subset of L0..L5,port,export")
+    p.add_argument(
+        "--levels",
+        help=f"comma-separated subset of L0..L5,port,export (default {PARITY_LEVELS}; with --record/--against: "
+        "the golden levels L0..L4, resp. those recorded)",
+    )
     p.add_argument("--seeds", type=non_negative_int, default=3, help="seeds per backend for L5 (0 skips it)")
     p.add_argument("--json", help="also write the checks to this JSON file")
     p.add_argument(
@@ -346,6 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plot", metavar="DIR", help=f"also draw float32 L4's per-step gaps and rounding envelope in DIR/{PLOT_FILE}"
     )
+    golden = p.add_mutually_exclusive_group()
+    golden.add_argument(
+        "--record",
+        metavar="DIR",
+        help="record golden files in DIR: every golden level's inputs and outputs from both backends on CPU",
+    )
+    golden.add_argument(
+        "--against",
+        metavar="DIR",
+        help="check one backend (--backend, default torch) on --device against golden files recorded in DIR",
+    )
+    p.add_argument("--backend", help="with --against: the backend to check, torch (default) or tf")
     p.set_defaults(fn=cmd_parity)
 
     p = sub.add_parser("bench", help="the benchmark suite: runs, parity levels, overhead; JSON, Markdown and plots")

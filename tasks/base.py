@@ -8,6 +8,8 @@ defaults refuse with a clear error), and is registered with one line in tasks/re
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,3 +180,17 @@ def run_summary(
         "wall_s": wall_s,
         **extra,
     }
+
+
+def timed_rate(step: Callable[[], Any], items: int, seconds: float, warmup: int = 3, min_steps: int = 5) -> dict:
+    """``step`` run ``warmup`` times untimed, then timed until ``seconds`` have passed (at least ``min_steps`` times):
+    ``items`` per step per second, the steps timed and the milliseconds per step. ``step`` must wait for its result
+    (a loss as a Python float does), so that a GPU's queued work is inside the time."""
+    for _ in range(warmup):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while n < min_steps or time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    elapsed = time.perf_counter() - t0
+    return {"rate": items * n / elapsed, "steps": n, "ms_per_step": 1000.0 * elapsed / n}

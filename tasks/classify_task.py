@@ -4,19 +4,38 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dualkit.core import registry
+from dualkit.core.batches import make_rng
 from dualkit.core.datasets import load_dataset
 from dualkit.core.report import markdown_table
+from dualkit.core.weights import init_classifier
 from dualkit.tasks import classify, classify_golden, export, parity
-from dualkit.tasks.base import EvalOptions, ExportReport, PortReport, Task, run_summary
+from dualkit.tasks.base import EvalOptions, ExportReport, PortReport, Task, run_summary, timed_rate
 from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.tasks.parity import Check
 
 EXPORT_TRAIN_IMAGES = 512  # the export level's short run: export does not depend on how well the model learned
+# Step throughput (Task.step_throughput) runs on synthetic images of the dataset's shape: no data files needed.
+SYNTHETIC_SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "idx": (28, 28, 1)}
+LARGE_BATCH = 1024  # besides the preset's own batch size: what a GPU does with a batch that fills it better
+
+
+def throughput_batches(spec, device: str) -> list[int]:
+    """The preset's batch size, and on a GPU also LARGE_BATCH (on a CPU a large batch only takes longer)."""
+    return sorted({spec.train.batch_size, LARGE_BATCH if device != "cpu" else spec.train.batch_size})
+
+
+def synthetic_images(spec, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of random normalised images of the preset's data shape, and labels."""
+    rng = make_rng(spec.seed, "throughput")
+    x = rng.normal(size=(batch, *SYNTHETIC_SHAPES[spec.data.name])).astype(spec.dtype)
+    return x, rng.integers(0, spec.model.num_classes, batch).astype(np.int64)
 
 
 def show_history(history: list[dict[str, Any]]) -> None:
@@ -158,6 +177,30 @@ class ClassifyTask(Task):
 
     def golden_cases(self, spec, levels, dtype, l4_steps=None):
         return classify_golden.golden_cases(spec, levels, dtype, l4_steps)
+
+    def step_throughput(self, spec, backend, device, seconds) -> list[dict[str, Any]]:
+        """Train steps of the preset's classifier on synthetic images of its data's shape: images/s at the preset's
+        batch size (and on a GPU at LARGE_BATCH)."""
+        shape = SYNTHETIC_SHAPES.get(spec.data.name)
+        if shape is None:
+            return []
+        module = registry.get_backend(backend, device)
+        rows = []
+        for batch in throughput_batches(spec, device):
+            weights = init_classifier(spec.model, shape, spec.seed, spec.dtype)
+            clf = classify.build_classifier(module, spec, shape, weights, device)
+            x, y = synthetic_images(spec, batch)
+            r = timed_rate(partial(clf.train_step, x, y, spec.optim.lr), batch, seconds)
+            rows.append(
+                {
+                    "what": f"train step, batch {batch}",
+                    "value": r["rate"],
+                    "unit": "images/s",
+                    "detail": f"{r['steps']} steps, {r['ms_per_step']:.2f} ms each; synthetic "
+                    f"{'x'.join(map(str, shape))} images, {spec.dtype}",
+                }
+            )
+        return rows
 
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -10,12 +13,14 @@ from typing import Any
 import numpy as np
 
 from dualkit.core import registry
+from dualkit.core.batches import make_rng
 from dualkit.core.errors import DualkitError
 from dualkit.core.exploration import greedy
+from dualkit.core.replay import PackedBatch
 from dualkit.core.report import markdown_table, mean_or_absent
-from dualkit.core.weights import QNET_PREFIX
+from dualkit.core.weights import QNET_PREFIX, init_qnet
 from dualkit.tasks import dqn_golden, dqn_parity, export
-from dualkit.tasks.base import EvalOptions, ExportReport, PortReport, Task, run_summary
+from dualkit.tasks.base import EvalOptions, ExportReport, PortReport, Task, run_summary, timed_rate
 from dualkit.tasks.dqn_spec import DQNRunSpec
 from dualkit.tasks.parity import BACKENDS, Check
 
@@ -25,6 +30,10 @@ BENCH_L4_UPDATES = {"float32": 1000, "float64": 300}
 EXPORT_STEPS = 2000  # the export level's short run: export does not depend on how well the agent learned
 EXPORT_EPISODES = 2  # greedy episodes played at a time for the export's probe batch
 EXPORT_MAX_EPISODES = 32
+# Step throughput (Task.step_throughput) without Gymnasium: the spaces of the classic-control envs; with it, also an
+# end-to-end run of THROUGHPUT_ENV_STEPS env steps.
+CLASSIC_SPACES = {"CartPole-v1": (4, 2), "Acrobot-v1": (6, 3), "MountainCar-v0": (2, 3)}
+THROUGHPUT_ENV_STEPS = 20_000
 
 
 def driver() -> ModuleType:
@@ -180,6 +189,66 @@ class DQNTask(Task):
 
     def golden_cases(self, spec, levels, dtype, l4_steps=None):
         return dqn_golden.golden_cases(spec, levels, dtype, l4_steps)
+
+    def step_throughput(self, spec, backend, device, seconds) -> list[dict[str, Any]]:
+        """The agent's side of the preset's loop on random observations and minibatches: Q-values for ``num_envs``
+        observations and an update on a ``batch_size`` minibatch, timed apart; env steps/s as the loop spends them
+        (one Q-value call and num_envs x gradient_steps / train_freq updates per vector step, the env's own time
+        left out). Where Gymnasium is installed, also env steps/s of a real run (THROUGHPUT_ENV_STEPS, no
+        evaluations)."""
+        d, n_envs = spec.dqn, spec.env.num_envs
+        if importlib.util.find_spec("gymnasium") is not None:
+            from dualkit.core.envs import env_info
+
+            info = env_info(spec.env)
+            obs_dim, n_actions = info.obs_dim, info.num_actions
+        elif spec.env.id in CLASSIC_SPACES:
+            obs_dim, n_actions = CLASSIC_SPACES[spec.env.id]
+        else:
+            return []
+        module = registry.get_backend(backend, device)
+        weights = init_qnet(spec.qnet.hidden, obs_dim, n_actions, spec.seed, spec.dtype)
+        agent = module.DQNAgent(
+            spec.qnet, obs_dim, n_actions, weights, spec.optim, d.gamma, d.loss, d.double, spec.dtype, device
+        )
+        rng = make_rng(spec.seed, "throughput")
+        obs = rng.normal(size=(n_envs, obs_dim)).astype(spec.dtype)
+        rows = rng.normal(size=(d.batch_size, 2 * obs_dim + 3)).astype(spec.dtype)
+        rows[:, -2] = rng.random(d.batch_size) < 0.05  # terminated
+        rows[:, -1] = rng.integers(0, n_actions, d.batch_size)  # action
+        act = timed_rate(partial(agent.act_values, obs), n_envs, seconds / 2)
+        upd = timed_rate(partial(agent.update, PackedBatch(rows, obs_dim), spec.optim.lr), 1, seconds / 2)
+        per_vector_step = n_envs * d.gradient_steps / d.train_freq
+        ms = act["ms_per_step"] + per_vector_step * upd["ms_per_step"]
+        out = [
+            {
+                "what": f"agent side of a vector step ({n_envs} envs)",
+                "value": 1000.0 * n_envs / ms,
+                "unit": "env steps/s",
+                "detail": f"Q-values {act['ms_per_step']:.3f} ms + {per_vector_step:g} updates x "
+                f"{upd['ms_per_step']:.3f} ms per {n_envs} env steps; env time not included",
+            },
+            {
+                "what": f"update, batch {d.batch_size}",
+                "value": upd["rate"],
+                "unit": "updates/s",
+                "detail": f"{upd['steps']} updates, {upd['ms_per_step']:.3f} ms each",
+            },
+        ]
+        if importlib.util.find_spec("gymnasium") is not None:
+            budget = replace(
+                d, total_steps=THROUGHPUT_ENV_STEPS, eval_every=0, stop_return=0.0, keep_best=False, eval_episodes=1
+            )
+            result = driver().train(replace(spec, dqn=budget), backend, device=device, progress=False, test=False)
+            out.append(
+                {
+                    "what": f"end to end, {result.env_steps} env steps",
+                    "value": result.steps_per_s,
+                    "unit": "env steps/s",
+                    "detail": f"{result.updates} updates, {result.wall_s:.1f} s with Gymnasium's {spec.env.id}",
+                }
+            )
+        return out
 
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []

@@ -21,6 +21,7 @@ CPU in the same backend (device parity: same weights and batches, per level).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import platform
 import time
 from dataclasses import dataclass
@@ -29,12 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from dualkit import __version__
 from dualkit.core import checkpoint, registry
 from dualkit.core.errors import CheckpointError, DualkitError, SpecError
 from dualkit.core.exploration import q_margin
 from dualkit.core.runs import read_json, write_json
-from dualkit.core.specs import to_dict
+from dualkit.core.specs import from_dict, to_dict
 from dualkit.tasks.golden import WEIGHT_PREFIX, Arrays, Compare, GoldenCase, group_of
 from dualkit.tasks.parity import (
     BACKENDS,
@@ -71,6 +71,13 @@ def processor() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _dualkit_version() -> str:
+    try:
+        return importlib.metadata.version("dualkit")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout run in place
+        return "source checkout"
 
 
 def environment(backend: str) -> dict[str, Any]:
@@ -190,7 +197,7 @@ def record(
             "l4_steps": l4_steps,
             "recorded_on": RECORD_DEVICE,
             "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "dualkit": __version__,
+            "dualkit": _dualkit_version(),
             "python": platform.python_version(),
             "numpy": np.__version__,
             "environment": envs,
@@ -300,7 +307,9 @@ def check_spec(golden: Golden, task: Any, spec: Any) -> None:
             f"{golden.path} holds golden files of a {golden.manifest['task']!r} task ({golden.preset}), not "
             f"{task.name!r}; name its own preset or record this one"
         )
-    diff = _first_difference(golden.manifest["spec"], to_dict(spec))
+    # the recorded spec read as this dualkit reads it: fields added since take their defaults
+    recorded = to_dict(from_dict(golden.manifest["spec"]))
+    diff = _first_difference(recorded, to_dict(spec))
     if diff:
         raise SpecError(
             f"{golden.path} was recorded for another spec ({diff}); check with the recording's preset and --set "
@@ -317,17 +326,19 @@ def check(
     device: str,
     levels: list[str] | None = None,
     dtypes: list[str] | None = None,
-    device_parity: bool = True,
+    device_parity: bool | None = None,
 ) -> list[Check]:
     """Each recorded case of ``levels`` x ``dtypes`` (default: all recorded) computed by ``backend`` on ``device``
-    and compared with both recorded backends; on a GPU with ``device_parity``, also with the same backend on this
-    machine's CPU."""
+    and compared with both recorded backends; with ``device_parity`` (default: on a GPU) also with the same backend
+    on this machine's CPU, same inputs (device parity)."""
     check_spec(golden, task, spec)
     levels = levels or golden.levels
     dtypes = dtypes or golden.dtypes
     module = registry.get_backend(backend, device)
     device = registry.resolve_device(module, device)
     here = environment(backend) if device == RECORD_DEVICE else None
+    if device_parity is None:
+        device_parity = device != RECORD_DEVICE
     cases = {
         c.key: c
         for dtype in golden.dtypes
@@ -355,7 +366,7 @@ def check(
             exact = here is not None and ref == backend and here == golden.manifest["environment"][ref]
             label = f"{backend} {device} vs {ref} cpu, recorded"
             out += compare_case(case, got, main[ref], own, device, exact, label)
-        if device_parity and device != RECORD_DEVICE:
+        if device_parity:
             try:
                 local = _run(case, backend, RECORD_DEVICE, inputs)
             except Exception as exc:

@@ -6,16 +6,22 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dualkit.core import registry
+from dualkit.core.batches import make_rng
 from dualkit.core.datasets import load_dataset
 from dualkit.core.errors import DualkitError
+from dualkit.core.masking import grid_shape, patch_size_for, random_masks
 from dualkit.core.report import ABSENT, markdown_table, mean_or_absent, mean_std
+from dualkit.core.weights import init_masked
 from dualkit.tasks import export, masked_golden, masked_parity, parity, pretrain
-from dualkit.tasks.base import EvalOptions, ExportReport, Task, run_summary
+from dualkit.tasks.base import EvalOptions, ExportReport, Task, run_summary, timed_rate
+from dualkit.tasks.classify_task import SYNTHETIC_SHAPES, synthetic_images, throughput_batches
 from dualkit.tasks.masked_spec import MaskedRunSpec
 from dualkit.tasks.parity import Check
 
@@ -142,6 +148,32 @@ class MaskedTask(Task):
 
     def golden_cases(self, spec, levels, dtype, l4_steps=None):
         return masked_golden.golden_cases(spec, levels, dtype, l4_steps)
+
+    def step_throughput(self, spec, backend, device, seconds) -> list[dict[str, Any]]:
+        """Pretraining steps of the preset's autoencoder on synthetic images of its data's shape and the preset's
+        masks: images/s at the preset's batch size (and on a GPU at a large one)."""
+        shape = SYNTHETIC_SHAPES.get(spec.data.name)
+        if shape is None:
+            return []
+        module = registry.get_backend(backend, device)
+        grid = grid_shape(shape, patch_size_for(spec.model, shape, spec.mask.patch_size))
+        rows = []
+        for batch in throughput_batches(spec, device):
+            weights = init_masked(spec.model, spec.decoder, shape[2], spec.seed, spec.dtype)
+            mae = pretrain.build_autoencoder(module, spec, shape, weights, device)
+            x, _ = synthetic_images(spec, batch)
+            masks = random_masks(batch, grid, spec.mask.ratio, make_rng(spec.seed, "throughput-masks"))
+            r = timed_rate(partial(mae.train_step, x, masks, spec.optim.lr), batch, seconds)
+            rows.append(
+                {
+                    "what": f"pretraining step, batch {batch}",
+                    "value": r["rate"],
+                    "unit": "images/s",
+                    "detail": f"{r['steps']} steps, {r['ms_per_step']:.2f} ms each; synthetic "
+                    f"{'x'.join(map(str, shape))} images, mask ratio {spec.mask.ratio}, {spec.dtype}",
+                }
+            )
+        return rows
 
     def bench_parity(self, spec, device) -> list[Check]:
         checks: list[Check] = []

@@ -409,3 +409,37 @@ def test_an_os_error_is_one_line_that_says_what_to_do(tmp_path, capsys, monkeypa
 
 def test_bench_compare_on_a_missing_file(tmp_path, capsys):
     refused(capsys, ["bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")], "does not exist")
+
+
+# --------------------------------------------------------------------------- parity --record / --against
+
+
+@needs_torch
+@needs_tf
+def test_parity_records_golden_files_and_checks_one_backend_against_them(tmp_path, capsys):
+    golden, report = tmp_path / "golden", tmp_path / "against.json"
+    base = ["parity", "cnn-digits", "--levels", "L0,L3", "--dtype", "float32"]
+    assert main([*base, "--record", str(golden)]) == 0
+    out = capsys.readouterr().out
+    assert "L3    | float32 | adamw: tf vs torch, recorded" in out and f"wrote {golden}: 13 cases" in out
+    assert (golden / "manifest.json").is_file() and (golden / "outputs-tf.safetensors").is_file()
+    assert main(["parity", "cnn-digits", "--against", str(golden), "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "adamw: torch cpu vs torch cpu, recorded" in out and "26 passed, 0 failed" in out
+    assert f"checked torch on cpu against {golden}" in out
+    record = read_json(report)
+    assert record["mode"] == "against" and record["golden"] == str(golden) and len(record["checks"]) == 26
+    assert main(["parity", "cnn-digits", "--against", str(golden), "--backend", "tf", "--levels", "L0"]) == 0
+    assert "cross-entropy: tf cpu vs tf cpu, recorded" in capsys.readouterr().out
+    refused(capsys, ["parity", "cnn-digits", "--against", str(golden), "--levels", "L2"], "L2 has no golden files")
+    refused(capsys, ["parity", "cnn-digits", "--against", str(golden), "--dtype", "float64"], "float32 only")
+    refused(capsys, ["parity", "cnn-digits", "--against", str(golden), "--set", "seed=2"], "another spec (seed")
+    refused(capsys, ["parity", "dqn-cartpole", "--against", str(golden)], "of a 'classify' task")
+    refused(capsys, ["parity", "cnn-digits", "--against", str(golden), "--l4-steps", "9"], "drop --l4-steps")
+    refused(capsys, ["parity", "cnn-digits", "--against", str(tmp_path)], "not a golden-file recording")
+    refused(capsys, ["parity", "cnn-digits", "--record", str(golden), "--device", "gpu"], "recorded on CPU")
+    refused(capsys, ["parity", "cnn-digits", "--record", str(golden), "--levels", "L5"], "L5 has no golden files")
+    refused(capsys, ["parity", "cnn-digits", "--backend", "tf", "--levels", "L0"], "use it with --against")
+    with pytest.raises(SystemExit):  # --record and --against exclude each other
+        main(["parity", "cnn-digits", "--record", str(golden), "--against", str(golden)])
+    capsys.readouterr()
