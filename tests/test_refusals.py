@@ -762,6 +762,51 @@ CASES: list[Case] = [
         ("already holds a run", "--resume", "--overwrite"),
         runs=("run",),
     ),
+    # -- the transformer tasks (issue 16)
+    C(
+        "bert-heads-do-not-divide-hidden",
+        ("pretrain", "bert-mlm-tiny", "--set", "model.heads=3", *OUT),
+        ("model.hidden=64 must divide by model.heads=3", "choose heads among"),
+    ),
+    C(
+        "bert-max-length-past-positions",
+        ("train", "bert-tag-tiny", "--set", "data.max_length=999", *OUT),
+        ("data.max_length=999 is longer than model.max_positions=64", "set data.max_length <= 64"),
+    ),
+    C(
+        "conll-without-root",
+        ("train", "bert-tag-tiny", "--set", "data.name=conll", *OUT),
+        ("data.name='conll' needs data.root",),
+    ),
+    C(
+        "bert-init-from-missing",
+        ("train", "bert-tag-tiny", "--init-from", "{ws}/nothere", *OUT),
+        ("--init-from {ws}/nothere: no such folder", "Hugging Face BERT folder"),
+        backend=True,
+    ),
+    C(
+        "bert-init-from-a-classify-run",
+        ("train", "bert-tag-tiny", "--init-from", "{ws}/run", *OUT),
+        ("a 'classifier' run holds no transformer encoder", "mlm run folder or a Hugging Face BERT folder"),
+        runs=("run",),
+    ),
+    C(
+        "bert-init-from-for-mlm",
+        ("train", "bert-mlm-tiny", "--init-from", "{ws}/run", *OUT),
+        ("--init-from starts a tagger", "MLM pretraining starts from its own seeded init"),
+        runs=("run",),
+    ),
+    C(
+        "port-to-hf-of-a-classify-run",
+        ("port", "{ws}/run", "--to", "hf"),
+        ("'classify' run", "--to hf is for the transformer tasks' runs", "use --to torch or tf"),
+        runs=("run",),
+    ),
+    C(
+        "pretrain-a-tag-preset",
+        ("pretrain", "bert-tag-tiny", *OUT),
+        ("`dualkit pretrain` runs pretraining presets", "use `dualkit train bert-tag-tiny`"),
+    ),
 ]
 
 
