@@ -36,6 +36,8 @@ RUN_KEYS = (
 )
 # Targets from the benchmark issue: toolkit step vs bare loops, and CNN FLOP/s vs the matmul rate.
 TARGETS = {"torch toolkit / bare loop": 1.0, "tf toolkit / bare tf.function loop": 1.0, "tf toolkit / keras fit": 1.5}
+# The transformer's (issue 16): each backend's MaskedLM step >= 1.0x its framework's idiomatic loop of that model.
+TRANSFORMER_TARGETS = dict.fromkeys(TARGETS, 1.0)
 MATMUL_FRACTION_TARGET = 0.5
 
 
@@ -231,9 +233,37 @@ def markdown_report(results: dict[str, Any], plots: dict[str, str] | None = None
             f"Best toolkit backend reaches {best:.0%} of the matmul rate "
             f"(target {MATMUL_FRACTION_TARGET:.0%}: {'met' if best >= MATMUL_FRACTION_TARGET else 'not met'}).",
         ]
+        if ov.get("transformer"):
+            lines += transformer_overhead_section(ov["transformer"])
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def transformer_overhead_section(tr: dict[str, Any]) -> list[str]:
+    """The transformer part of the overhead benchmark (benchmarks.overhead.run_transformer_overhead): tokens/s
+    of each loop, the speed-ups toolkit / loop against their targets, and the loops that were skipped."""
+    rows = [[name, r["s_per_step"] * 1e3, r["tokens_per_s"], r["sequences_per_s"]] for name, r in tr["loops"].items()]
+    speed_rows = [[k, v, TRANSFORMER_TARGETS[k], v >= TRANSFORMER_TARGETS[k]] for k, v in tr["speedup"].items()]
+    lines = [
+        "",
+        f"## Overhead: {tr['preset']} transformer, batch {tr['batch_size']} x {tr['length']} tokens, vocabulary "
+        f"{tr['vocab_size']}, {tr['steps']} timed steps"
+        + (f" per round, best of {tr['rounds']} rounds" if tr.get("rounds", 1) > 1 else ""),
+        "",
+        f"Synthetic token blocks with BERT's masks drawn once ({tr['labelled_per_step']:.0f} of "
+        f'{tr["tokens_per_step"]:.0f} tokens per batch labelled); tokens/s counts attended tokens. "bare torch '
+        'loop": Hugging Face transformers\' BertForMaskedLM (eager attention) with torch.optim.AdamW; "bare '
+        'tf.function loop" and "keras fit": the tf backend\'s Keras network with keras.optimizers.AdamW and a masked '
+        "cross-entropy.",
+        "",
+        markdown_table(["loop", "ms/step", "tokens/s", "sequences/s"], rows),
+        "",
+        markdown_table(["speed-up (toolkit vs loop)", "measured", "target", "met"], speed_rows),
+    ]
+    if tr.get("skipped"):
+        lines += ["", "Not timed: " + "; ".join(f"{k} ({why})" for k, why in tr["skipped"].items()) + "."]
+    return lines
 
 
 def conv_floor_rows(floors: dict[str, Any]) -> list[list[Any]]:
@@ -302,7 +332,8 @@ def plot_throughput(results: dict[str, Any], path: Path) -> Path:
     environment steps/s), plus a panel of the overhead loops if measured."""
     presets = list(dict.fromkeys(r["preset"] for r in results["runs"]))
     ov = results.get("overhead")
-    plt, fig, axes = _panels(len(presets) + bool(ov), width=4.0, height=3.8)
+    tr = (ov or {}).get("transformer")
+    plt, fig, axes = _panels(len(presets) + bool(ov) + bool(tr), width=4.0, height=3.8)
     # per panel: (axes, title, [(tick label, mean, std over seeds, backend or loop name)])
     bars: list[tuple[Any, str, list[tuple[str, float, float, str]]]] = []
     for ax, preset in zip(axes, presets):
@@ -324,6 +355,14 @@ def plot_throughput(results: dict[str, Any], path: Path) -> Path:
                 axes[len(presets)],
                 f"overhead: {ov['preset']} step\n(images/s)",
                 [(name.replace(" ", "\n", 1), r["images_per_s"], 0.0, name) for name, r in ov["loops"].items()],
+            )
+        )
+    if tr:
+        bars.append(
+            (
+                axes[len(presets) + 1],
+                f"overhead: {tr['preset']} step\n(tokens/s)",
+                [(name.replace(" ", "\n", 1), r["tokens_per_s"], 0.0, name) for name, r in tr["loops"].items()],
             )
         )
     for ax, title, rows in bars:
@@ -450,6 +489,12 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
         parts += ["", markdown_table(["figure", "old", "new"], differ[:50])]
     if old.get("overhead") and new.get("overhead"):
         rows = [[k, old["overhead"]["speedup"].get(k, float("nan")), v] for k, v in new["overhead"]["speedup"].items()]
+        # the transformer's ratios, named after its preset (absent from results written before it was measured)
+        old_tr, new_tr = old["overhead"].get("transformer") or {}, new["overhead"].get("transformer") or {}
+        rows += [
+            [f"{new_tr['preset']}: {k}", old_tr.get("speedup", {}).get(k, float("nan")), v]
+            for k, v in new_tr.get("speedup", {}).items()
+        ]
         parts += ["", "## Overhead speed-ups", "", markdown_table(["ratio", "old", "new"], rows)]
     return "\n".join(parts) + "\n"
 

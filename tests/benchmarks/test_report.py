@@ -387,3 +387,86 @@ def test_parity_gaps_plot_of_envelope_checks(tmp_path):
     assert paths["parity gaps"].read_bytes().startswith(b"\x89PNG")
     assert "(parity-gaps.png)" in paths["report"].read_text()
     assert "parity gaps" not in report.write_report(fake_results(), tmp_path / "plain")  # no series, no plot
+
+
+def fake_mlm_run(backend: str, seed: int) -> dict:
+    return {
+        "preset": "bert-mlm-tiny",
+        "task": "mlm",
+        "backend": backend,
+        "seed": seed,
+        "device": "cpu",
+        "metric": "mlm_accuracy",
+        "value": 0.31 + 0.01 * seed,
+        "unigram_accuracy": 0.06,
+        "curve_x": [1, 2, 3, 4],
+        "curve_y": [0.12, 0.2, 0.26, 0.3 + 0.01 * seed],
+        "curve_label": "validation MLM accuracy per epoch",
+        "curve_xlabel": "epoch",
+        "throughput": 9000.0 + 100 * seed,
+        "throughput_unit": "tokens/s",
+        "wall_s": 70.0,
+        "pretrain_s": 40.0,
+        "final_loss": 4.5 - 0.1 * seed,
+        "pretrained_f1": 0.62 + 0.01 * seed,
+        "random_f1": 0.55,
+        "margin_points": 7.0 + seed,
+        "peak_rss_mb": 900.0,
+    }
+
+
+def fake_transformer_overhead() -> dict:
+    names = ("toolkit torch", "bare torch loop", "toolkit tf", "bare tf.function loop", "keras fit")
+    seconds = dict(zip(names, (0.3, 0.75, 0.06, 0.12, 0.1)))
+    return {
+        "preset": "bert-mlm-tiny",
+        "batch_size": 32,
+        "length": 64,
+        "vocab_size": 2000,
+        "vocab_from": "the preset's tokenizer, built from its corpus",
+        "tokens_per_step": 2048.0,
+        "labelled_per_step": 301.375,
+        "steps": 20,
+        "rounds": 3,
+        "loops": {
+            n: {"s_per_step": s, "tokens_per_s": 2048 / s, "sequences_per_s": 32 / s} for n, s in seconds.items()
+        },
+        "speedup": {
+            "torch toolkit / bare loop": 2.5,
+            "tf toolkit / bare tf.function loop": 2.0,
+            "tf toolkit / keras fit": 0.9,
+        },
+        "skipped": {},
+    }
+
+
+def test_mlm_runs_and_the_transformer_overhead_in_tokens_per_s(tmp_path):
+    results = fake_results()
+    results["runs"] += [fake_mlm_run(b, s) for b in ("torch", "tf") for s in (0, 1, 2)]
+    results["overhead"]["transformer"] = fake_transformer_overhead()
+    text = report.markdown_report(results)
+    sections = {block.split("\n\n")[0]: block for block in text.split("\n## ")[1:]}
+    mlm = sections["Masked language model (BERT) runs (mean ± std over seeds)"]
+    assert "held-out MLM accuracy" in mlm and "throughput (tokens/s)" in mlm and "images/s" not in mlm
+    assert "tag F1 pretrained" in mlm and "0.3200 ± 0.0082" in mlm and "+8.00" in mlm  # accuracy; mean margin
+    assert "9100 ± 82" in mlm  # tokens/s, mean ± std over seeds
+    title = "Overhead: bert-mlm-tiny transformer, batch 32 x 64 tokens, vocabulary 2000, 20 timed steps per round"
+    tr = sections[title + ", best of 3 rounds"]
+    assert "(301 of 2048 tokens per batch labelled)" in tr
+    assert "| bare torch loop       |   750.0 |     2731 |        42.7 |" in tr  # ms/step, tokens/s, sequences/s
+    assert "| torch toolkit / bare loop          |    2.500 |  1.000 | yes |" in tr
+    assert "| tf toolkit / keras fit             |    0.900 |  1.000 | no  |" in tr  # the issue's target: 1.0x
+    assert "Not timed" not in tr
+    for table in (block for block in text.split("\n\n") if block.startswith("|")):
+        assert len({len(line) for line in table.splitlines()}) == 1, table
+    skipped = copy.deepcopy(results)
+    del skipped["overhead"]["transformer"]["loops"]["bare torch loop"]
+    del skipped["overhead"]["transformer"]["speedup"]["torch toolkit / bare loop"]
+    skipped["overhead"]["transformer"]["skipped"] = {"bare torch loop": "transformers is not installed"}
+    assert "Not timed: bare torch loop (transformers is not installed)." in report.markdown_report(skipped)
+    # a panel more in the throughput plot; both curves' panels; compare names the transformer's ratios
+    plain = report.plot_throughput(fake_results(), tmp_path / "plain.png").read_bytes()
+    paths = report.write_report(results, tmp_path / "out")
+    assert paths["throughput"].read_bytes() != plain and paths["curves"].read_bytes().startswith(b"\x89PNG")
+    older = fake_results()  # written before the transformer was timed
+    assert "| bert-mlm-tiny: tf toolkit / keras fit             |   nan | 0.900 |" in report.compare(older, results)
