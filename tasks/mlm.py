@@ -18,6 +18,7 @@ import numpy as np
 
 from dualkit.core import checkpoint, corpora, registry
 from dualkit.core.batches import make_rng
+from dualkit.core.errors import DataError
 from dualkit.core.losses import masked_cross_entropy
 from dualkit.core.masking import mlm_mask
 from dualkit.core.runs import MODEL_FILE, SPEC_FILE, one_writer, prepare_run_dir, write_json
@@ -47,6 +48,7 @@ from dualkit.tasks.transformer import (
     load_text_run,
     model_for,
     open_text_resume,
+    port_probe,
     port_run,
     real_tokens,
 )
@@ -285,17 +287,26 @@ def downstream(
     }
 
 
-def evaluate_run(run_dir: Path, backend_name: str | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Held-out masked-token accuracy of an MLM run's model in any backend; writes eval-<backend>.json."""
+def evaluate_run(
+    run_dir: Path, backend_name: str | None = None, device: str = "cpu", split: str = "test"
+) -> dict[str, Any]:
+    """Masked-token accuracy of an MLM run's model in any backend on ``split`` (fixed masks); writes
+    eval-<backend>.json (the test split) or eval-<backend>-<split>.json."""
     run = load_text_run(run_dir, "mlm")
     data = prepare_data(run.spec, run.tokenizer)
+    parts = {"test": data.test, "val": data.val, "train": data.train}
+    part = parts[split]
+    if len(part) == 0:  # data.test_fraction or data.val_fraction 0
+        others = " or ".join(f"--split {k}" for k, v in parts.items() if k != split and len(v))
+        raise DataError(f"the {split} split of this run's data is empty; evaluate {others}")
     model, name = model_for(run, backend_name, device, "mlm")
     res = {
         "backend": name,
         "trained_in": run.meta["backend"],
-        **evaluate_mlm(model, data.test, data, run.spec, "mlm/test"),
+        "split": split,
+        **evaluate_mlm(model, part, data, run.spec, f"mlm/{split}"),
     }
-    write_json(Path(run_dir) / f"eval-{name}.json", res)
+    write_json(Path(run_dir) / (f"eval-{name}.json" if split == "test" else f"eval-{name}-{split}.json"), res)
     return res
 
 
@@ -322,4 +333,4 @@ def resume(
 def port(run_dir: Path, to: str, out: Path, device: str = "cpu") -> PortReport:
     """``dualkit port`` of an MLM run (tasks/transformer.port_run), checked on held-out text."""
     run = load_text_run(run_dir, "mlm")
-    return port_run(run, prepare_data(run.spec, run.tokenizer).test, "mlm", to, out, device)
+    return port_run(run, port_probe(prepare_data(run.spec, run.tokenizer)), "mlm", to, out, device)

@@ -19,14 +19,14 @@ from dualkit.tasks.transformer import TOKENS_PER_S
 
 
 def show_evaluation(ev: dict[str, Any]) -> None:
-    if not ev:
-        return
-    print(
-        markdown_table(
-            ["held-out text", "masked tokens", "MLM loss", "MLM accuracy", "unigram guess"],
-            [["test split", ev["masked_tokens"], ev["loss"], ev["accuracy"], ev["unigram_accuracy"]]],
+    if "masked_tokens" in ev:  # absent when the run has no test split (data.test_fraction=0)
+        split = f"{ev.get('split', 'test')} split"  # a training run's evaluation is the test split's
+        print(
+            markdown_table(
+                ["held-out text", "masked tokens", "MLM loss", "MLM accuracy", "unigram guess"],
+                [[split, ev["masked_tokens"], ev["loss"], ev["accuracy"], ev["unigram_accuracy"]]],
+            )
         )
-    )
     d = ev.get("downstream") or {}
     if d:
         print(
@@ -68,8 +68,8 @@ class MlmTask(Task):
         show_evaluation(result.evaluation)
 
     def evaluate(self, run_dir, backend, device, options: EvalOptions) -> None:
-        res = mlm.evaluate_run(Path(run_dir), backend, device)
-        print(f"trained in {res['trained_in']}, evaluated in {res['backend']}")
+        res = mlm.evaluate_run(Path(run_dir), backend, device, options.split)
+        print(f"trained in {res['trained_in']}, evaluated in {res['backend']} on the {res['split']} split")
         show_evaluation(res)
 
     def port(self, run_dir, to, out, device) -> PortReport:

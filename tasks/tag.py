@@ -40,6 +40,7 @@ from dualkit.tasks.transformer import (
     load_text_run,
     model_for,
     open_text_resume,
+    port_probe,
     port_run,
     real_tokens,
 )
@@ -250,9 +251,11 @@ def evaluate_run(run_dir: Path, backend_name: str | None, device: str, split: st
     run = load_text_run(run_dir, "tag")
     data = prepare_data(run.spec, run.tokenizer, run.labels)
     model, name = model_for(run, backend_name, device, "tag")
-    part = {"test": data.test, "val": data.val, "train": data.train}[split]
-    if len(part) == 0:
-        raise DataError(f"the {split} split of this run's data is empty; evaluate --split test or --split train")
+    parts = {"test": data.test, "val": data.val, "train": data.train}
+    part = parts[split]
+    if len(part) == 0:  # data.test_fraction or data.val_fraction 0
+        others = " or ".join(f"--split {k}" for k, v in parts.items() if k != split and len(v))
+        raise DataError(f"the {split} split of this run's data is empty; evaluate {others}")
     res = {
         "backend": name,
         "trained_in": run.meta["backend"],
@@ -284,4 +287,4 @@ def resume(
 def port(run_dir: Path, to: str, out: Path, device: str = "cpu") -> PortReport:
     """``dualkit port`` of a tag run (tasks/transformer.port_run), checked on the test sentences."""
     run = load_text_run(run_dir, "tag")
-    return port_run(run, prepare_data(run.spec, run.tokenizer, run.labels).test, "tag", to, out, device)
+    return port_run(run, port_probe(prepare_data(run.spec, run.tokenizer, run.labels)), "tag", to, out, device)

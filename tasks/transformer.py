@@ -285,6 +285,12 @@ def open_text_resume(
 PORT_SEQUENCES = 256  # test sequences whose logits a port compares
 
 
+def port_probe(data: TextData) -> TokenData:
+    """The sequences a port is checked on: the test split's, else (data.test_fraction 0) the validation or the
+    training split's: any real text shows whether two models compute the same."""
+    return next((part for part in (data.test, data.val) if len(part)), data.train)
+
+
 def port_run(run: LoadedTextRun, probe: TokenData, head: str, to: str, out: Path, device: str) -> PortReport:
     """Write the run's model as backend ``to``'s native file (or, ``to="hf"``, a Hugging Face folder) and check the
     port on ``probe`` (test sequences): the target's logits against the training backend's at every real

@@ -23,6 +23,7 @@ from dualkit.tasks import mlm, tag  # noqa: E402
 from dualkit.tasks.transformer import load_text_run, model_for  # noqa: E402
 from tests.runfolders import sigint_after  # noqa: E402
 from tests.textruns import (  # noqa: E402
+    MLM,
     NO_DROPOUT,
     assert_same_weights,
     mlm_spec,
@@ -214,3 +215,25 @@ def test_downstream_fine_tunes_from_the_pretrained_encoder_and_from_random_init(
     np.testing.assert_array_equal(pretrained[WORD_EMBEDDINGS], result.weights[WORD_EMBEDDINGS])
     assert pretrained[WORD_EMBEDDINGS].shape == random[WORD_EMBEDDINGS].shape  # same vocabulary and architecture
     assert not np.array_equal(random[WORD_EMBEDDINGS], result.weights[WORD_EMBEDDINGS])
+
+
+# --------------------------------------------------------------------------- a run without a test split
+
+
+def test_a_run_without_test_split_shows_evaluates_other_splits_and_ports(tmp_path, capsys):
+    """data.test_fraction=0: training shows no test table (was a KeyError), eval names the splits there are, eval
+    --split val measures the validation text, and a port is checked on it."""
+    run_dir = tmp_path / "run"
+    sets = [a for s in [*MLM, "data.test_fraction=0"] for a in ("--set", s)]
+    assert main(["pretrain", "bert-mlm-tiny", "--quiet", "--out", str(run_dir), *sets]) == 0
+    assert "held-out text" not in capsys.readouterr().out
+    assert main(["eval", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err == "dualkit: error: the test split of this run's data is empty; evaluate --split val or --split train\n"
+    assert main(["eval", str(run_dir), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluated in torch on the val split" in out and "| val split " in out
+    res = read_json(run_dir / "eval-torch-val.json")
+    assert res["split"] == "val" and res["masked_tokens"] > 0
+    rep = mlm.port(run_dir, "torch", tmp_path / "model.pt")
+    assert rep.ok and rep.row["test sequences"] > 0 and rep.row["identical predictions"] is True

@@ -273,3 +273,15 @@ def test_port_to_hugging_face_loads_with_transformers(tag_runs, tmp_path, monkey
     real = mask.astype(bool)
     assert np.array_equal(ours.argmax(-1)[real], theirs.argmax(-1)[real])
     assert np.abs(ours - theirs)[real].max() / np.abs(ours[real]).max() < 1e-5
+
+
+def test_a_run_without_test_split_evaluates_other_splits_and_ports(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    tag.train(tag_spec("data.test_fraction=0"), "torch", run_dir=run_dir, progress=False)
+    assert main(["eval", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err == "dualkit: error: the test split of this run's data is empty; evaluate --split val or --split train\n"
+    assert main(["eval", str(run_dir), "--split", "val"]) == 0
+    assert read_json(run_dir / "eval-torch-val.json")["words"] > 0
+    rep = tag.port(run_dir, "torch", tmp_path / "model.pt")
+    assert rep.ok and rep.row["test sequences"] > 0 and rep.row["identical predictions"] is True
