@@ -18,12 +18,12 @@ import numpy as np
 
 from dualkit.core import checkpoint, corpora, registry
 from dualkit.core.batches import make_rng
-from dualkit.core.errors import DataError
+from dualkit.core.errors import DataError, SpecError
 from dualkit.core.losses import masked_cross_entropy
 from dualkit.core.masking import mlm_mask
 from dualkit.core.runs import MODEL_FILE, SPEC_FILE, one_writer, prepare_run_dir, write_json
 from dualkit.core.runstate import RunState
-from dualkit.core.specs import MlmSpec, save_json
+from dualkit.core.specs import MlmSpec, apply_overrides, save_json
 from dualkit.core.text import (
     TokenData,
     encode_documents,
@@ -157,6 +157,8 @@ def pretrain(
     """MLM-pretrain ``spec``'s model on one backend, then (``evaluate``) measure it on the held-out test text.
     ``init_weights`` replace initial tensors by name (parity's rounding envelope); ``data`` reuses prepared data
     (parity and benchmarks: the same tokenizer and blocks for both backends)."""
+    if evaluate:
+        downstream_spec(spec)  # refused now, not after the pretraining
     backend = registry.get_backend(backend_name, device)
     device = registry.resolve_device(backend, device)
     backend.seed(spec.seed)
@@ -253,22 +255,39 @@ def fit(
     return result
 
 
+def downstream_spec(spec: MlmRunSpec) -> Any:
+    """spec.downstream's tag spec (None when downstream.preset is ""), with the pretraining's seed and dtype.
+    Pretraining checks it before it starts: a preset that is not a tag task would otherwise fail after it."""
+    if not spec.downstream.preset:
+        return None
+    from dualkit.tasks import presets
+
+    tag_spec = presets.load(spec.downstream.preset)
+    if tag_spec.task != "tag":
+        raise SpecError(
+            f"downstream.preset={spec.downstream.preset!r} is a {tag_spec.task!r} preset; name a tag preset "
+            "(e.g. bert-tag-tiny), or set downstream.preset='' for no downstream evaluation"
+        )
+    overrides = [f"seed={spec.seed}", f"dtype={spec.dtype}"]
+    if spec.downstream.max_steps:
+        overrides.append(f"max_steps={spec.downstream.max_steps}")
+    tag_spec = apply_overrides(tag_spec, overrides)
+    if tag_spec.data.max_length > spec.model.max_positions:  # the pretrained encoder's length is the limit
+        tag_spec = replace(tag_spec, data=replace(tag_spec.data, max_length=spec.model.max_positions))
+    return tag_spec
+
+
 def downstream(
     spec: MlmRunSpec, backend: str, device: str, weights: dict[str, np.ndarray], tokenizer: Any, progress: bool
 ) -> dict[str, Any]:
     """The pretraining's outcome on a labelled task: spec.downstream's tag preset fine-tuned from the pretrained
     encoder and from random init, same budget, vocabulary and architecture: test F1 of each and the margin in
     points. Empty when spec.downstream.preset is ""."""
-    if not spec.downstream.preset:
+    tag_spec = downstream_spec(spec)
+    if tag_spec is None:
         return {}
-    from dualkit.tasks import presets, tag
+    from dualkit.tasks import tag
 
-    overrides = [f"seed={spec.seed}", f"dtype={spec.dtype}"]
-    if spec.downstream.max_steps:
-        overrides.append(f"max_steps={spec.downstream.max_steps}")
-    tag_spec = presets.load(spec.downstream.preset, overrides)
-    if tag_spec.data.max_length > spec.model.max_positions:  # the pretrained encoder's length is the limit
-        tag_spec = replace(tag_spec, data=replace(tag_spec.data, max_length=spec.model.max_positions))
     encoder = {k: v for k, v in weights.items() if k.startswith("bert.")}
     src = InitSource(Path(f"<{spec.task} pretraining>"), encoder, tokenizer, spec.model, "mlm run")
     data = tag.prepare_data(tag_spec, tokenizer)
@@ -324,6 +343,7 @@ def resume(
     r, model = open_text_resume(
         run_dir, "mlm", overrides, backend_name, device, lambda s, tok, _: prepare_data(s, tok), ("batches", "masks")
     )
+    downstream_spec(r.spec)  # the spec.json may name a preset that has gone since
     resumed = r.begin(progress)  # every check passed: from here on the run folder is written
     result = fit(r.spec, r.backend, r.device, model, r.data, r.state, r.req.run_dir, progress, evaluate=True)
     result.extra.update(resumed)

@@ -803,6 +803,18 @@ CASES: list[Case] = [
         runs=("run",),
     ),
     C(
+        "mlm-downstream-not-a-tag-preset",
+        ("pretrain", "bert-mlm-tiny", "--set", "downstream.preset=cnn-digits", *OUT),
+        ("downstream.preset='cnn-digits' is a 'classify' preset", "name a tag preset", "downstream.preset=''"),
+        backend=True,
+    ),
+    C(
+        "mlm-downstream-unknown-preset",
+        ("pretrain", "bert-mlm-tiny", "--set", "downstream.preset=nothere", *OUT),
+        ("unknown task preset 'nothere'", "bert-tag-tiny"),
+        backend=True,
+    ),
+    C(
         "pretrain-a-tag-preset",
         ("pretrain", "bert-tag-tiny", *OUT),
         ("`dualkit pretrain` runs pretraining presets", "use `dualkit train bert-tag-tiny`"),
