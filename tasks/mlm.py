@@ -261,9 +261,10 @@ def downstream_spec(spec: MlmRunSpec) -> Any:
     if not spec.downstream.preset:
         return None
     from dualkit.tasks import presets
+    from dualkit.tasks.tag_spec import TagRunSpec
 
     tag_spec = presets.load(spec.downstream.preset)
-    if tag_spec.task != "tag":
+    if not isinstance(tag_spec, TagRunSpec):
         raise SpecError(
             f"downstream.preset={spec.downstream.preset!r} is a {tag_spec.task!r} preset; name a tag preset "
             "(e.g. bert-tag-tiny), or set downstream.preset='' for no downstream evaluation"
