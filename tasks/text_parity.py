@@ -28,6 +28,7 @@ from dualkit.core.masking import mlm_mask
 from dualkit.core.specs import MlmSpec, OptimSpec, TransformerSpec
 from dualkit.tasks import mlm, tag
 from dualkit.tasks.base import NATIVE_SUFFIX
+from dualkit.tasks.mlm_spec import MlmRunSpec
 from dualkit.tasks.parity import (
     BACKENDS,
     Check,
@@ -168,11 +169,13 @@ def level2(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[C
 
 # -- the preset's own model and data ---------------------------------------------------------------------------
 def head_of(spec: Any) -> str:
-    return "mlm" if spec.task == "mlm" else "tag"
+    """The spec's model head: "mlm" for an MLM pretraining spec, "tag" for a tagger's (by spec class: nothing
+    dispatches on a task's name, tests/test_layout.py)."""
+    return "mlm" if isinstance(spec, MlmRunSpec) else "tag"
 
 
 def prepare(spec: Any) -> TextData:
-    return mlm.prepare_data(spec) if spec.task == "mlm" else tag.prepare_data(spec)
+    return mlm.prepare_data(spec) if head_of(spec) == "mlm" else tag.prepare_data(spec)
 
 
 def parity_spec(spec: Any, dtype: str) -> Any:
@@ -184,7 +187,7 @@ def first_batch(spec: Any, data: TextData) -> tuple[np.ndarray, np.ndarray, np.n
     """The preset's first training sequences as one batch, masked as in training (MLM) or with their tags."""
     sl = slice(0, spec.train.batch_size)
     ids, mask = data.train.input_ids[sl], data.train.attention_mask[sl]
-    if spec.task == "mlm":
+    if head_of(spec) == "mlm":
         masked, labels = mlm.masks_for(ids, data, spec.mlm, make_rng(spec.seed, "parity-mlm"))
         return masked, mask, labels
     return ids, mask, data.train.labels[sl]
@@ -220,7 +223,7 @@ def preset_levels(spec: Any, data: TextData, dtype: str, device: str) -> list[Ch
 # -- L4: a real training run ----------------------------------------------------------------------------------
 def run(spec: Any, backend: str, data: TextData, device: str, init_weights: dict | None = None) -> Any:
     """One training run without a run folder (MLM: no evaluation; tag: its test evaluation is cheap)."""
-    if spec.task == "mlm":
+    if head_of(spec) == "mlm":
         return mlm.pretrain(
             spec, backend, device=device, progress=False, evaluate=False, data=data, init_weights=init_weights
         )
@@ -282,7 +285,7 @@ def level4(base: Any, data: TextData, dtype: str, device: str, steps: int = L4_S
 # -- L5 and port ----------------------------------------------------------------------------------------------
 def outcome(spec: Any, backend: str, device: str) -> float:
     """The preset's outcome in points-ready form: held-out MLM accuracy (mlm), test F1 (tag)."""
-    if spec.task == "mlm":
+    if head_of(spec) == "mlm":
         res = mlm.pretrain(
             replace(spec, downstream=replace(spec.downstream, preset="")), backend, device=device, progress=False
         )
@@ -311,7 +314,7 @@ def l5_checks(runs: list[dict[str, Any]], what: str, max_gap_points: float) -> l
 
 def level5(spec: Any, device: str, seeds: tuple[int, ...]) -> list[Check]:
     runs = [{"backend": b, "value": outcome(replace(spec, seed=s), b, device)} for b in BACKENDS for s in seeds]
-    if spec.task == "mlm":
+    if head_of(spec) == "mlm":
         return l5_checks(runs, "MLM accuracy", L5_MAX_GAP_POINTS_MLM)
     return l5_checks(runs, "test F1", L5_MAX_GAP_POINTS_TAG)
 
@@ -321,14 +324,14 @@ def port_checks(base: Any, data: TextData, device: str) -> list[Check]:
     folder (loaded back by ``transformers`` where it is installed): logits within the port bound and the same
     predictions at every real position."""
     spec = replace(base, max_steps=PORT_STEPS, train=replace(base.train, epochs=10_000))
-    if spec.task == "mlm":
+    if head_of(spec) == "mlm":
         spec = replace(spec, downstream=replace(spec.downstream, preset=""))
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for src, dst in (("tf", "torch"), ("torch", "tf"), ("torch", "hf")):
             run_dir = Path(tmp) / f"run-{src}-{dst}"
             artifact = Path(tmp) / (f"hf-{src}" if dst == "hf" else f"model-{src}{NATIVE_SUFFIX[dst]}")
-            if spec.task == "mlm":
+            if head_of(spec) == "mlm":
                 mlm.pretrain(spec, src, run_dir=run_dir, device=device, progress=False, evaluate=False, data=data)
                 rep = mlm.port(run_dir, dst, artifact, device)
             else:
@@ -380,7 +383,7 @@ def bench_levels(spec: Any, device: str) -> list[Check]:
     downstream tag preset's own model levels (preset L1/L2, L4, port: the tag head on its data)."""
     levels, dtypes = ["L0", "L1", "L2", "L3", "L4", "port"], ["float32", "float64"]
     checks = run_levels(spec, levels, dtypes, device)
-    if spec.task == "mlm" and spec.downstream.preset:
+    if head_of(spec) == "mlm" and spec.downstream.preset:
         from dualkit.tasks import presets
 
         tag_spec = presets.load(spec.downstream.preset)
