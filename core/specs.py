@@ -41,6 +41,10 @@ class ModelSpec:
     batchnorm: bool = False
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1  # torch convention: running = (1 - m) * running + m * batch
+    # On several workers (--workers N): True normalises with the statistics of the whole global batch (all-reduced,
+    # as one worker with the global batch); False with each replica's own shard (a "ghost batch"), the running
+    # statistics then being the mean of the replicas' updates. One worker: no difference.
+    bn_sync: bool = False
     head: str = "gap"  # gap | flatten
     hidden: tuple[int, ...] = ()  # dense layers between the pooled features and the logits
     dropout: float = 0.0  # before every dense layer

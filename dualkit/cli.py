@@ -15,7 +15,7 @@ from dualkit.core import registry
 from dualkit.core.errors import DualkitError
 from dualkit.core.report import markdown_table
 from dualkit.core.runs import default_run_dir, write_json
-from dualkit.tasks import presets
+from dualkit.tasks import launch, presets
 from dualkit.tasks import registry as task_registry
 from dualkit.tasks.base import EvalOptions
 from dualkit.tasks.export import FORMATS as EXPORT_FORMATS
@@ -46,6 +46,16 @@ def non_negative_int(text: str) -> int:
 def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help=f"torch or tf (default: ${registry.ENV_VAR}, else {registry.DEFAULT})")
     p.add_argument("--device", default="cpu", choices=registry.DEVICES, help="cpu (default), gpu or auto")
+
+
+def _workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="data-parallel on N local worker processes (torch.distributed / tf.distribute); train.batch_size is "
+        "the global batch, cut into N equal shards (README: Distributed training)",
+    )
 
 
 def _spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -99,7 +109,17 @@ def _resume(args: argparse.Namespace) -> int:
                 f"{preset_task!r} task; drop the preset (--resume takes the spec from the run) or "
                 "name the run's own"
             )
-    result = task.resume(run_dir, args.backend, overrides=args.overrides, device=args.device, progress=not args.quiet)
+    backend = args.backend
+    if args.workers > 1 or launch.is_worker(None):  # the launch needs the framework: the run's, unless named
+        backend = launch.resume_backend(run_dir, args.backend)
+        if not launch.is_worker(backend):
+            task.check_workers(args.workers)
+            return launch.cli_launch(args, backend, run_dir)
+    with launch.cli_session(backend, args.device, args.workers) as world:
+        progress = not args.quiet and world.writer
+        result = task.resume(run_dir, args.backend, overrides=args.overrides, device=args.device, progress=progress)
+    if not world.writer:
+        return 0
     task.show(result)
     backends = " -> ".join(seg["backend"] for seg in result.extra.get("segments", []))
     print(
@@ -123,15 +143,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     backend = registry.resolve_name(args.backend)
     run_dir = Path(args.out) if args.out else default_run_dir(Path(args.preset).stem, backend)
     init_from = getattr(args, "init_from", None)
-    result = task.train(
-        spec,
-        backend,
-        run_dir=run_dir,
-        device=args.device,
-        progress=not args.quiet,
-        overwrite=args.overwrite,
-        init_from=Path(init_from) if init_from else None,
-    )
+    if args.workers > 1 and not launch.is_worker(backend):
+        task.check_workers(args.workers, spec)
+        return launch.cli_launch(args, backend, run_dir)
+    with launch.cli_session(backend, args.device, args.workers) as world:
+        result = task.train(
+            spec,
+            backend,
+            run_dir=run_dir,
+            device=args.device,
+            progress=not args.quiet and world.writer,
+            overwrite=args.overwrite,
+            init_from=Path(init_from) if init_from else None,
+        )
+    if not world.writer:
+        return 0
     task.show(result)
     print(f"run folder: {run_dir}  ({result.wall_s:.1f} s)")
     return 0
@@ -333,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue RUN from its newest checkpoint (the spec is the run's own; "
         "--set may change train.epochs and checkpointing; --backend may name the other framework)",
     )
+    _workers_arg(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser(
@@ -345,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/<preset>-<backend>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _workers_arg(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run folder's model in either backend")
@@ -392,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="both", choices=("float32", "float64", "both"))
     p.add_argument(
         "--levels",
-        help=f"comma-separated subset of L0..L5,port,export (default {PARITY_LEVELS}; with --record/--against: "
+        help=f"comma-separated subset of L0..L5,port,export,dist (default {PARITY_LEVELS}; with --record/--against: "
         "the golden levels L0..L4, resp. those recorded)",
     )
     p.add_argument("--seeds", type=non_negative_int, default=3, help="seeds per backend for L5 (0 skips it)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dualkit.core import distributed
 from dualkit.core.errors import DualkitError
 
 
@@ -70,7 +71,30 @@ class Task:
     levels: tuple[str, ...] = ("L0", "L1", "L2", "L3", "L4", "L5", "port", "export")  # what ``dualkit parity`` knows
     native_suffix: dict[str, str] = NATIVE_SUFFIX
 
+    # ``--workers N``: a task trains data-parallel when its training goes through the run loop's epochs
+    # (tasks/loop.run_epochs cuts each global batch into the workers' shards) and its model objects train through
+    # backends' ModelState (train_step/_step averages the gradients through the framework's engine)
+    data_parallel: bool = False
+    single_process_reason: str = "its training does not go through the run loop's epochs of batches (tasks/loop.py)"
+
     # -- running ---------------------------------------------------------------------------------------
+    def check_workers(self, workers: int, spec: Any = None) -> None:
+        """Refuse ``--workers N`` (N > 1) for a task that trains in one process, saying why, and (given the
+        ``spec``) a global batch that does not cut into N equal shards: before any worker starts."""
+        if workers > 1 and not self.data_parallel:
+            raise DualkitError(
+                f"--workers {workers}: {self.name!r} runs train in one process ({self.single_process_reason}); "
+                "drop --workers"
+            )
+        if spec is not None:
+            distributed.check_batch_size(spec.train.batch_size, workers)
+
+    def parity_run(self, spec: Any, backend: str, device: str) -> tuple[list[float], dict[str, Any]]:
+        """One training run of ``spec`` without a run folder or evaluation, on the workers this process is one of
+        (or alone): its per-step losses and final canonical weights. The distribution parity level
+        (tasks/dist_parity.py) runs it on N workers, on one, and on one with ghost replicas (tasks/loop.py)."""
+        raise DualkitError(f"{self.name!r} tasks have no distribution parity level")
+
     def train(
         self,
         spec: Any,

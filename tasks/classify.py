@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from dualkit.core import checkpoint, registry
+from dualkit.core import checkpoint, distributed, registry
 from dualkit.core.batches import Normalizer, eval_batches
 from dualkit.core.datasets import Dataset, load_dataset
 from dualkit.core.errors import DataError, SpecError, TrainingError
@@ -29,11 +29,13 @@ from dualkit.tasks.loop import (
     EpochTask,
     LoadedRun,
     RunLog,
+    check_shards,
     data_fingerprint,
     load_image_run,
     new_state,
     open_epoch_resume,
     run_epochs,
+    writer_dir,
 )
 
 
@@ -123,7 +125,6 @@ def checkpoint_meta(
     }
 
 
-@one_writer
 def train(
     spec: ClassifyRunSpec,
     backend_name: str | None = None,
@@ -135,11 +136,34 @@ def train(
     init_weights: dict[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train ``spec`` on one backend. With ``run_dir`` it writes spec.json, metrics.jsonl, checkpoints, TensorBoard
-    events and result.json."""
+    events and result.json (on several workers: rank 0 does; the others write nothing)."""
+    return _train(
+        spec,
+        backend_name,
+        run_dir=writer_dir(run_dir),
+        device=device,
+        progress=progress,
+        overwrite=overwrite,
+        init_weights=init_weights,
+    )
+
+
+@one_writer
+def _train(
+    spec: ClassifyRunSpec,
+    backend_name: str | None = None,
+    *,
+    run_dir: Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    overwrite: bool = False,
+    init_weights: dict[str, np.ndarray] | None = None,
+) -> TrainResult:
     backend = registry.get_backend(backend_name, device)
     device = registry.resolve_device(backend, device)
     backend.seed(spec.seed)
     data, normalizer = prepare_data(spec)
+    check_shards(spec, len(data.y_train), distributed.current())
     weights = init_classifier(spec.model, data.image_shape, spec.seed, spec.dtype)
     if init_weights:
         weights.update({k: v.astype(spec.dtype) for k, v in init_weights.items()})
@@ -193,7 +217,8 @@ def _fit(
     task = EpochTask(model=clf, step=clf.train_step, record=record, save_model=save_model, desc="epoch")
     try:
         out = run_epochs(spec, backend.NAME, device, task, data, normalizer, state, log, meta, progress)
-        test = evaluate_split(clf, data.x_test, data.y_test, normalizer, spec)
+        # the test metrics: the workers that write nothing need none
+        test = evaluate_split(clf, data.x_test, data.y_test, normalizer, spec) if distributed.current().writer else {}
         result = TrainResult(
             step_losses=list(state.step_losses),
             history=state.history,
@@ -221,7 +246,6 @@ def _fit(
     return result
 
 
-@one_writer(create=False)
 def resume(
     run_dir: Path,
     backend_name: str | None = None,
@@ -231,7 +255,20 @@ def resume(
     progress: bool = True,
 ) -> TrainResult:
     """Continue a classify run from its newest run checkpoint, in place: in the backend that wrote it, or in
-    the other one (hand-over). What may change and what is checked first: tasks/loop.open_epoch_resume."""
+    the other one (hand-over), on any number of workers. What may change and what is checked first:
+    tasks/loop.open_epoch_resume. On several workers rank 0 holds the run folder; the others only read it."""
+    go = _resume_locked if distributed.current().writer else _resume
+    return go(run_dir, backend_name, overrides=overrides, device=device, progress=progress)
+
+
+def _resume(
+    run_dir: Path,
+    backend_name: str | None = None,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str = "cpu",
+    progress: bool = True,
+) -> TrainResult:
     r = open_epoch_resume(
         run_dir,
         "classify",
@@ -246,9 +283,12 @@ def resume(
     clf = build_classifier(r.backend, r.spec, r.data.image_shape, r.req.ckpt.weights, r.device)
     r.restore(clf)
     resumed = r.begin(progress)  # every check passed: from here on the run folder is written
-    result = _fit(r.spec, r.backend, r.device, clf, r.data, r.normalizer, r.state, r.req.run_dir, progress)
+    result = _fit(r.spec, r.backend, r.device, clf, r.data, r.normalizer, r.state, writer_dir(r.req.run_dir), progress)
     result.extra.update(resumed)
     return result
+
+
+_resume_locked = one_writer(create=False)(_resume)
 
 
 def load_run(run_dir: Path) -> LoadedRun:

@@ -15,7 +15,7 @@ from dualkit.core.batches import make_rng
 from dualkit.core.datasets import load_dataset
 from dualkit.core.report import markdown_table
 from dualkit.core.weights import init_classifier
-from dualkit.tasks import classify, classify_golden, export, parity
+from dualkit.tasks import classify, classify_golden, dist_parity, export, parity
 from dualkit.tasks.base import EvalOptions, ExportReport, PortReport, Task, run_summary, timed_rate
 from dualkit.tasks.classify_spec import ClassifyRunSpec
 from dualkit.tasks.parity import Check
@@ -58,6 +58,8 @@ class ClassifyTask(Task):
     spec_class = ClassifyRunSpec
     metric = "test_accuracy"
     metric_label = "test accuracy"
+    data_parallel = True
+    levels = Task.levels + ("dist",)
 
     def train(self, spec, backend, *, run_dir, device, progress, overwrite, init_from=None):
         init = None
@@ -68,6 +70,10 @@ class ClassifyTask(Task):
         return classify.train(
             spec, backend, run_dir=run_dir, device=device, progress=progress, overwrite=overwrite, init_weights=init
         )
+
+    def parity_run(self, spec, backend, device):
+        result = classify.train(spec, backend, device=device, progress=False)
+        return result.step_losses, result.weights
 
     def resume(self, run_dir, backend, *, overrides, device, progress):
         return classify.resume(run_dir, backend, overrides=overrides, device=device, progress=progress)
@@ -171,6 +177,8 @@ class ClassifyTask(Task):
             checks += parity.port_checks(spec, device)
         if "export" in levels:
             checks += self.export_parity(spec, device)
+        if "dist" in levels:
+            checks += dist_parity.level_dist(self, spec, dtypes, device)
         return checks
 
     golden_levels = classify_golden.GOLDEN_LEVELS

@@ -8,12 +8,22 @@ and :func:`interrupted` (the message after Ctrl-C / SIGTERM).
 A backend's model object (``Classifier``, ``MaskedAutoencoder``, ...) only needs ``get_weights()``,
 ``get_optimizer_state()`` and ``get_rng_state()`` here; the task hands the loop one ``step(xb, yb, lr) -> loss``
 callable that does the backend's training step.
+
+Data parallelism (``--workers N``) lives here too, once for every epoch-based task: on several workers
+(core.distributed.current()) each global batch is cut into equal contiguous shards (core/distributed.py's rules)
+and each worker's step trains on its own (the backend's model object averages the gradients through the
+framework's engine: backends/*/distributed.py); rank 0 alone writes the run folder, logs and checkpoints; a
+SIGINT/SIGTERM reaching any worker stops all of them after the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import importlib
 import itertools
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from dualkit.core import checkpoint, registry, runstate
+from dualkit.core import checkpoint, distributed, registry, runstate
 from dualkit.core.batches import Normalizer, epoch_batches, make_rng, num_batches
 from dualkit.core.datasets import Dataset, load_dataset
 from dualkit.core.errors import CheckpointError, DataError, Interrupted, RunError, SpecError, TrainingError
@@ -112,13 +122,73 @@ def check_finite(loss: float, what: str, where: str, hint: str) -> None:
         raise TrainingError(f"{what} became {loss} at {where}; {hint}")
 
 
-def interrupted(stop: StopSignal, path: Path, where: str, run_dir: Path, backend: str) -> Interrupted:
-    """The error a run stops with after Ctrl-C / SIGTERM, once its checkpoint ``path`` is written."""
+def interrupted(stop: StopSignal, path: Path, where: str, run_dir: Path, backend: str, workers: int = 1) -> Interrupted:
+    """The error a run stops with after Ctrl-C / SIGTERM, once its checkpoint ``path`` is written (``workers``: a
+    distributed run's, where the signal may have reached another worker only)."""
     other = "tf" if backend == "torch" else "torch"
-    return stop.interrupted(
-        f"checkpoint {path} ({where}). Continue with: dualkit train --resume {run_dir}  "
+    again = f" --workers {workers}" if workers > 1 else ""
+    message = (
+        f"checkpoint {path} ({where}). Continue with: dualkit train --resume {run_dir}{again}  "
         f"(add --backend {other} to continue in the other framework)"
     )
+    if stop.signum is None:  # the workers agreed to stop: the signal reached another one
+        return Interrupted(f"training stopped by a signal to another worker: {message}", 128 + signal.SIGTERM)
+    return stop.interrupted(message)
+
+
+# -- the ghost-batch reference: N replicas with per-replica BatchNorm, one after the other in one process -------
+_GHOST: contextvars.ContextVar[int] = contextvars.ContextVar("dualkit_ghost_replicas", default=0)
+
+
+@contextlib.contextmanager
+def ghost_replicas(n: int) -> Iterator[None]:
+    """Inside: every run of :func:`run_epochs` in this process trains each global batch as ``n`` replicas with
+    per-replica BatchNorm would, one shard after the other (:func:`ghost_step`): the reference of the distribution
+    parity level (tasks/dist_parity.py), built from each model's public methods only, not from the distributed
+    code it checks."""
+    token = _GHOST.set(n)
+    try:
+        yield
+    finally:
+        _GHOST.reset(token)
+
+
+def ghost_step(model: Any, arrays: tuple[np.ndarray, ...], lr: float, n: int) -> float:
+    """One update of ``model`` on a global batch ``arrays`` (what ``model.train_step`` takes) cut into ``n`` equal
+    contiguous shards, each normalised by its own batch statistics (a "ghost batch"): the gradient is the mean of
+    the shards' gradients, the loss the mean of their losses, each running statistic the mean of the shards'
+    updates of it."""
+    weights, optim = model.get_weights(), model.get_optimizer_state()
+    losses, grads, stats = [], [], []
+    for part in distributed.replica_slices(len(arrays[0]), n):
+        shard = tuple(a[part] for a in arrays)
+        model.set_weights(weights)
+        loss, g = model.loss_and_grads(*shard)  # changes nothing
+        model.train_step(*shard, 0.0)  # at lr 0 only the running statistics move (and the optimizer state: put back)
+        losses.append(loss)
+        grads.append(g)
+        stats.append({k: v for k, v in model.get_weights().items() if is_buffer(k)})
+    model.set_weights({**weights, **{k: np.mean([s[k] for s in stats], axis=0) for k in stats[0]}})
+    model.set_optimizer_state(optim)
+    model.apply_gradients({k: np.mean([g[k] for g in grads], axis=0) for k in grads[0]}, lr)
+    return float(np.mean(losses))
+
+
+def writer_dir(run_dir: Path | None) -> Path | None:
+    """``run_dir`` on the process that writes the run (rank 0, or the only one); None on the other workers of a
+    distributed run, which write nothing (and lock nothing)."""
+    return run_dir if distributed.current().writer else None
+
+
+def engine_of(backend: str) -> ModuleType:
+    """The backend's distributed engine (backends/<name>/distributed.py), through core's registry."""
+    return importlib.import_module(f"{registry.get_backend(backend).__name__}.distributed")
+
+
+def check_shards(spec: Any, examples: int, world: distributed.World) -> None:
+    """Refuse, before training, a run whose batches do not cut into ``world``'s equal shards (core/distributed.py)."""
+    distributed.check_batch_size(spec.train.batch_size, world.replicas)
+    distributed.check_last_batch(examples, spec.train.batch_size, world.replicas)
 
 
 def data_fingerprint(data: Dataset) -> str:
@@ -141,7 +211,12 @@ class EpochTask:
     run's canonical model file(s) at checkpoint epochs. ``loss_name``/``verb`` word the NaN message,
     ``desc`` labels the progress bar. ``batches(rng)`` yields one epoch's ``(x, y)`` training batches drawn
     from the batch generator ``rng`` (None: the image batches of core.batches.epoch_batches, normalised and
-    augmented as the spec's data section says)."""
+    augmented as the spec's data section says).
+
+    ``prepare(x, y)`` turns a global batch into the arrays ``step`` takes (None: ``(x, y)``), drawing what is drawn
+    per example (masks) for the whole global batch, so that every worker draws alike and N workers see what one
+    would; on several workers each array is then cut along its first axis and ``step(*shard, lr)`` trains on this
+    worker's shard (returning the global batch's loss)."""
 
     model: Any
     step: Callable[[np.ndarray, np.ndarray, float], float]
@@ -152,6 +227,7 @@ class EpochTask:
     verb: str = "training"
     desc: str = "epoch"
     batches: Callable[[np.random.Generator], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None
+    prepare: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]] | None = None
 
 
 @dataclass
@@ -197,6 +273,12 @@ def run_epochs(
     """
     tr = spec.train
     run_dir = log.run_dir
+    world = distributed.current()
+    engine = engine_of(backend) if world.distributed else None
+    ghost = _GHOST.get()
+    step = task.step if not ghost else (lambda *args: ghost_step(task.model, args[:-1], args[-1], ghost))
+    if world.distributed:
+        check_shards(spec, len(data.y_train), world)
     steps_per_epoch = num_batches(len(data.y_train), tr.batch_size, drop_last=False)
     total_steps = total_steps_of(tr.epochs, steps_per_epoch, max_steps)
     epochs = -(-total_steps // steps_per_epoch)
@@ -209,7 +291,10 @@ def run_epochs(
         c.setdefault(key, 0.0)
     c.setdefault("images", 0)
     c.setdefault("epoch_images", 0)
-    c.setdefault("segments", []).append({"backend": backend, "device": device, "from_step": state.step})
+    segment = {"backend": backend, "device": device, "from_step": state.step}
+    if world.distributed:
+        segment["workers"] = world.replicas
+    c.setdefault("segments", []).append(segment)
     last_good = run_dir / MODEL_FILE if run_dir is not None and (run_dir / MODEL_FILE).is_file() else None
     cadence = Cadence(tr.checkpoint_every_steps, tr.checkpoint_every_minutes, state.step)
     t_start = time.perf_counter()
@@ -231,11 +316,19 @@ def run_epochs(
         cadence.saved(state.step)
         return path
 
-    def stopped(path: Path, epoch: int, todo: int) -> Interrupted:
+    def stopped(path: Path | None, epoch: int, todo: int) -> Interrupted:
         where = f"step {state.step} of {total_steps}, epoch {epoch}, batch {state.batch}/{todo}"
-        return interrupted(stop, path, where, run_dir, backend)
+        if engine is not None:
+            engine.barrier()  # the checkpoint is written before any worker leaves (a launcher stops the rest then)
+        if path is None:  # a worker that writes nothing: rank 0 reports the checkpoint
+            return Interrupted(
+                f"training stopped at {where} with the other workers (worker {world.rank} of {world.size})",
+                exit_code=128 + int(stop.signum or signal.SIGTERM),
+            )
+        return interrupted(stop, path, where, run_dir, backend, world.replicas)
 
-    with StopSignal(enabled=run_dir is not None) as stop:
+    # A distributed run listens on every worker: a signal reaching any of them stops all after the same step.
+    with StopSignal(enabled=run_dir is not None or world.distributed) as stop:
         if run_dir is not None and not runstate.list_checkpoints(run_dir):
             save_run(runstate.capture_rng(rng))  # step 0: from the first moment on, the run folder is resumable
         # A history record past state.epoch is an epoch that max_steps cut and that is already done.
@@ -266,7 +359,11 @@ def run_epochs(
             t0 = time.perf_counter() - c["epoch_s"]
             for xb, yb in itertools.islice(batches, todo - done):
                 lr = float(lrs[state.step])
-                loss = task.step(xb, yb, lr)
+                arrays = task.prepare(xb, yb) if task.prepare is not None else (xb, yb)
+                if engine is not None:
+                    arrays = distributed.shard(arrays, world)
+                    engine.request_stop(stop.requested)
+                loss = step(*arrays, lr)
                 if not math.isfinite(loss):
                     good = (
                         f"the last good model is {last_good}"
@@ -283,16 +380,21 @@ def run_epochs(
                 epoch_losses.append(loss)
                 state.step += 1
                 state.batch += 1
-                c["images"] += len(xb)
-                c["epoch_images"] += len(xb)
+                trained = distributed.usable(len(xb), world.replicas)
+                c["images"] += trained
+                c["epoch_images"] += trained
                 log.step(state.step, {"loss": loss, "lr": lr})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                # Mid-epoch checkpoints; the one at the epoch's end waits for its record.
-                if run_dir is not None and state.batch < todo and (stop.requested or cadence.due(state.step)):
-                    c["epoch_s"] = time.perf_counter() - t0
-                    path = save_run(epoch_start)
-                    if stop.requested:
+                # Mid-epoch checkpoints; the one at the epoch's end waits for its record. Several workers stop on
+                # what they agreed in the step (a signal that came later travels with the next step).
+                stopping = stop.requested if engine is None else engine.stop_requested()
+                if state.batch < todo and (stopping or (run_dir is not None and cadence.due(state.step))):
+                    path = None
+                    if run_dir is not None:
+                        c["epoch_s"] = time.perf_counter() - t0
+                        path = save_run(epoch_start)
+                    if stopping:
                         bar.close()
                         raise stopped(path, epoch, todo)
             bar.close()
@@ -312,18 +414,21 @@ def run_epochs(
                 resume_from = runstate.capture_rng(rng)  # the next epoch's start
             else:
                 resume_from = epoch_start  # cut by max_steps: a longer resume finishes this epoch
-            task.record(record)
+            if world.writer:  # the validation metrics: the workers that write nothing need none
+                task.record(record)
             state.history.append(record)
             log.record(record, state.step)
+            path = None
+            stopping = stop.requested if engine is None else engine.stop_requested()
             if run_dir is not None:
                 if epoch % tr.checkpoint_every == 0 or epoch == epochs:
                     last_good = run_dir / MODEL_FILE
                     task.save_model(epoch, state.step)
                     path = save_run(resume_from)
-                elif stop.requested or cadence.due(state.step):
+                elif stopping or cadence.due(state.step):
                     path = save_run(resume_from)
-                if stop.requested and epoch < epochs:  # after the last epoch only the evaluation is left: finish
-                    raise stopped(path, epoch, todo)
+            if stopping and epoch < epochs:  # after the last epoch only the evaluation is left: finish
+                raise stopped(path, epoch, todo)
     c["wall_s"] = wall_before + time.perf_counter() - t_start
     if run_dir is not None and len(state.history) < first_epoch:
         # Nothing left to train (a resume after the last checkpoint, e.g. one that stopped in the evaluation):
@@ -371,14 +476,34 @@ class EpochResume:
         st, ckpt = self.state, self.req.ckpt
         if st.batch and len(st.history) == st.epoch + 1 and self.total_steps > st.step:
             st.history.pop()  # an epoch that max_steps cut goes on: its record is written again once it is finished
-        runstate.reopen_run_dir(self.req, st.history)
-        where = (
-            f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})"
-            if st.batch
-            else f"the end of epoch {st.epoch}"
-        )
-        runstate.report_resume(self.req, self.backend.NAME, where, quiet=not progress)
+        if distributed.current().writer:  # the other workers of a distributed run only read the folder
+            runstate.reopen_run_dir(self.req, st.history)
+            where = (
+                f"step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})"
+                if st.batch
+                else f"the end of epoch {st.epoch}"
+            )
+            notes = workers_notes(self.spec, st, distributed.current().replicas)
+            runstate.report_resume(self.req, self.backend.NAME, where, notes, quiet=not progress)
         return {"resumed_from": str(ckpt.path), "resumed_step": st.step, "skipped": ckpt.skipped}
+
+
+def workers_notes(spec: Any, state: RunState, replicas: int) -> list[str]:
+    """What a resume on another number of workers changes: nothing in the update, except per-replica BatchNorm,
+    whose statistics come from shards of another size (core/distributed.py)."""
+    segments = state.counters.get("segments") or [{}]
+    before = int(segments[-1].get("workers", 1))
+    if before == replicas:
+        return []
+    note = f"the run was trained on {before} worker(s) so far and goes on on {replicas}"
+    model = getattr(spec, "model", None)
+    if getattr(model, "batchnorm", False) and not getattr(model, "bn_sync", False):
+        bs = spec.train.batch_size
+        note += (
+            f"; its per-replica BatchNorm now normalises shards of {bs // replicas} examples (were {bs // before}): "
+            "model.bn_sync=true would make the statistics the global batch's on any number of workers"
+        )
+    return [note]
 
 
 def open_epoch_resume(
@@ -441,6 +566,7 @@ def open_epoch_resume(
             f"{-(-total_steps // steps_per_epoch)} epochs); to train it longer, resume with {more} "
             f"(more than {st.step} steps)"
         )
+    check_shards(spec, len(data.y_train), distributed.current())
     expected = shapes(spec, key)
     checkpoint.check_fits(ckpt.weights, expected, f"the {what} run's model")
     runstate.check_optimizer_state(ckpt, spec.optim, [n for n in expected if not is_buffer(n)])

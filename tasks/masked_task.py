@@ -19,7 +19,7 @@ from dualkit.core.errors import DualkitError
 from dualkit.core.masking import grid_shape, patch_size_for, random_masks
 from dualkit.core.report import ABSENT, markdown_table, mean_or_absent, mean_std
 from dualkit.core.weights import init_masked
-from dualkit.tasks import export, masked_golden, masked_parity, parity, pretrain
+from dualkit.tasks import dist_parity, export, masked_golden, masked_parity, parity, pretrain
 from dualkit.tasks.base import EvalOptions, ExportReport, Task, run_summary, timed_rate
 from dualkit.tasks.classify_task import SYNTHETIC_SHAPES, synthetic_images, throughput_batches
 from dualkit.tasks.masked_spec import MaskedRunSpec
@@ -65,6 +65,8 @@ class MaskedTask(Task):
     pretraining = True
     metric = "probe_accuracy"
     metric_label = "linear-probe accuracy"
+    data_parallel = True
+    levels = Task.levels + ("dist",)
 
     def train(self, spec, backend, *, run_dir, device, progress, overwrite, init_from=None):
         if init_from is not None:
@@ -72,6 +74,10 @@ class MaskedTask(Task):
                 f"--init-from starts a classifier from a pretrained encoder; this is a {self.name!r} task"
             )
         return pretrain.pretrain(spec, backend, run_dir=run_dir, device=device, progress=progress, overwrite=overwrite)
+
+    def parity_run(self, spec, backend, device):
+        result = pretrain.pretrain(spec, backend, device=device, progress=False, evaluate=False)
+        return result.step_losses, result.weights
 
     def resume(self, run_dir, backend, *, overrides, device, progress):
         return pretrain.resume(run_dir, backend, overrides=overrides, device=device, progress=progress)
@@ -140,8 +146,10 @@ class MaskedTask(Task):
         load_dataset(spec.data)
 
     def parity(self, spec, levels, dtypes, device, seeds, l4_steps=None) -> list[Check]:
-        return masked_parity.run_levels(spec, levels, dtypes, device, seeds, l4_steps) + (
-            self.export_parity(spec, device) if "export" in levels else []
+        return (
+            masked_parity.run_levels(spec, levels, dtypes, device, seeds, l4_steps)
+            + (self.export_parity(spec, device) if "export" in levels else [])
+            + (dist_parity.level_dist(self, spec, dtypes, device) if "dist" in levels else [])
         )
 
     golden_levels = masked_golden.GOLDEN_LEVELS

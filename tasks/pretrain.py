@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dualkit.core import checkpoint, registry
+from dualkit.core import checkpoint, distributed, registry
 from dualkit.core.batches import Normalizer, make_rng
 from dualkit.core.datasets import Dataset, load_dataset
 from dualkit.core.losses import masked_mse
@@ -47,11 +47,13 @@ from dualkit.tasks.loop import (
     EpochTask,
     LoadedRun,
     RunLog,
+    check_shards,
     data_fingerprint,
     load_image_run,
     new_state,
     open_epoch_resume,
     run_epochs,
+    writer_dir,
 )
 from dualkit.tasks.masked_spec import MaskedRunSpec
 from dualkit.tasks.probe import ENCODER_FILE, evaluate_encoder
@@ -171,7 +173,6 @@ def write_grid(path: Path, mae, spec: MaskedRunSpec, data: Dataset, normalizer: 
     return path
 
 
-@one_writer
 def pretrain(
     spec: MaskedRunSpec,
     backend_name: str | None = None,
@@ -187,12 +188,38 @@ def pretrain(
     replace initial tensors by name (parity's rounding envelope starts from 1-ulp-moved weights).
 
     With ``run_dir`` it writes the run folder described in the module docstring, and run checkpoints
-    (core.runstate) that ``resume`` continues from.
+    (core.runstate) that ``resume`` continues from. On several workers rank 0 writes it and evaluates; the others
+    only train.
     """
+    return _pretrain(
+        spec,
+        backend_name,
+        run_dir=writer_dir(run_dir),
+        device=device,
+        progress=progress,
+        overwrite=overwrite,
+        evaluate=evaluate,
+        init_weights=init_weights,
+    )
+
+
+@one_writer
+def _pretrain(
+    spec: MaskedRunSpec,
+    backend_name: str | None = None,
+    *,
+    run_dir: Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    overwrite: bool = False,
+    evaluate: bool = True,
+    init_weights: dict[str, np.ndarray] | None = None,
+) -> PretrainResult:
     backend = registry.get_backend(backend_name, device)
     device = registry.resolve_device(backend, device)
     backend.seed(spec.seed)
     data, normalizer = prepare_data(spec)
+    check_shards(spec, len(data.y_train), distributed.current())
     patch = patch_size_for(spec.model, data.image_shape, spec.mask.patch_size)
     weights = init_masked(spec.model, spec.decoder, data.image_shape[2], spec.seed, spec.dtype)
     if init_weights:
@@ -241,8 +268,9 @@ def _fit(
         else {}
     )
 
-    def step(xb: np.ndarray, _: np.ndarray, lr: float) -> float:
-        return mae.train_step(xb, random_masks(len(xb), grid, spec.mask.ratio, mask_rng), lr)
+    def prepare(xb: np.ndarray, _: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # masks for the whole global batch (every worker draws alike, then trains on its shard of both)
+        return xb, random_masks(len(xb), grid, spec.mask.ratio, mask_rng)
 
     def record(rec: dict[str, Any]) -> None:
         if log.enabled:  # the validation loss is logged, not needed by a benchmark run
@@ -257,7 +285,8 @@ def _fit(
 
     task = EpochTask(
         model=mae,
-        step=step,
+        step=mae.train_step,
+        prepare=prepare,
         record=record,
         save_model=save_model,
         streams={"masks": mask_rng},
@@ -282,7 +311,7 @@ def _fit(
         )
         if run_dir is not None:
             result.grid = write_grid(run_dir / GRID_FILE, mae, spec, data, normalizer, patch)
-        if evaluate:
+        if evaluate and distributed.current().writer:  # the other workers of a distributed run only train
             encoder = {k: v for k, v in final.items() if k.startswith("encoder.")}
             result.evaluation = evaluate_encoder(backend.NAME, spec, encoder, data, normalizer, device, progress)
         history = state.history
@@ -308,7 +337,6 @@ def _fit(
     return result
 
 
-@one_writer(create=False)
 def resume(
     run_dir: Path,
     backend_name: str | None = None,
@@ -318,8 +346,21 @@ def resume(
     progress: bool = True,
 ) -> PretrainResult:
     """Continue a masked-pretraining run from its newest run checkpoint, in place, then evaluate it: in the
-    backend that wrote it, or in the other one (hand-over). What may change and what is checked first:
-    tasks/loop.open_epoch_resume."""
+    backend that wrote it, or in the other one (hand-over), on any number of workers. What may change and what is
+    checked first: tasks/loop.open_epoch_resume. On several workers rank 0 holds the run folder; the others only
+    read it."""
+    go = _resume_locked if distributed.current().writer else _resume
+    return go(run_dir, backend_name, overrides=overrides, device=device, progress=progress)
+
+
+def _resume(
+    run_dir: Path,
+    backend_name: str | None = None,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str = "cpu",
+    progress: bool = True,
+) -> PretrainResult:
     r = open_epoch_resume(
         run_dir,
         "masked",
@@ -337,11 +378,13 @@ def resume(
     mae = build_autoencoder(r.backend, spec, image_shape, r.req.ckpt.weights, r.device)
     r.restore(mae)
     resumed = r.begin(progress)  # every check passed: from here on the run folder is written
-    result = _fit(
-        spec, r.backend, r.device, mae, r.data, r.normalizer, patch, r.state, r.req.run_dir, progress, evaluate=True
-    )
+    run_dir = writer_dir(r.req.run_dir)
+    result = _fit(spec, r.backend, r.device, mae, r.data, r.normalizer, patch, r.state, run_dir, progress, True)
     result.extra.update(resumed)
     return result
+
+
+_resume_locked = one_writer(create=False)(_resume)
 
 
 def load_run(run_dir: Path) -> LoadedRun:

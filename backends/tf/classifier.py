@@ -65,12 +65,6 @@ class Classifier(ModelState):
     def _predict(self, x: tf.Tensor) -> tf.Tensor:
         return self.net(x, training=False)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        """One optimizer update on a batch; returns the batch loss before the update."""
-        with tf.device(self.device):
-            loss = self._train_fn(to_tensor(x, self.dtype), to_tensor(y, tf.int64), tf.constant(lr, tf.float64))
-        return float(loss.numpy())
-
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode logits (BatchNorm uses running statistics, dropout is off)."""
         with tf.device(self.device):

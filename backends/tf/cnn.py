@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from dualkit.backends.tf import distributed
 from dualkit.backends.tf.runtime import CONV_LAYOUT, DENSE_LAYOUT, IDENTITY_LAYOUT, Convert
 from dualkit.core.specs import ModelSpec
 from dualkit.core.weights import feature_grid
@@ -23,10 +24,14 @@ class _BatchNorm(keras.layers.Layer):
     (Keras's own BatchNormalization keeps the biased variance and uses momentum = 1 - m.)
     """
 
-    def __init__(self, eps: float = 1e-5, momentum: float = 0.1, **kwargs):
+    def __init__(self, eps: float = 1e-5, momentum: float = 0.1, sync: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.eps = eps
         self.momentum = momentum
+        # Inside a distributed training step: True normalises with the whole global batch's statistics (all-reduced
+        # over the replicas); False with the replica's own shard, the running statistics being the mean of the
+        # replicas' updates (distributed.assign_running). Anywhere else the two are the same layer.
+        self.sync = sync
 
     def build(self, input_shape):
         c = (input_shape[-1],)
@@ -36,6 +41,13 @@ class _BatchNorm(keras.layers.Layer):
         self.running_var = self.add_weight(shape=c, initializer="ones", name="running_var", trainable=False)
 
     def call(self, x, training=False):
+        m = tf.constant(self.momentum, x.dtype)
+        if training and self.sync and distributed.in_step():
+            mean, var, n = distributed.sync_moments(x, shift=self.running_mean)
+            distributed.assign_running(self.running_mean, (1 - m) * self.running_mean + m * tf.stop_gradient(mean))
+            unbiased = tf.stop_gradient(var) * n / (n - 1)
+            distributed.assign_running(self.running_var, (1 - m) * self.running_var + m * unbiased)
+            return (x - mean) * tf.math.rsqrt(var + tf.constant(self.eps, x.dtype)) * self.weight + self.bias
         if training and x.dtype == tf.float32 and x.shape.rank == 4:
             # One fused kernel (and its fused gradient) instead of the moments and the arithmetic spelled out:
             # it normalises with the biased batch variance and returns the unbiased one, PyTorch's semantics.
@@ -43,22 +55,20 @@ class _BatchNorm(keras.layers.Layer):
             y, mean, unbiased_var = tf.compat.v1.nn.fused_batch_norm(
                 x, self.weight, self.bias, epsilon=self.eps, data_format="NHWC", is_training=True
             )
-            m = tf.constant(self.momentum, x.dtype)
-            self.running_mean.assign((1 - m) * self.running_mean + m * mean)
-            self.running_var.assign((1 - m) * self.running_var + m * unbiased_var)
+            distributed.assign_running(self.running_mean, (1 - m) * self.running_mean + m * mean)
+            distributed.assign_running(self.running_var, (1 - m) * self.running_var + m * unbiased_var)
             return y
         if training:
             mean, var = tf.nn.moments(x, axes=[0, 1, 2])
             n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
-            m = tf.constant(self.momentum, x.dtype)
-            self.running_mean.assign((1 - m) * self.running_mean + m * mean)
-            self.running_var.assign((1 - m) * self.running_var + m * var * n / (n - 1))
+            distributed.assign_running(self.running_mean, (1 - m) * self.running_mean + m * mean)
+            distributed.assign_running(self.running_var, (1 - m) * self.running_var + m * var * n / (n - 1))
         else:
             mean, var = self.running_mean, self.running_var
         return (x - mean) * tf.math.rsqrt(var + tf.constant(self.eps, x.dtype)) * self.weight + self.bias
 
     def get_config(self):
-        return {**super().get_config(), "eps": self.eps, "momentum": self.momentum}
+        return {**super().get_config(), "eps": self.eps, "momentum": self.momentum, "sync": self.sync}
 
 
 def _layer_name(canonical_prefix: str) -> str:
@@ -74,7 +84,8 @@ def _encoder_layers(spec: ModelSpec, x: keras.KerasTensor, dtype: str) -> keras.
                 cout, 3, padding="same", use_bias=not spec.batchnorm, dtype=dtype, name=_layer_name(f"{prefix}.conv{c}")
             )(x)
             if spec.batchnorm:
-                x = _BatchNorm(spec.bn_eps, spec.bn_momentum, dtype=dtype, name=_layer_name(f"{prefix}.bn{c}"))(x)
+                name = _layer_name(f"{prefix}.bn{c}")
+                x = _BatchNorm(spec.bn_eps, spec.bn_momentum, spec.bn_sync, dtype=dtype, name=name)(x)
             if c < spec.convs_per_block - 1:
                 x = keras.layers.ReLU(dtype=dtype)(x)
         # max-pool then ReLU equals ReLU then max-pool (ReLU is monotone), values and gradients alike,

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dualkit.backends.tf import distributed
 from dualkit.backends.tf.cnn import _BatchNorm, _layer_name, build_encoder, canonical_variables
 from dualkit.backends.tf.losses import masked_mse
 from dualkit.backends.tf.model import ModelState
@@ -30,15 +31,21 @@ from dualkit.core.weights import MASK_TOKEN, decoder_channels, decoder_skips, fe
 
 def masked_batchnorm(bn: _BatchNorm, x: tf.Tensor, vis: tf.Tensor, training: bool) -> tf.Tensor:
     """BatchNorm whose batch and running statistics come from visible positions only (``vis`` is
-    (N, H, W, 1), 1 = visible); running variance unbiased over the visible count, as torch's own."""
+    (N, H, W, 1), 1 = visible); running variance unbiased over the visible count, as torch's own. A synchronised
+    BatchNorm (``model.bn_sync``) takes them from every worker's visible positions inside a distributed step."""
     if not training:
         return bn(x, training=False)
-    n = tf.reduce_sum(vis)
-    mean = tf.reduce_sum(x * vis, axis=[0, 1, 2]) / n
-    var = tf.reduce_sum(tf.square((x - mean) * vis), axis=[0, 1, 2]) / n
+    if bn.sync and distributed.in_step():  # the global batch's visible positions
+        mean, var, n = distributed.sync_moments(x, vis, shift=bn.running_mean)
+        stats_mean, stats_var = tf.stop_gradient(mean), tf.stop_gradient(var)
+    else:
+        n = tf.reduce_sum(vis)
+        mean = tf.reduce_sum(x * vis, axis=[0, 1, 2]) / n
+        var = tf.reduce_sum(tf.square((x - mean) * vis), axis=[0, 1, 2]) / n
+        stats_mean, stats_var = mean, var
     m = tf.constant(bn.momentum, x.dtype)
-    bn.running_mean.assign((1 - m) * bn.running_mean + m * mean)
-    bn.running_var.assign((1 - m) * bn.running_var + m * var * n / (n - 1))
+    distributed.assign_running(bn.running_mean, (1 - m) * bn.running_mean + m * stats_mean)
+    distributed.assign_running(bn.running_var, (1 - m) * bn.running_var + m * stats_var * n / (n - 1))
     scale = tf.math.rsqrt(var + tf.constant(bn.eps, x.dtype)) * bn.weight
     return (x - mean) * scale + bn.bias
 
@@ -164,12 +171,6 @@ class MaskedAutoencoder(ModelState):
     def _tensors(self, x: np.ndarray, mask: np.ndarray) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         vis = visible(mask, self.patch, self.dtype_name)
         return to_tensor(x, self.dtype), to_tensor(vis, self.dtype), to_tensor(np.asarray(mask, bool), tf.bool)
-
-    def train_step(self, x: np.ndarray, mask: np.ndarray, lr: float) -> float:
-        """One optimizer update on a batch and its masks; returns the masked loss before the update."""
-        with tf.device(self.device):
-            loss = self._train_fn(*self._tensors(x, mask), tf.constant(lr, tf.float64))
-        return float(loss.numpy())
 
     def forward(self, x: np.ndarray, mask: np.ndarray, training: bool) -> np.ndarray:
         """The reconstruction (N, H, W, C) in train or eval mode, without changing any state."""

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dualkit.backends.tf import distributed
 from dualkit.backends.tf.runtime import get_rng_state, set_rng_state, to_numpy
 from dualkit.core.weights import is_buffer
 
@@ -51,6 +52,30 @@ class ModelState:
     def rng_models(self) -> list[keras.Model]:
         """The models whose Dropout layers draw from the saved RNG."""
         return [self.net]
+
+    def train_step(self, x: np.ndarray, target: np.ndarray, lr: float) -> float:
+        """One optimizer update on a batch (``target``: the labels, or the masked task's masks); returns the batch
+        loss before the update. On several replicas (distributed.train_step) ``x`` and ``target`` are this worker's
+        part of the global batch, the gradients are averaged over the replicas and the loss returned is the global
+        batch's."""
+        return self._step((x, target), lr)
+
+    def _step(self, arrays: tuple[np.ndarray, ...], lr: float) -> float:
+        """The update behind ``train_step`` for a model whose ``_tensors(*arrays)`` makes ``_loss``'s inputs and whose
+        ``_train_fn(*tensors, lr)`` is its compiled single-replica step: a model with other inputs calls it from its
+        own train_step, and trains on several replicas the same way."""
+        with tf.device(self.device):
+            if distributed.replicas() > 1:
+                return distributed.train_step(self, arrays, lr)
+            loss = self._train_fn(*self._tensors(*arrays), tf.constant(lr, tf.float64))
+        return float(loss.numpy())
+
+    def apply_gradients(self, grads: dict[str, np.ndarray], lr: float) -> None:
+        """One optimizer update from given gradients (canonical names and layout, every trainable weight): the
+        distribution parity level's ghost-batch reference averages shards' gradients and applies them here."""
+        with tf.device(self.device):
+            tensors = [tf.constant(self.variables[n][1](np.asarray(grads[n]))) for n in self.params]
+            self.optimizer.apply(tensors, tf.constant(lr, tf.float64))
 
     def loss_and_grads(self, x: np.ndarray, target: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Train-mode loss and its gradient w.r.t. every trainable weight (``target``: the labels, or the masked

@@ -46,13 +46,6 @@ class Classifier(ModelState):
         logits = self.net(to_tensor(x, self.dtype, self.device))
         return softmax_cross_entropy(logits, to_tensor(y, torch.long, self.device), self.label_smoothing)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        """One optimizer update on a batch; returns the batch loss before the update."""
-        loss = self._loss(x, y)
-        loss.backward()
-        self.optimizer.apply([p.grad for p in self.params.values()], lr)
-        return float(loss.item())
-
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode logits (BatchNorm uses running statistics, dropout is off)."""

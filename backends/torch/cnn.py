@@ -9,8 +9,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dualkit.backends.torch import distributed
 from dualkit.core.specs import ModelSpec
 from dualkit.core.weights import feature_grid
+
+
+class _SyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose batch statistics, inside a distributed training step, are the whole global batch's
+    (all-reduced over the workers: distributed.sync_moments), as on one worker with the global batch; the running
+    variance is unbiased over the global count. Anywhere else it is nn.BatchNorm2d (same state_dict).
+    ``nn.SyncBatchNorm`` refuses CPU modules, hence this one."""
+
+    sync = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and distributed.in_step()):
+            return super().forward(x)
+        mean, var, n = distributed.sync_moments(x, shift=self.running_mean)
+        m = self.momentum
+        distributed.assign_running(self.running_mean, (1 - m) * self.running_mean + m * mean.detach())
+        distributed.assign_running(self.running_var, (1 - m) * self.running_var + m * var.detach() * n / (n - 1))
+        self.num_batches_tracked += 1
+        scale = torch.rsqrt(var + self.eps) * self.weight
+        return (x - mean[None, :, None, None]) * scale[None, :, None, None] + self.bias[None, :, None, None]
 
 
 class _ConvBlock(nn.Module):
@@ -22,7 +43,8 @@ class _ConvBlock(nn.Module):
         for c in range(self.n):
             self.add_module(f"conv{c}", nn.Conv2d(cin if c == 0 else cout, cout, 3, padding=1, bias=not spec.batchnorm))
             if spec.batchnorm:
-                bn = nn.BatchNorm2d(cout, eps=spec.bn_eps, momentum=spec.bn_momentum)
+                norm = _SyncBatchNorm if spec.bn_sync else nn.BatchNorm2d
+                bn = norm(cout, eps=spec.bn_eps, momentum=spec.bn_momentum)
                 self.add_module(f"bn{c}", bn)
         self.batchnorm = spec.batchnorm
         self.pool = nn.MaxPool2d(2)

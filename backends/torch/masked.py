@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualkit.backends.torch import distributed
 from dualkit.backends.torch.cnn import build_encoder
 from dualkit.backends.torch.losses import masked_mse
 from dualkit.backends.torch.model import ModelState
@@ -25,16 +26,20 @@ from dualkit.core.weights import decoder_channels, decoder_skips
 
 def masked_batchnorm(bn: nn.BatchNorm2d, x: torch.Tensor, vis: torch.Tensor, training: bool) -> torch.Tensor:
     """BatchNorm whose batch and running statistics come from visible positions only (``vis`` is
-    (N, 1, H, W), 1 = visible); running variance unbiased over the visible count, as torch's own."""
+    (N, 1, H, W), 1 = visible); running variance unbiased over the visible count, as torch's own. A synchronised
+    BatchNorm (``model.bn_sync``) takes them from every worker's visible positions inside a distributed step."""
     if not training:
         return bn(x)
-    n = vis.sum()
-    mean = (x * vis).sum(dim=(0, 2, 3)) / n
-    var = (((x - mean[None, :, None, None]) * vis) ** 2).sum(dim=(0, 2, 3)) / n
+    if getattr(bn, "sync", False) and distributed.in_step():  # the global batch's visible positions
+        mean, var, n = distributed.sync_moments(x, vis, shift=bn.running_mean)
+    else:
+        n = vis.sum()
+        mean = (x * vis).sum(dim=(0, 2, 3)) / n
+        var = (((x - mean[None, :, None, None]) * vis) ** 2).sum(dim=(0, 2, 3)) / n
     with torch.no_grad():
         m = bn.momentum
-        bn.running_mean.copy_((1 - m) * bn.running_mean + m * mean)
-        bn.running_var.copy_((1 - m) * bn.running_var + m * var * n / (n - 1))
+        distributed.assign_running(bn.running_mean, (1 - m) * bn.running_mean + m * mean)
+        distributed.assign_running(bn.running_var, (1 - m) * bn.running_var + m * var * n / (n - 1))
         bn.num_batches_tracked += 1
     scale = torch.rsqrt(var + bn.eps) * bn.weight
     return (x - mean[None, :, None, None]) * scale[None, :, None, None] + bn.bias[None, :, None, None]
@@ -159,13 +164,6 @@ class MaskedAutoencoder(ModelState):
         self.net.train()
         xt, vis, mt = self._tensors(x, mask)
         return masked_mse(self.net(xt, vis), xt, mt, self.patch, self.norm_pix)
-
-    def train_step(self, x: np.ndarray, mask: np.ndarray, lr: float) -> float:
-        """One optimizer update on a batch and its masks; returns the masked loss before the update."""
-        loss = self._loss(x, mask)
-        loss.backward()
-        self.optimizer.apply([p.grad for p in self.params.values()], lr)
-        return float(loss.item())
 
     def forward(self, x: np.ndarray, mask: np.ndarray, training: bool) -> np.ndarray:
         """The reconstruction (N, H, W, C) in train or eval mode, without changing any state."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dualkit.backends.torch import distributed
 from dualkit.backends.torch.cnn import canonical_variables
-from dualkit.backends.torch.runtime import get_rng_state, set_rng_state, to_numpy
+from dualkit.backends.torch.runtime import get_rng_state, set_rng_state, to_numpy, to_tensor
 from dualkit.core.weights import is_buffer
 
 
@@ -47,6 +48,30 @@ class ModelState:
     def rng_models(self) -> list[torch.nn.Module]:
         """The modules whose dropout draws from the saved RNG."""
         return [self.net]
+
+    def train_step(self, x: np.ndarray, target: np.ndarray, lr: float) -> float:
+        """One optimizer update on a batch (``target``: the labels, or the masked task's masks); returns the batch
+        loss before the update. On several workers (distributed.train_step) ``x`` and ``target`` are this worker's
+        shard, the gradients are averaged over the workers and the loss returned is the global batch's."""
+        return self._step((x, target), lr)
+
+    def _step(self, arrays: tuple[np.ndarray, ...], lr: float) -> float:
+        """The update behind ``train_step`` for a model whose ``_loss`` takes ``arrays``: a model with other inputs
+        calls it from its own train_step, and trains on several workers the same way."""
+        if distributed.replicas() > 1:
+            return distributed.train_step(self, arrays, lr)
+        loss = self._loss(*arrays)
+        loss.backward()
+        self.optimizer.apply([p.grad for p in self.params.values()], lr)
+        return float(loss.item())
+
+    def apply_gradients(self, grads: dict[str, np.ndarray], lr: float) -> None:
+        """One optimizer update from given gradients (canonical names and layout, every trainable weight): the
+        distribution parity level's ghost-batch reference averages shards' gradients and applies them here."""
+        # each gradient in its weight's memory format (channels_last convs), as backward leaves them
+        self.optimizer.apply(
+            [torch.empty_like(p).copy_(to_tensor(grads[n], p.dtype, p.device)) for n, p in self.params.items()], lr
+        )
 
     def loss_and_grads(self, x: np.ndarray, target: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Train-mode loss and its gradient w.r.t. every trainable weight (``target``: the labels, or the masked

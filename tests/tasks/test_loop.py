@@ -75,3 +75,34 @@ def test_cadence_by_minutes(monkeypatch):
     assert c.due(2)
     c.saved(2)
     assert not c.due(3)
+
+
+# -- data parallelism in the loop (multi-process runs: tests/tasks/test_launch.py, tests/backends/test_distributed.py)
+@needs_torch
+def test_ghost_replicas_equal_the_full_batch_without_batchnorm_and_differ_with_it():
+    """The distribution level's reference (tasks/loop.ghost_step), from the model's public methods: without
+    BatchNorm N shards' mean gradient is the global batch's; with it each shard is normalised by its own statistics."""
+    from dualkit.tasks.loop import ghost_replicas
+
+    base = SMALL + ["dtype=float64", "train.epochs=1", "schedule.name=constant", "optim.name=sgd", "optim.momentum=0.9"]
+    for batchnorm, close in (("false", True), ("true", False)):
+        spec = presets.load("cnn-digits", base + [f"model.batchnorm={batchnorm}"])
+        plain = train(spec, "torch", progress=False)
+        with ghost_replicas(2):
+            ghost = train(spec, "torch", progress=False)
+        gap = max(float(np.abs(ghost.weights[k] - v).max() / np.abs(v).max()) for k, v in plain.weights.items())
+        assert (gap < 1e-12) if close else (gap > 1e-3), (batchnorm, gap)
+
+
+@needs_torch
+def test_a_distributed_run_refuses_an_empty_shard_before_writing(tmp_path):
+    from dualkit.core import distributed
+    from dualkit.core.errors import SpecError
+
+    distributed.activate(distributed.World(rank=0, size=2))  # no engine is started: the refusal comes first
+    try:
+        with pytest.raises(SpecError, match="last batch of 1, fewer than the 2 workers"):
+            train(presets.load("cnn-digits", ["data.limit_train=65"]), "torch", run_dir=tmp_path / "run")
+    finally:
+        distributed.activate(distributed.SINGLE)
+    assert not (tmp_path / "run").exists()
