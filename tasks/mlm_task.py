@@ -11,7 +11,7 @@ import numpy as np
 
 from dualkit.core.errors import DualkitError
 from dualkit.core.report import markdown_table, mean_or_absent, mean_std
-from dualkit.tasks import mlm, text_parity
+from dualkit.tasks import mlm, text_golden, text_parity
 from dualkit.tasks.base import EvalOptions, PortReport, Task, run_summary
 from dualkit.tasks.mlm_spec import MlmRunSpec
 from dualkit.tasks.parity import Check
@@ -83,6 +83,14 @@ class MlmTask(Task):
 
     def bench_parity(self, spec, device) -> list[Check]:
         return text_parity.bench_levels(spec, device)
+
+    golden_levels = text_golden.GOLDEN_LEVELS
+
+    def golden_cases(self, spec, levels, dtype, l4_steps=None):
+        return text_golden.golden_cases(spec, levels, dtype, l4_steps)
+
+    def step_throughput(self, spec, backend, device, seconds) -> list[dict[str, Any]]:
+        return text_golden.step_throughput(spec, backend, device, seconds)
 
     def bench_l5(self, spec, runs) -> list[Check]:
         checks = text_parity.l5_checks(runs, "MLM accuracy", text_parity.L5_MAX_GAP_POINTS_MLM)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from dualkit.core.report import markdown_table, mean_std
-from dualkit.tasks import tag, text_parity
+from dualkit.tasks import tag, text_golden, text_parity
 from dualkit.tasks.base import EvalOptions, PortReport, Task, run_summary
 from dualkit.tasks.parity import Check
 from dualkit.tasks.tag_spec import TagRunSpec
@@ -71,6 +71,14 @@ class TagTask(Task):
 
     def bench_parity(self, spec, device) -> list[Check]:
         return text_parity.bench_levels(spec, device)
+
+    golden_levels = text_golden.GOLDEN_LEVELS
+
+    def golden_cases(self, spec, levels, dtype, l4_steps=None):
+        return text_golden.golden_cases(spec, levels, dtype, l4_steps)
+
+    def step_throughput(self, spec, backend, device, seconds) -> list[dict[str, Any]]:
+        return text_golden.step_throughput(spec, backend, device, seconds)
 
     def bench_l5(self, spec, runs) -> list[Check]:
         return text_parity.l5_checks(runs, "test F1", text_parity.L5_MAX_GAP_POINTS_TAG)

@@ -64,6 +64,9 @@ MASK_ID = SPECIALS[4]  # [MASK], core/tokenizer.py's order
 # Step throughput: synthetic sequences of the preset's length and vocabulary size, no padding; a tagger's label
 # count is the data's, which a synthetic run does not read: CoNLL-2003's nine BIO tags stand in.
 SYNTHETIC_LABELS = 9
+# Logit rows recorded per batch: the preset's first batch and L4's held-out sequences hold ~2,000 real positions;
+# all of them (x 2,000 MLM logits, both backends, both dtypes) would make ~100 MiB of golden files.
+LOGIT_ROWS = 128
 LARGE_BATCH = 256  # sequences: besides the preset's own batch size, what a GPU does with a fuller batch
 
 
@@ -79,8 +82,11 @@ def text_model(
 
 
 def real_logits(m: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Eval-mode logits at the real positions (padded positions' outputs are never used: not compared)."""
-    return m.logits(ids, mask)[mask.astype(bool)]
+    """Eval-mode logits at real positions (padded positions' outputs are never used: not compared), at most
+    LOGIT_ROWS of them evenly spread over the batch: an MLM's rows are vocabulary-wide (2,000 numbers each)."""
+    rows = m.logits(ids, mask)[mask.astype(bool)]
+    keep = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), LOGIT_ROWS)).round().astype(np.int64))
+    return rows[keep]
 
 
 def grads(m: Any, ids: np.ndarray, mask: np.ndarray, labels: np.ndarray, where: str) -> Arrays:
@@ -210,7 +216,8 @@ def recorded_run(base: Any, dtype: str, steps: int) -> Arrays:
         mlm.fit(spec, backend, "cpu", model, data, state, None, False, False)
     else:
         tag.fit(spec, backend, "cpu", model, data, new_state(spec.task, spec.seed), None, False)
-    ids, masks, labels, lrs = zip(*model.args("train_step"))
+    # train_step(ids, attention mask, labels, lr[, scale]): the shard scale matters on several workers only
+    ids, masks, labels, lrs = zip(*(a[:4] for a in model.args("train_step")))
     # one int32 row per sequence of (ids, attention mask, labels): a sequence seen again with the same masks and
     # labels is stored once
     rows = [np.stack([i, m, y], axis=1).astype(np.int32) for i, m, y in zip(ids, masks, labels, strict=True)]
