@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dualkit.core import checkpoint, corpora, registry
+from dualkit.core import checkpoint, corpora, distributed, registry
 from dualkit.core.batches import make_rng
 from dualkit.core.errors import DataError, SpecError
 from dualkit.core.losses import masked_cross_entropy
@@ -35,7 +35,7 @@ from dualkit.core.text import (
 )
 from dualkit.core.transformer import init_bert
 from dualkit.tasks.base import PortReport
-from dualkit.tasks.loop import EpochTask, RunLog, data_fingerprint, new_state, run_epochs
+from dualkit.tasks.loop import EpochTask, RunLog, check_shards, data_fingerprint, new_state, run_epochs, writer_dir
 from dualkit.tasks.mlm_spec import MlmRunSpec
 from dualkit.tasks.transformer import (
     TOKENIZER_DIR,
@@ -51,6 +51,7 @@ from dualkit.tasks.transformer import (
     port_probe,
     port_run,
     real_tokens,
+    shard_scale,
 )
 
 EVAL_MASK_SEED = 0  # validation and test masks do not move with the training seed
@@ -141,8 +142,13 @@ def most_frequent_token(text: TextData) -> int:
     return int(counts.argmax())
 
 
+def pretrain(spec: Any, backend_name: str | None = None, *, run_dir: Path | None = None, **kwargs: Any) -> MlmResult:
+    """See :func:`_pretrain`; on several workers rank 0 alone writes (and locks) the run folder."""
+    return _pretrain(spec, backend_name, run_dir=writer_dir(run_dir), **kwargs)
+
+
 @one_writer
-def pretrain(
+def _pretrain(
     spec: MlmRunSpec,
     backend_name: str | None = None,
     *,
@@ -163,6 +169,7 @@ def pretrain(
     device = registry.resolve_device(backend, device)
     backend.seed(spec.seed)
     data = data or prepare_data(spec)
+    check_shards(spec, len(data.train), distributed.current())
     weights = init_bert(spec.model, data.vocab_size, "mlm", 0, spec.seed, spec.dtype)
     if init_weights:
         weights.update({k: np.asarray(v).astype(spec.dtype) for k, v in init_weights.items()})
@@ -192,9 +199,10 @@ def fit(
     meta = checkpoint_meta(spec, backend, data, "mlm", data_fingerprint=data_fingerprint(data)) if run_dir else {}
     val = data.val.subset(np.arange(min(VAL_SEQUENCES, len(data.val))))
 
-    def step(xb: np.ndarray, _: np.ndarray, lr: float) -> float:
+    def prepare(xb: np.ndarray, _: np.ndarray) -> tuple[Any, ...]:
+        # masks for the whole global batch (every worker draws alike, then trains on its shard)
         ids, labels = masks_for(xb, data, spec.mlm, mask_rng)
-        return model.train_step(ids, (xb != data.tokenizer.pad_id).astype(np.int64), labels, lr)
+        return ids, (xb != data.tokenizer.pad_id).astype(np.int64), labels, shard_scale(labels, spec.dtype)
 
     def record(rec: dict[str, Any]) -> None:
         rec.update({f"val_{k}": v for k, v in evaluate_mlm(model, val, data, spec, "mlm/val").items()})
@@ -208,7 +216,8 @@ def fit(
 
     task = EpochTask(
         model=model,
-        step=step,
+        step=lambda ids, mask, labels, scale, lr: model.train_step(ids, mask, labels, lr, scale),
+        prepare=prepare,
         record=record,
         save_model=save_model,
         streams={"masks": mask_rng},
@@ -330,8 +339,13 @@ def evaluate_run(
     return res
 
 
-@one_writer(create=False)
-def resume(
+def resume(run_dir: Path, backend_name: str | None = None, **kwargs: Any) -> MlmResult:
+    """See :func:`_resume`; on several workers rank 0 holds the run folder, the others only read it."""
+    go = _resume_locked if distributed.current().writer else _resume
+    return go(run_dir, backend_name, **kwargs)
+
+
+def _resume(
     run_dir: Path,
     backend_name: str | None = None,
     *,
@@ -346,9 +360,14 @@ def resume(
     )
     downstream_spec(r.spec)  # the spec.json may name a preset that has gone since
     resumed = r.begin(progress)  # every check passed: from here on the run folder is written
-    result = fit(r.spec, r.backend, r.device, model, r.data, r.state, r.req.run_dir, progress, evaluate=True)
+    result = fit(
+        r.spec, r.backend, r.device, model, r.data, r.state, writer_dir(r.req.run_dir), progress, evaluate=True
+    )
     result.extra.update(resumed)
     return result
+
+
+_resume_locked = one_writer(create=False)(_resume)
 
 
 def port(run_dir: Path, to: str, out: Path, device: str = "cpu") -> PortReport:

@@ -45,6 +45,7 @@ class MlmTask(Task):
     metric = "mlm_accuracy"
     metric_label = "held-out MLM accuracy"
     throughput_unit = TOKENS_PER_S
+    data_parallel = True  # --workers N: the run loop shards each global batch (tasks/transformer.shard_scale)
     levels = ("L0", "L1", "L2", "L3", "L4", "L5", "port")
     native_suffix = {"torch": ".pt", "tf": ".keras", "hf": ""}
 

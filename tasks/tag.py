@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dualkit.core import checkpoint, registry
+from dualkit.core import checkpoint, distributed, registry
 from dualkit.core.errors import DataError, SpecError
 from dualkit.core.losses import masked_cross_entropy
 from dualkit.core.metrics import entity_report, label_report, token_accuracy
@@ -26,7 +26,7 @@ from dualkit.core.specs import save_json
 from dualkit.core.text import TokenData, encode_tagged, eval_text_batches, label_list, load_tag_corpus, text_batches
 from dualkit.core.transformer import init_bert
 from dualkit.tasks.base import PortReport
-from dualkit.tasks.loop import EpochTask, RunLog, data_fingerprint, new_state, run_epochs
+from dualkit.tasks.loop import EpochTask, RunLog, check_shards, data_fingerprint, new_state, run_epochs, writer_dir
 from dualkit.tasks.tag_spec import TagRunSpec
 from dualkit.tasks.transformer import (
     TOKENIZER_DIR,
@@ -43,6 +43,7 @@ from dualkit.tasks.transformer import (
     port_probe,
     port_run,
     real_tokens,
+    shard_scale,
 )
 
 
@@ -128,8 +129,13 @@ def evaluate_tags(model: Any, data: TokenData, names: list[str], batch_size: int
     return out
 
 
+def train(spec: Any, backend_name: str | None = None, *, run_dir: Path | None = None, **kwargs: Any) -> TagResult:
+    """See :func:`_train`; on several workers rank 0 alone writes (and locks) the run folder."""
+    return _train(spec, backend_name, run_dir=writer_dir(run_dir), **kwargs)
+
+
 @one_writer
-def train(
+def _train(
     spec: TagRunSpec,
     backend_name: str | None = None,
     *,
@@ -156,6 +162,7 @@ def train(
     device = registry.resolve_device(backend, device)
     backend.seed(spec.seed)
     data = data or prepare_data(spec, src.tokenizer if src else None)
+    check_shards(spec, len(data.train), distributed.current())
     weights = init_bert(spec.model, data.vocab_size, "tag", len(data.labels), spec.seed, spec.dtype)
     if src is not None:
         weights.update({k: v.astype(spec.dtype) for k, v in src.encoder.items() if k in weights})
@@ -190,8 +197,8 @@ def fit(
     meta = checkpoint_meta(spec, backend, data, "tag", data_fingerprint=data_fingerprint(data)) if run_dir else {}
     pad = data.tokenizer.pad_id
 
-    def step(xb: np.ndarray, yb: np.ndarray, lr: float) -> float:
-        return model.train_step(xb, (xb != pad).astype(np.int64), yb, lr)
+    def prepare(xb: np.ndarray, yb: np.ndarray) -> tuple[Any, ...]:
+        return xb, (xb != pad).astype(np.int64), yb, shard_scale(yb, spec.dtype)
 
     def record(rec: dict[str, Any]) -> None:
         ev = evaluate_tags(model, data.val, data.labels, spec.train.eval_batch_size)
@@ -206,7 +213,8 @@ def fit(
 
     task = EpochTask(
         model=model,
-        step=step,
+        step=lambda ids, mask, labels, scale, lr: model.train_step(ids, mask, labels, lr, scale),
+        prepare=prepare,
         record=record,
         save_model=save_model,
         loss_name="tagging loss",
@@ -266,8 +274,13 @@ def evaluate_run(run_dir: Path, backend_name: str | None, device: str, split: st
     return res
 
 
-@one_writer(create=False)
-def resume(
+def resume(run_dir: Path, backend_name: str | None = None, **kwargs: Any) -> TagResult:
+    """See :func:`_resume`; on several workers rank 0 holds the run folder, the others only read it."""
+    go = _resume_locked if distributed.current().writer else _resume
+    return go(run_dir, backend_name, **kwargs)
+
+
+def _resume(
     run_dir: Path,
     backend_name: str | None = None,
     *,
@@ -279,9 +292,12 @@ def resume(
     or in the other one (hand-over)."""
     r, model = open_text_resume(run_dir, "tag", overrides, backend_name, device, prepare_data, ("batches",))
     resumed = r.begin(progress)  # every check passed: from here on the run folder is written
-    result = fit(r.spec, r.backend, r.device, model, r.data, r.state, r.req.run_dir, progress)
+    result = fit(r.spec, r.backend, r.device, model, r.data, r.state, writer_dir(r.req.run_dir), progress)
     result.extra.update(resumed)
     return result
+
+
+_resume_locked = one_writer(create=False)(_resume)
 
 
 def port(run_dir: Path, to: str, out: Path, device: str = "cpu") -> PortReport:

@@ -34,6 +34,7 @@ class TagTask(Task):
     metric = "test_f1"
     metric_label = "test F1 (entity-level, micro)"
     throughput_unit = TOKENS_PER_S
+    data_parallel = True  # --workers N: the run loop shards each global batch (tasks/transformer.shard_scale)
     levels = ("L0", "L1", "L2", "L3", "L4", "L5", "port")
     native_suffix = {"torch": ".pt", "tf": ".keras", "hf": ""}
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from dualkit.core import checkpoint, registry
+from dualkit.core import checkpoint, distributed, registry
 from dualkit.core.errors import CheckpointError, DataError, SpecError
 from dualkit.core.runs import MODEL_FILE, SPEC_FILE, require_run_dir
 from dualkit.core.specs import TokenizerSpec, TransformerSpec, load_json, to_dict
 from dualkit.core.text import TokenData
 from dualkit.core.tokenizer import WordPiece
-from dualkit.core.transformer import WORD_EMBEDDINGS, bert_shapes
+from dualkit.core.transformer import IGNORE_INDEX, WORD_EMBEDDINGS, bert_shapes
 from dualkit.tasks.base import PortReport
 from dualkit.tasks.loop import EpochResume, open_epoch_resume
 
@@ -65,6 +65,18 @@ def build_tokenizer(spec: TokenizerSpec, texts: list[str]) -> WordPiece:
 def real_tokens(data: TokenData) -> float:
     """Mean non-padding tokens per sequence (tokens/s = sequences/s times this)."""
     return float(data.attention_mask.sum() / max(1, len(data.attention_mask)))
+
+
+def shard_scale(labels: np.ndarray, dtype: str) -> np.ndarray | None:
+    """On several workers, the scale of a shard's summed loss (one value per sequence of the global batch:
+    replicas / the global batch's labelled count), so that the workers' mean loss and gradient are the global
+    batch's mean over its labelled tokens, as on one worker; shards hold unequal numbers of labelled tokens, so
+    the mean of the shards' own means would not be. None on one worker (the model takes its plain mean)."""
+    world = distributed.current()
+    if not world.distributed:
+        return None
+    count = int((labels != IGNORE_INDEX).sum())
+    return np.full(len(labels), world.replicas / max(count, 1), dtype=dtype)
 
 
 def build_model(

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dualkit.backends.tf import distributed
 from dualkit.backends.tf.losses import masked_cross_entropy
 from dualkit.backends.tf.model import ModelState
 from dualkit.backends.tf.optim import Optimizer
@@ -240,16 +241,28 @@ class BertModel(ModelState):
         """int64 tensors of the ids, the attention mask [and the labels]."""
         if np.shape(input_ids)[1] > self.spec.max_positions:  # the spec checks data.max_length against it
             raise ValueError(f"sequences of {np.shape(input_ids)[1]} tokens exceed model.max_positions")
-        return [to_tensor(np.asarray(a), tf.int64) for a in (input_ids, *arrays)]
+        # ids, mask and labels are int64; a shard's loss scale (several workers) is in the model's dtype
+        return [
+            to_tensor(np.asarray(a), tf.int64 if np.asarray(a).dtype.kind in "iub" else self.dtype)
+            for a in (input_ids, *arrays)
+        ]
+
+    def _loss(self, ids: tf.Tensor, mask: tf.Tensor, labels: tf.Tensor, scale: tf.Tensor | None = None) -> tf.Tensor:
+        """Train-mode loss (see train_step). The loss needs logits only where a label is: the head (for MLM a (V, H)
+        decoder and a softmax over V) runs on those rows alone, ~15% of the tokens in BERT's masking."""
+        keep = tf.not_equal(labels, IGNORE_INDEX)
+        hidden = tf.boolean_mask(self.net.encode(ids, mask, True), keep)
+        logits, y = self.net.head_logits(hidden, True), tf.boolean_mask(labels, keep)
+        if scale is None:
+            return masked_cross_entropy(logits, y)
+        # a shard of a global batch (several workers): its summed loss times scale (= workers / the global batch's
+        # labelled count), so that the mean over the workers is the global batch's mean over its labelled tokens
+        return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)) * scale[0]
 
     def _loss_and_grads(self, ids: tf.Tensor, mask: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, list]:
         trainable = list(self.params.values())
-        keep = tf.not_equal(labels, IGNORE_INDEX)
         with tf.GradientTape() as tape:
-            # The loss needs logits only where a label is: the head (for MLM a (V, H) decoder and a softmax over
-            # V) runs on those rows alone, ~15% of the tokens in BERT's masking.
-            hidden = tf.boolean_mask(self.net.encode(ids, mask, True), keep)
-            loss = masked_cross_entropy(self.net.head_logits(hidden, True), tf.boolean_mask(labels, keep))
+            loss = self._loss(ids, mask, labels)
         # the word embeddings' gradient from the lookup alone is IndexedSlices: dense, as torch's, for the
         # optimizer and for comparison (tied, it is summed with the decoder's dense gradient anyway)
         return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, trainable)]
@@ -259,9 +272,20 @@ class BertModel(ModelState):
         self.optimizer.apply(grads, lr)
         return loss
 
-    def train_step(self, input_ids: np.ndarray, attention_mask: np.ndarray, labels: np.ndarray, lr: float) -> float:
+    def train_step(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        labels: np.ndarray,
+        lr: float,
+        scale: np.ndarray | None = None,
+    ) -> float:
         """One optimizer update on a batch; returns the loss before the update (mean cross-entropy over the
-        labelled positions; 0 with zero gradients when none is labelled)."""
+        labelled positions; 0 with zero gradients when none is labelled). On several workers the arrays are this
+        worker's shard and ``scale`` (one value per sequence: workers / the global batch's labelled count) makes
+        the averaged gradient the global batch's (tasks/transformer.shard_scale)."""
+        if distributed.replicas() > 1:
+            return self._step((input_ids, attention_mask, labels, scale), lr)
         with tf.device(self.device):
             loss = self._train_fn(*self._tensors(input_ids, attention_mask, labels), tf.constant(lr, tf.float64))
         return float(loss.numpy())

@@ -206,7 +206,8 @@ def _compile(model: Any, tensors: list[tf.Tensor]) -> Any:
         finally:
             _collect.pending = None
         grads = tape.gradient(loss, trainable)
-        grads = [g if g is not None else tf.zeros_like(v) for g, v in zip(grads, trainable)]
+        # dense: an embedding lookup's gradient is IndexedSlices, which the all-reduce and the optimizer take as such
+        grads = [tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v) for g, v in zip(grads, trainable)]
         flag = tf.identity(flag)  # made on the replica's device (an input as such has none to reduce to)
         reduced = ctx.all_reduce("mean", [loss, flag, *grads, *(value for _, value in pending)])
         loss, flag, grads, stats = reduced[0], reduced[1], reduced[2 : 2 + len(grads)], reduced[2 + len(grads) :]

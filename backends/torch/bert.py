@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualkit.backends.torch import distributed
 from dualkit.backends.torch.losses import masked_cross_entropy
 from dualkit.backends.torch.model import ModelState
 from dualkit.backends.torch.optim import Optimizer
@@ -191,17 +192,35 @@ class BertModel(ModelState):
             raise ValueError(f"sequences of {np.shape(input_ids)[1]} tokens exceed model.max_positions")
         return [to_tensor(np.asarray(a), torch.long, self.device) for a in (input_ids, *arrays)]
 
-    def _loss(self, input_ids: np.ndarray, attention_mask: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+    def _loss(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, labels: np.ndarray, scale: np.ndarray | None = None
+    ) -> torch.Tensor:
         self.net.train()
         ids, mask, y = self._tensors(input_ids, attention_mask, labels)
         keep = y != IGNORE_INDEX
         # The loss needs logits only where a label is: the head (for MLM a (V, H) decoder and a softmax over V)
         # runs on those rows alone, ~15% of the tokens in BERT's masking.
-        return masked_cross_entropy(self.net.head_logits(self.net.encode(ids, mask)[keep]), y[keep])
+        logits = self.net.head_logits(self.net.encode(ids, mask)[keep])
+        if scale is None:
+            return masked_cross_entropy(logits, y[keep])
+        # a shard of a global batch (several workers): its summed loss times scale (= workers / the global batch's
+        # labelled count), so that the mean over the workers is the global batch's mean over its labelled tokens
+        return F.cross_entropy(logits, y[keep], reduction="sum") * float(np.asarray(scale).reshape(-1)[0])
 
-    def train_step(self, input_ids: np.ndarray, attention_mask: np.ndarray, labels: np.ndarray, lr: float) -> float:
+    def train_step(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        labels: np.ndarray,
+        lr: float,
+        scale: np.ndarray | None = None,
+    ) -> float:
         """One optimizer update on a batch; returns the loss before the update (mean cross-entropy over the
-        labelled positions; 0 with zero gradients when none is labelled)."""
+        labelled positions; 0 with zero gradients when none is labelled). On several workers the arrays are this
+        worker's shard and ``scale`` (one value per sequence: workers / the global batch's labelled count) makes
+        the averaged gradient the global batch's (tasks/transformer.shard_scale)."""
+        if distributed.replicas() > 1:
+            return self._step((input_ids, attention_mask, labels, scale), lr)
         loss = self._loss(input_ids, attention_mask, labels)
         loss.backward()
         self.optimizer.apply([p.grad for p in self.params.values()], lr)
