@@ -1,8 +1,8 @@
 """The benchmark suite: presets x backends x seeds x devices, the parity levels, and the overhead figures.
 
-Three tasks: the classifier (cnn-*), masked image pretraining (masked-*) and DQN (dqn-*). Each run is one
-process (benchmarks/worker.py); parity runs L0-L4 and port from the task's own parity module and L5 from
-the benchmark's runs.
+Four tasks: the classifier (cnn-*), masked image pretraining (masked-*), DQN (dqn-*) and masked-language-model
+pretraining of a BERT (bert-mlm-*). Each run is one process (benchmarks/worker.py); parity runs L0-L4 and port
+from the task's own parity module and L5 from the benchmark's runs.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dualkit.core import registry
+from dualkit.core.errors import SpecError
 from dualkit.tasks import presets
 from dualkit.tasks import registry as task_registry
 from dualkit.tasks.parity import BACKENDS, Check
@@ -29,10 +30,12 @@ from dualkit.tasks.progress import progress_bar
 
 # 2: runs carry their task (and the task's extras: time to solve, margin over random init, ...)
 SCHEMA_VERSION = 2
-FAST_PRESETS = ["cnn-digits", "masked-digits", "dqn-cartpole"]
-# Per-preset overrides of the fast default, so that it fits its 10 minutes on 2 CPU cores: the masked
-# runs report the linear probe (the L5 metric) and skip the fine-tunes, which take longer than the pretraining.
-FAST_OVERRIDES = {"masked-digits": ["finetune.fractions=[]"]}
+FAST_PRESETS = ["cnn-digits", "masked-digits", "dqn-cartpole", "bert-mlm-tiny"]
+# Per-preset overrides of the fast default, to keep it short on 2 CPU cores: the masked runs report the linear
+# probe (the L5 metric) and skip the fine-tunes, which take longer than the pretraining. The MLM runs keep the
+# preset's pretraining (shorter, its held-out accuracy stays at the unigram guess) and cap each downstream tagger
+# fine-tune at 100 steps (the preset's 3 epochs are 420 steps, twice per run: 4x the pretraining's 196).
+FAST_OVERRIDES = {"masked-digits": ["finetune.fractions=[]"], "bert-mlm-tiny": ["downstream.max_steps=100"]}
 
 
 @dataclass
@@ -48,6 +51,8 @@ class BenchConfig:
     parity: bool = True
     overhead: bool = True
     overhead_preset: str = "cnn-cifar10"  # its architecture, on synthetic data of its image shape
+    # an mlm preset: its transformer's MaskedLM step vs each framework's idiomatic loop, in tokens/s ("" = none)
+    overhead_transformer_preset: str = "bert-mlm-tiny"
     overhead_steps: int = 20
     # best of 3 rounds in alternating order: with 2, a swing of one loop (thread pools of the other framework
     # still spinning, a neighbour on the cores) could decide a ratio
@@ -55,9 +60,12 @@ class BenchConfig:
 
 
 def fast_config() -> BenchConfig:
-    """The default: data that ships with the install (digits, CartPole), under 10 minutes on 2 CPU cores
-    (a cnn-cifar10 step takes 0.08-0.22 s there on a quiet machine, so the five overhead loops and the
-    conv-kernel floors cost 1-2 min)."""
+    """The default: data that ships with the install (digits, CartPole, the standard library's text). About 10
+    minutes on 2 CPU cores before the transformer joined; bert-mlm-tiny adds roughly 8-10 more: its six runs
+    (the preset's pretraining and two fine-tunes capped at 100 steps: ~30 s each in torch, ~60 s in tf on a
+    quiet machine), its parity levels with the downstream tagger's (~4 CPU-minutes) and its five overhead loops
+    (a step takes 0.04-0.1 s: 1-2 min with set-up and tracing). A cnn-cifar10 step takes 0.08-0.22 s, so the
+    CNN's five overhead loops and the conv-kernel floors cost 1-2 min."""
     return BenchConfig()
 
 
@@ -86,6 +94,16 @@ def _preset_overrides(preset: str, config: BenchConfig) -> list[str]:
     spec = presets.load(preset)
     shared = [o for o in config.overrides if hasattr(spec, o.split("=", 1)[0].split(".", 1)[0])]
     return list(config.preset_overrides.get(preset, [])) + shared
+
+
+def check_transformer_preset(preset: str) -> None:
+    """The transformer overhead times an mlm preset's MaskedLM: refuse any other task before the bench starts."""
+    spec = presets.load(preset)
+    if spec.task != "mlm":
+        raise SpecError(
+            f"overhead_transformer_preset={preset!r} is a {spec.task!r} preset; the transformer overhead times an mlm "
+            "preset's MaskedLM step: name one such as bert-mlm-tiny"
+        )
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +189,8 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     for preset in config.presets:  # fail before any work if a dataset or environment is missing
         spec = presets.load(preset, _preset_overrides(preset, config))
         task_registry.for_spec(spec).check_inputs(spec)
+    if config.overhead and config.overhead_transformer_preset:
+        check_transformer_preset(config.overhead_transformer_preset)
     jobs = [
         {"preset": p, "overrides": _preset_overrides(p, config), "backend": b, "seed": s, "device": d}
         for p in config.presets
@@ -196,7 +216,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
                     checks += parity_for(preset, _preset_overrides(preset, config), device, mine)
     overhead = None
     if config.overhead:
-        from dualkit.benchmarks.overhead import run_overhead
+        from dualkit.benchmarks.overhead import run_overhead, run_transformer_overhead
 
         with parts("overhead"):
             spec = presets.load(config.overhead_preset)
@@ -205,6 +225,13 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
                 "preset": config.overhead_preset,
                 **run_overhead(spec, shape, steps=config.overhead_steps, rounds=config.overhead_rounds),
             }
+        if config.overhead_transformer_preset:
+            with parts("overhead transformer"):
+                tr_spec = presets.load(config.overhead_transformer_preset)
+                overhead["transformer"] = {
+                    "preset": config.overhead_transformer_preset,
+                    **run_transformer_overhead(tr_spec, steps=config.overhead_steps, rounds=config.overhead_rounds),
+                }
     return {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -24,6 +24,7 @@ def test_bench_smoke_both_backends_writes_report(tmp_path, monkeypatch, capsys):
             overrides=["train.epochs=1"],
             parity=False,
             overhead_preset="cnn-digits",
+            overhead_transformer_preset="",  # timed in tests/benchmarks/test_overhead.py
             overhead_steps=2,
             overhead_rounds=1,
         ),
@@ -69,3 +70,12 @@ def test_l5_from_runs_applies_floor_and_gap():
 def test_full_bench_without_data_root_is_refused(capsys):
     assert main(["bench", "--full"]) == 2
     assert "--data-root" in capsys.readouterr().err
+
+
+def test_the_transformer_overhead_takes_an_mlm_preset_only():
+    from dualkit.core.errors import DualkitError
+
+    suite.check_transformer_preset("bert-mlm-tiny")
+    with pytest.raises(DualkitError, match="'bert-tag-tiny' is a 'tag' preset.*bert-mlm-tiny"):
+        suite.check_transformer_preset("bert-tag-tiny")
+    assert "bert-mlm-tiny" in suite.fast_config().presets and suite.fast_config().overhead_transformer_preset
