@@ -33,7 +33,8 @@ from dualkit.core.runs import atomic_write_text, write_json
 
 SCHEMA = "dualkit-gpu-check/1"
 DEFAULT_GOLDEN = Path("bench-results/golden")
-GOLDEN_PRESETS = ("cnn-digits", "masked-digits", "dqn-cartpole")  # recorded by --record (data that ships)
+# recorded by --record (data that ships: digits, CartPole, the standard library's text and source)
+GOLDEN_PRESETS = ("cnn-digits", "masked-digits", "dqn-cartpole", "bert-mlm-tiny", "bert-tag-tiny")
 MIN_TORCH = (2, 2)  # setup.cfg's torch extra
 NEEDED = ("numpy", "safetensors", "tqdm", "torch")  # what the check imports; nothing else is needed there
 DEFAULT_BUDGET_S = 360.0  # no new part after 6 minutes: with the part under way a run stays near 8 minutes at most

@@ -18,8 +18,13 @@ from dualkit.tasks import golden_files, presets
 from dualkit.tasks import registry as task_registry
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = {"cnn-digits": ["data.limit_train=64", "train.batch_size=16"], "masked-digits": ["data.limit_train=64"]}
-L4_STEPS = {"cnn-digits": 8, "masked-digits": 4, "dqn-cartpole": 20}
+SMALL = {
+    "cnn-digits": ["data.limit_train=64", "train.batch_size=16"],
+    "masked-digits": ["data.limit_train=64"],
+    "bert-mlm-tiny": ["data.limit_words=3000"],
+    "bert-tag-tiny": ["data.limit_words=2000"],
+}
+L4_STEPS = {"cnn-digits": 8, "masked-digits": 4, "dqn-cartpole": 20, "bert-mlm-tiny": 4, "bert-tag-tiny": 4}
 LEVELS = {
     "dqn-cartpole": ["L1", "L4"]
 }  # the others L4 only (their L1 sweeps cost seconds in TF; tests/parity has them)
@@ -64,7 +69,7 @@ def test_the_script_runs_the_check_with_torch_alone_and_writes_one_report(golden
         "DUALKIT_THREADS": os.environ.get("DUALKIT_THREADS", "1"),  # the recording's: its own numbers are exact
         "DUALKIT_GPU_SITE": str(tmp_path / "no-site"),
     }
-    extra = ["--device", "cpu", "--throughput", "cnn-digits,dqn-cartpole", "--seconds", "0.2"]
+    extra = ["--device", "cpu", "--throughput", "cnn-digits,dqn-cartpole,bert-tag-tiny", "--seconds", "0.2"]
     proc = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(golden), str(out), *extra],
         cwd=tmp_path,
@@ -76,16 +81,22 @@ def test_the_script_runs_the_check_with_torch_alone_and_writes_one_report(golden
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / gpu_check.REPORT_JSON).read_text())
     assert result["schema"] == gpu_check.SCHEMA and result["verdict"]["ok"] and not result["skipped"]
-    assert [g["preset"] for g in result["golden"]] == ["cnn-digits", "dqn-cartpole", "masked-digits"]
+    assert [g["preset"] for g in result["golden"]] == sorted(gpu_check.GOLDEN_PRESETS)
     assert all(g["checks"] and not g.get("error") for g in result["golden"])
     assert result["environment"]["tensorflow"] is False and result["environment"]["gymnasium"] is False
     exact = [c for g in result["golden"] for c in g["checks"] if c["name"].endswith("vs torch cpu, recorded")]
     assert exact and all(c["value"] == 0.0 for c in exact)
     units = {(r["preset"], r["unit"]) for r in result["throughput"]}
     assert ("cnn-digits", "images/s") in units and ("dqn-cartpole", "env steps/s") in units
+    assert ("bert-tag-tiny", "tokens/s") in units
     assert all(r["value"] > 0 for r in result["throughput"])
     md = (out / gpu_check.REPORT_MD).read_text()
-    assert "**Verdict: PASS**" in md and "| masked-digits | L4" in md and "TensorFlow on GPU" in md
+    assert (
+        "**Verdict: PASS**" in md
+        and "| masked-digits | L4" in md
+        and "| bert-mlm-tiny | L4" in md
+        and "TensorFlow on GPU" in md
+    )
     assert "images/s" in md and "env steps/s" in md
 
 
@@ -94,9 +105,7 @@ def test_a_spent_budget_skips_what_is_left_and_fails_the_verdict(golden, tmp_pat
     result = json.loads((tmp_path / gpu_check.REPORT_JSON).read_text())
     assert rc == 1 and not result["verdict"]["ok"] and not result["golden"]
     assert result["skipped"] == [
-        "golden cnn-digits: time budget spent",
-        "golden dqn-cartpole: time budget spent",
-        "golden masked-digits: time budget spent",
+        *(f"golden {name}: time budget spent" for name in sorted(gpu_check.GOLDEN_PRESETS)),
         "throughput: time budget spent",
     ]
 
