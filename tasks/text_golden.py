@@ -65,8 +65,9 @@ MASK_ID = SPECIALS[4]  # [MASK], core/tokenizer.py's order
 # count is the data's, which a synthetic run does not read: CoNLL-2003's nine BIO tags stand in.
 SYNTHETIC_LABELS = 9
 # Logit rows recorded per batch: the preset's first batch and L4's held-out sequences hold ~2,000 real positions;
-# all of them (x 2,000 MLM logits, both backends, both dtypes) would make ~100 MiB of golden files.
-LOGIT_ROWS = 128
+# all of them (x 2,000 MLM logits, both backends, both dtypes) would make ~100 MiB of golden files; 32 rows hold
+# 64,000 logits each, and 0.5 MiB a case and backend in float32.
+LOGIT_ROWS = 32
 LARGE_BATCH = 256  # sequences: besides the preset's own batch size, what a GPU does with a fuller batch
 
 
