@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -364,6 +365,20 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+_ERROR_LINE = re.compile(r"dualkit: error: |.*No module named |[\w.]+(Error|Exception): ")
+
+
+def _said(log: Path) -> str:
+    """What a process that never started its worker said: its first error (dualkit's own line, Python's, or an
+    exception's; torchrun's report of the failure follows it), else its last line."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip(" =-")]
+    except OSError:
+        return ""
+    errors = [line for line in lines if _ERROR_LINE.match(line)]
+    return (errors[:1] or lines[-1:] or [""])[0][:300]
+
+
 def _last_line(folder: Path, rank: int) -> str:
     try:
         lines = (folder / f"worker-{rank}.err").read_text(errors="replace").strip().splitlines()
@@ -408,8 +423,7 @@ def _outcome(
         if first.pid is None:
             # never started its worker: what its process said (an import error, the launcher's own refusal)
             proc = procs[0] if backend == "torch" else procs[first.rank]
-            said = (folder / f"launch-{procs.index(proc)}.log").read_text(errors="replace").strip().splitlines()
-            detail = said[-1][:300] if said else f"exit code {proc.returncode}"
+            detail = _said(folder / f"launch-{procs.index(proc)}.log") or f"exit code {proc.returncode}"
             return Launched(1, f"worker {first.rank} of {n} did not start: {detail}{where}", ends)
         how = ""
         if backend == "tf" and procs[first.rank].returncode is not None and procs[first.rank].returncode < 0:

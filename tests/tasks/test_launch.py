@@ -192,3 +192,21 @@ def test_a_killed_worker_takes_the_run_down_with_a_message(tmp_path):
     assert last.startswith("dualkit: error: worker 1 of 2") and "died" in last and f"(pid {victim})" in last, err
     assert f"--resume {run_dir} --workers 2" in last and "Traceback" not in err
     assert _gone(survivor)
+
+
+@pytest.mark.gpu
+@pytest.mark.dist
+def test_two_workers_on_two_gpus_train_over_nccl(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs: NCCL runs one worker per GPU")
+    run_dir = tmp_path / "run"
+    args = ["train", "cnn-digits", "--backend", "torch", "--device", "gpu", "--workers", "2", "--out", str(run_dir)]
+    proc = _start([*args, "--quiet", "--set", "train.epochs=1"], tmp_path)
+    try:
+        _, err = proc.communicate(timeout=START_TIMEOUT_S)
+    finally:
+        _kill(proc)
+    assert proc.returncode == 0, err[-2000:]
+    segments = json.loads((run_dir / "result.json").read_text())["segments"]
+    assert segments == [{"backend": "torch", "device": "gpu", "from_step": 0, "workers": 2}]
