@@ -25,6 +25,7 @@ from dualkit.core import registry
 from dualkit.core.errors import SpecError
 from dualkit.tasks import presets
 from dualkit.tasks import registry as task_registry
+from dualkit.tasks.mlm_spec import MlmRunSpec
 from dualkit.tasks.parity import BACKENDS, Check
 from dualkit.tasks.progress import progress_bar
 
@@ -99,7 +100,7 @@ def _preset_overrides(preset: str, config: BenchConfig) -> list[str]:
 def check_transformer_preset(preset: str) -> None:
     """The transformer overhead times an mlm preset's MaskedLM: refuse any other task before the bench starts."""
     spec = presets.load(preset)
-    if spec.task != "mlm":
+    if not isinstance(spec, MlmRunSpec):  # its BERT, masking and tokenizer are what the loops are built from
         raise SpecError(
             f"overhead_transformer_preset={preset!r} is a {spec.task!r} preset; the transformer overhead times an mlm "
             "preset's MaskedLM step: name one such as bert-mlm-tiny"
