@@ -235,6 +235,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _ours(pid: int, folder: Path) -> bool:
+    """Whether ``pid`` is a worker of the launch whose status folder is ``folder`` (Linux: by its environment;
+    elsewhere: whether it runs)."""
+    if not Path("/proc/self/environ").exists():
+        return _alive(pid)
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return _alive(pid)
+    return f"{distributed.STATUS_DIR_ENV}={folder}".encode() in env.split(b"\0")
+
+
 def _signal_all(procs: list[subprocess.Popen], pids: list[int], sig: int) -> None:
     for p in procs:
         if p.poll() is None:
@@ -302,7 +316,9 @@ def launch(
             _signal_all(procs, worker_pids(), signal.SIGKILL)
 
     def worker_pids() -> list[int]:
-        return [e.pid for e in read_ends(folder, workers) if e.pid and e.code is None]
+        """The workers still running (no end recorded), by pid: only processes of this launch (a pid can be
+        reused once its worker is gone)."""
+        return [e.pid for e in read_ends(folder, workers) if e.pid and e.code is None and _ours(e.pid, folder)]
 
     previous = {}
     if threading_main():
