@@ -480,7 +480,7 @@ CASES: list[Case] = [
     C(
         "toml-unknown-task",
         ("train", "{ws}/t.toml", *OUT),
-        ("task='nope'", "classify, masked, dqn"),
+        ("task='nope'", "classify, masked, dqn, mlm, tag"),
         setup=write_file("t.toml", 'task = "nope"\n'),
     ),
     C(
@@ -590,7 +590,7 @@ CASES: list[Case] = [
     C(
         "spec-unknown-task-eval",
         ("eval", "{ws}/run"),
-        ("{ws}/run/spec.json names task='nope'", "classify, masked, dqn", "damaged"),
+        ("{ws}/run/spec.json names task='nope'", "classify, masked, dqn, mlm, tag", "damaged"),
         runs=("run",),
         setup=damage_spec("run", '{"task": "nope"}'),
     ),
