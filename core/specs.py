@@ -347,7 +347,7 @@ def _non_finite(spec: Any, prefix: str = "") -> list[str]:
 def spec_class(raw: dict[str, Any]) -> type:
     task = raw.get("task", "classify")  # run folders from before specs named their task were classifiers
     if task not in TASK_SPECS:
-        raise SpecError(f"task={task!r} is not one of: {', '.join(TASK_SPECS)}")
+        raise SpecError(f"task={task!r} is not one of: {', '.join(sorted(TASK_SPECS))}")
     return TASK_SPECS[task]
 
 

@@ -75,6 +75,8 @@ def documents(spec: MlmRunSpec) -> list[str]:
     """The corpus as documents, split at blank lines (paragraphs: the unit the held-out splits take whole)."""
     if spec.data.name == "stdlib":
         return [p for doc in corpora.stdlib_documents(spec.data.limit_words) for p in paragraphs(doc)]
+    if not spec.data.root:
+        raise DataError(f"data.name={spec.data.name} needs the folder of its .txt files: --set data.root=FOLDER")
     return read_text_folder(Path(spec.data.root))
 
 

@@ -100,7 +100,6 @@ def text_checks(spec, data_names: tuple[str, ...]) -> list[tuple[bool, str]]:
                 "data.val_fraction and data.test_fraction must be in [0, 1) and leave training data",
             ),
             (d.limit_train >= 0 and d.limit_words >= 0, "data.limit_train and data.limit_words must be >= 0 (0 = all)"),
-            (d.name not in ("text", "conll", "conllu") or d.root != "", f"data.name={d.name!r} needs data.root"),
             (t.vocab_size >= 10, f"tokenizer.vocab_size must be >= 10, got {t.vocab_size}"),
             (t.min_frequency >= 1, f"tokenizer.min_frequency must be >= 1, got {t.min_frequency}"),
             (spec.max_steps >= 0, "max_steps must be >= 0 (0 = train.epochs full epochs)"),

@@ -480,7 +480,7 @@ CASES: list[Case] = [
     C(
         "toml-unknown-task",
         ("train", "{ws}/t.toml", *OUT),
-        ("task='nope'", "classify, masked, dqn, mlm, tag"),
+        ("task='nope'", "classify, dqn, masked, mlm, tag"),
         setup=write_file("t.toml", 'task = "nope"\n'),
     ),
     C(
@@ -776,7 +776,12 @@ CASES: list[Case] = [
     C(
         "conll-without-root",
         ("train", "bert-tag-tiny", "--set", "data.name=conll", *OUT),
-        ("data.name='conll' needs data.root",),
+        ("data.name=conll needs the folder of its files: --set data.root=FOLDER",),
+    ),
+    C(
+        "text-without-root",
+        ("pretrain", "bert-mlm-small", *OUT),
+        ("data.name=text needs the folder of its .txt files: --set data.root=FOLDER",),
     ),
     C(
         "bert-init-from-missing",

@@ -89,9 +89,10 @@ def test_l5_masked_bounds_the_gap_of_probe_means():
     assert checks["torch mean probe accuracy"].passed and "+2.00 points" in checks["torch mean probe accuracy"].detail
 
 
-def test_fast_default_covers_the_three_tasks_and_full_adds_cifar10():
+def test_fast_default_covers_the_tasks_and_full_adds_cifar10():
     fast = suite.fast_config()
-    assert [presets.load(p).task for p in fast.presets] == ["classify", "masked", "dqn"]
+    # the MLM preset's runs also fine-tune its downstream tagger (the tag task)
+    assert [presets.load(p).task for p in fast.presets] == ["classify", "masked", "dqn", "mlm"]
     full = suite.full_config("/data")
     assert {"masked-cifar10", "cnn-cifar10"} <= set(full.presets) and len(full.seeds) == 5
     # data.root goes to the presets that read data, not to the DQN preset

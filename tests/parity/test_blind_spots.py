@@ -48,8 +48,8 @@ def keras_momentum(monkeypatch):
 
     init = _BatchNorm.__init__
 
-    def faulty(self, eps=1e-5, momentum=0.1, **kwargs):
-        init(self, eps, 1.0 - momentum, **kwargs)
+    def faulty(self, eps=1e-5, momentum=0.1, *args, **kwargs):
+        init(self, eps, 1.0 - momentum, *args, **kwargs)
 
     monkeypatch.setattr(_BatchNorm, "__init__", faulty)
 
