@@ -61,12 +61,11 @@ class BenchConfig:
 
 
 def fast_config() -> BenchConfig:
-    """The default: data that ships with the install (digits, CartPole, the standard library's text). About 10
-    minutes on 2 CPU cores before the transformer joined; bert-mlm-tiny adds roughly 8-10 more: its six runs
-    (the preset's pretraining and two fine-tunes capped at 100 steps: ~30 s each in torch, ~60 s in tf on a
-    quiet machine), its parity levels with the downstream tagger's (~4 CPU-minutes) and its five overhead loops
-    (a step takes 0.04-0.1 s: 1-2 min with set-up and tracing). A cnn-cifar10 step takes 0.08-0.22 s, so the
-    CNN's five overhead loops and the conv-kernel floors cost 1-2 min."""
+    """The default: data that ships with the install (digits, CartPole, the standard library's text): about 16
+    minutes on 2 CPU cores (README, "The benchmark"), of which bert-mlm-tiny's six runs (pretraining and two whole
+    downstream fine-tunes each) take about 7, its parity levels with the downstream tagger's about 2 and its
+    overhead loops about 1. A cnn-cifar10 step takes 0.08-0.22 s, so the CNN's five overhead loops and the
+    conv-kernel floors cost 1-2 min."""
     return BenchConfig()
 
 
