@@ -49,6 +49,7 @@ from dualkit.tasks.text_parity import (
     VOCAB,
     first_batch,
     head_of,
+    loss_probe,
     parity_spec,
     prepare,
     probe_batch,
@@ -109,9 +110,7 @@ def loss_case(dtype: str) -> GoldenCase:
     """The masked cross-entropy with ignored positions (relative) and with every position ignored (0: absolute)."""
 
     def inputs() -> Arrays:
-        rng = make_rng(SEED, "parity-text-loss")  # text_parity.level0's probe
-        logits = rng.normal(size=(4, 9, 7)).astype(dtype) * 3
-        labels = np.where(rng.random((4, 9)) < 0.6, rng.integers(0, 7, (4, 9)), -100).astype(np.int64)
+        logits, labels = loss_probe(SEED, dtype)
         return {"logits": logits, "labels": labels}
 
     def run(backend: str, device: str, i: Arrays) -> Arrays:

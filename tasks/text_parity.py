@@ -107,12 +107,18 @@ def reference_logits(weights: dict[str, np.ndarray], model: TransformerSpec, hea
     return ref.mlm_logits(w, model, hidden) if head == "mlm" else ref.tag_logits(w, hidden)
 
 
-def level0(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[Check]:
-    """Each backend's masked cross-entropy vs core's numpy reference: positions ignored (-100), and a batch with
-    every position ignored (0 by definition, no NaN)."""
+def loss_probe(seed: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """L0's inputs: (4, 9, 7) logits and labels with about 40% of the positions ignored (-100)."""
     rng = make_rng(seed, "parity-text-loss")
     logits = rng.normal(size=(4, 9, 7)).astype(dtype) * 3
     labels = np.where(rng.random((4, 9)) < 0.6, rng.integers(0, 7, (4, 9)), -100).astype(np.int64)
+    return logits, labels
+
+
+def level0(dtype: str = "float32", device: str = "cpu", seed: int = 0) -> list[Check]:
+    """Each backend's masked cross-entropy vs core's numpy reference: positions ignored (-100), and a batch with
+    every position ignored (0 by definition, no NaN)."""
+    logits, labels = loss_probe(seed, dtype)
     out = []
     for name in BACKENDS:
         backend = registry.get_backend(name, device)
